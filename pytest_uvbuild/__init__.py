@@ -1,0 +1,5 @@
+"""Hermetic pytest runs in uv-locked environments."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"

@@ -1,0 +1,142 @@
+"""``python -m pytest_uvbuild``: env keys for CI caches, and cache management.
+
+Each sub-command is one function taking the parsed arguments and returning
+an exit status; :func:`main` turns our errors into one line on stderr and
+exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from pytest_uvbuild.envcache import EnvCache, default_cache_dir, parse_age
+from pytest_uvbuild.errors import UvBuildError
+from pytest_uvbuild.request import INSTALL_MODES, EnvRequest
+
+__all__ = ["build_parser", "main"]
+
+
+def _cache(args: argparse.Namespace) -> EnvCache:
+    return EnvCache(Path(args.uv_cache_dir) if args.uv_cache_dir else default_cache_dir())
+
+
+def _human_size(size: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GiB"
+
+
+def cmd_key(args: argparse.Namespace) -> int:
+    """Print the env key for the project and selection (for CI cache keys)."""
+    request = EnvRequest(
+        project_dir=Path(args.project) if args.project else None,
+        python=args.python,
+        groups=tuple(args.group),
+        only_groups=tuple(args.only_group),
+        no_default_groups=args.no_default_groups,
+        extras=tuple(args.extra),
+        all_extras=args.all_extras,
+        install_project=args.install_project,
+    )
+    _project, _sel, _interp, key, inputs = _cache(args).resolve(request, Path.cwd())
+    if args.json:
+        print(json.dumps({"key": key, "inputs": inputs}, indent=2, sort_keys=True))
+    else:
+        print(key)
+    return 0
+
+
+def cmd_cache_dir(args: argparse.Namespace) -> int:
+    """Print where the cache lives."""
+    print(_cache(args).root)
+    return 0
+
+
+def cmd_cache_list(args: argparse.Namespace) -> int:
+    """Print one line (or JSON object) per cached env."""
+    entries = _cache(args).entries()
+    if args.json:
+        print(json.dumps([e.as_json() for e in entries], indent=2))
+        return 0
+    if not entries:
+        print(f"no envs cached in {_cache(args).root}")
+        return 0
+    for e in entries:
+        used = time.strftime("%Y-%m-%d %H:%M", time.localtime(e.last_used))
+        flags = ("" if e.complete else " incomplete") + (" in-use" if e.in_use else "")
+        print(f"{e.key}  {_human_size(e.size):>10}  {used}  {e.python}  {e.project}{flags}")
+    return 0
+
+
+def cmd_cache_prune(args: argparse.Namespace) -> int:
+    """Remove unused envs; never one that a running session holds."""
+    if not args.all and args.older_than is None:
+        print("cache prune: pass --older-than AGE (e.g. 30d) or --all", file=sys.stderr)
+        return 2
+    try:
+        older = parse_age(args.older_than) if args.older_than is not None else None
+    except ValueError as exc:
+        print(f"cache prune: --older-than: {exc}", file=sys.stderr)
+        return 2
+    removed, busy = _cache(args).prune(older_than=older, everything=args.all)
+    for e in removed:
+        print(f"removed {e.key} ({_human_size(e.size)}) {e.project}")
+    for e in busy:
+        print(f"kept {e.key}: in use by a running session")
+    print(f"{len(removed)} removed, {len(busy)} in use")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the argument parser of ``python -m pytest_uvbuild``."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--uv-cache-dir", metavar="DIR", default=None, help="Env cache location")
+    parser = argparse.ArgumentParser(
+        prog="python -m pytest_uvbuild",
+        description="Inspect pytest-uvbuild's env cache and build records.",
+        parents=[common],
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    key = sub.add_parser("key", parents=[common], help="Print the env key (for CI cache keys)")
+    key.add_argument("--project", metavar="DIR", default=None)
+    key.add_argument("--python", metavar="SPEC", default=None)
+    key.add_argument("--group", action="append", default=[])
+    key.add_argument("--only-group", action="append", default=[])
+    key.add_argument("--no-default-groups", action="store_true")
+    key.add_argument("--extra", action="append", default=[])
+    key.add_argument("--all-extras", action="store_true")
+    key.add_argument("--install-project", choices=INSTALL_MODES, default="wheel")
+    key.add_argument("--json", action="store_true", help="Also print the key's inputs")
+    key.set_defaults(func=cmd_key)
+
+    cache = sub.add_parser("cache", parents=[common], help="Manage the env cache")
+    cache_sub = cache.add_subparsers(dest="cache_command", required=True)
+    c_dir = cache_sub.add_parser("dir", parents=[common], help="Print the cache location")
+    c_dir.set_defaults(func=cmd_cache_dir)
+    c_list = cache_sub.add_parser("list", parents=[common], help="List cached envs")
+    c_list.add_argument("--json", action="store_true")
+    c_list.set_defaults(func=cmd_cache_list)
+    c_prune = cache_sub.add_parser("prune", parents=[common], help="Remove unused envs")
+    c_prune.add_argument("--older-than", metavar="AGE", default=None, help="e.g. 30d, 12h")
+    c_prune.add_argument("--all", action="store_true", help="Remove every env not in use")
+    c_prune.set_defaults(func=cmd_cache_prune)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return its exit status."""
+    args = build_parser().parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except UvBuildError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2

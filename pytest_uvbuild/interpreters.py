@@ -1,0 +1,354 @@
+"""Resolve a Python request (``3.12``, ``>=3.11``, a path) to a real interpreter.
+
+uv's own discovery asks the first ``python3.12`` on ``PATH``; on machines
+with pyenv that is a shim which exits 127 unless 3.12 is the active version,
+and uv gives up. We therefore look for interpreters ourselves, skip shims,
+and always hand uv an absolute path. Facts about each interpreter come from
+running it once and are cached by the binary's stat, so a warm session runs
+nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import sysconfig
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from packaging.specifiers import InvalidSpecifier, SpecifierSet
+from packaging.version import InvalidVersion, Version
+
+from pytest_uvbuild.errors import InterpreterNotFoundError
+from pytest_uvbuild.probecache import probe
+
+__all__ = [
+    "Interpreter",
+    "current_interpreter",
+    "discover",
+    "find_matching",
+    "inspect",
+    "resolve_python",
+]
+
+_INFO_SCRIPT: Final = (
+    "import json, platform, sys, sysconfig;"
+    "print(json.dumps({'implementation': sys.implementation.name,"
+    "'version': platform.python_version(),"
+    "'version_info': list(sys.version_info),"
+    "'abiflags': getattr(sys, 'abiflags', ''),"
+    "'platform': sysconfig.get_platform(),"
+    "'machine': platform.machine()}))"
+)
+
+_NAME_RE: Final = re.compile(r"^python(\d+(?:\.\d+)?)?$")
+_REQUEST_RE: Final = re.compile(r"^(?P<impl>cpython|pypy|python|cp|pp)?(?P<version>\d[\d.]*)?$")
+
+
+@dataclass(frozen=True)
+class Interpreter:
+    """One interpreter on this machine, as the environment key sees it."""
+
+    path: Path
+    implementation: str
+    version: str
+    version_info: tuple[Any, ...]
+    abiflags: str
+    platform: str
+    machine: str
+
+    @property
+    def key_fields(self) -> dict[str, Any]:
+        """The facts that decide what an env built from this interpreter contains."""
+        return {
+            "implementation": self.implementation,
+            "version": self.version,
+            "abiflags": self.abiflags,
+            "path": str(self.path),
+            "platform": self.platform,
+            "machine": self.machine,
+        }
+
+    def describe(self) -> str:
+        """Return a short human description such as ``CPython 3.12.1 (/path/python)``."""
+        impl = {"cpython": "CPython", "pypy": "PyPy"}.get(self.implementation, self.implementation)
+        return f"{impl} {self.version} ({self.path})"
+
+
+def _from_info(path: Path, info: dict[str, Any]) -> Interpreter:
+    return Interpreter(
+        path=path,
+        implementation=str(info["implementation"]),
+        version=str(info["version"]),
+        version_info=tuple(info["version_info"]),
+        abiflags=str(info.get("abiflags", "")),
+        platform=str(info["platform"]),
+        machine=str(info["machine"]),
+    )
+
+
+def current_interpreter() -> Interpreter:
+    """Describe the interpreter running pytest, without starting a process."""
+    return Interpreter(
+        path=Path(os.path.realpath(sys.executable)),
+        implementation=sys.implementation.name,
+        version=platform.python_version(),
+        version_info=tuple(sys.version_info),
+        abiflags=getattr(sys, "abiflags", ""),
+        platform=sysconfig.get_platform(),
+        machine=platform.machine(),
+    )
+
+
+def inspect(path: Path, probe_dir: Path | None) -> Interpreter | None:
+    """Ask the interpreter at ``path`` about itself; ``None`` if it does not run."""
+    real = Path(os.path.realpath(path))
+
+    def compute() -> dict[str, Any]:
+        try:
+            proc = subprocess.run(
+                [str(real), "-I", "-S", "-c", _INFO_SCRIPT],
+                capture_output=True,
+                text=True,
+                check=False,
+                timeout=30,
+                stdin=subprocess.DEVNULL,
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            return {"ok": False}
+        if proc.returncode != 0:
+            return {"ok": False}
+        try:
+            info = json.loads(proc.stdout)
+        except ValueError:
+            return {"ok": False}
+        return {"ok": True, **info}
+
+    try:
+        info = probe(probe_dir, "python", real, compute)
+    except OSError:
+        return None
+    if not info.get("ok"):
+        return None
+    return _from_info(real, info)
+
+
+def _is_shim(path: Path) -> bool:
+    # pyenv and asdf shims are small shell scripts that re-dispatch; they
+    # fail for versions that are installed but not active.
+    if "shims" in path.parts:
+        return True
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(512)
+    except OSError:
+        return True
+    return head.startswith(b"#!") and (b"pyenv" in head or b"asdf" in head)
+
+
+def _pyenv_root() -> Path:
+    return Path(os.environ.get("PYENV_ROOT") or Path.home() / ".pyenv")
+
+
+def _version_sort_key(name: str) -> Version:
+    try:
+        return Version(name)
+    except InvalidVersion:
+        return Version("0")
+
+
+def discover() -> Iterator[Path]:
+    """Yield candidate interpreter paths in preference order, shims excluded.
+
+    The order is ``PATH`` first (as a shell would pick), then pyenv's
+    ``versions/`` (newest first), then uv-managed interpreters.
+    """
+    seen: set[str] = set()
+
+    def candidates_in(directory: Path) -> Iterator[Path]:
+        try:
+            names = sorted(os.listdir(directory), reverse=True)
+        except OSError:
+            return
+        for name in names:
+            if not _NAME_RE.match(name):
+                continue
+            path = directory / name
+            if not os.access(path, os.X_OK) or path.is_dir() or _is_shim(path):
+                continue
+            real = os.path.realpath(path)
+            if real in seen:
+                continue
+            seen.add(real)
+            yield path
+
+    for entry in os.environ.get("PATH", "").split(os.pathsep):
+        if entry:
+            yield from candidates_in(Path(entry))
+    versions = _pyenv_root() / "versions"
+    try:
+        pyenv_versions = sorted(os.listdir(versions), key=_version_sort_key, reverse=True)
+    except OSError:
+        pyenv_versions = []
+    for name in pyenv_versions:
+        yield from candidates_in(versions / name / "bin")
+    uv_pythons = Path(
+        os.environ.get("UV_PYTHON_INSTALL_DIR")
+        or Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
+        / "uv"
+        / "python"
+    )
+    try:
+        managed = sorted(os.listdir(uv_pythons), reverse=True)
+    except OSError:
+        managed = []
+    for name in managed:
+        yield from candidates_in(uv_pythons / name / "bin")
+
+
+@dataclass(frozen=True)
+class _Request:
+    implementation: str | None
+    specifier: SpecifierSet
+    text: str
+
+    def matches(self, interp: Interpreter) -> bool:
+        if self.implementation and interp.implementation != self.implementation:
+            return False
+        return self.specifier.contains(interp.version, prereleases=True)
+
+    def name_may_match(self, path: Path) -> bool:
+        """Cheap pre-filter on ``pythonX.Y`` names, so likely binaries are run first."""
+        m = _NAME_RE.match(path.name)
+        if not m or not m.group(1) or "." not in m.group(1):
+            return True
+        named = m.group(1)
+        return any(self.specifier.contains(f"{named}.{patch}") for patch in (0, 1, 5, 10, 20))
+
+
+def parse_request(text: str) -> _Request:
+    """Parse ``3.12``, ``3.12.1``, ``cpython3.12``, ``pypy3.10`` or ``>=3.11,<3.13``."""
+    text = text.strip()
+    m = _REQUEST_RE.match(text)
+    if m and m.group("version"):
+        impl = m.group("impl")
+        implementation = {"pypy": "pypy", "pp": "pypy"}.get(impl or "", "cpython" if impl else None)
+        version = m.group("version").rstrip(".")
+        return _Request(implementation, SpecifierSet(f"=={version}.*"), text)
+    try:
+        return _Request(None, SpecifierSet(text), text)
+    except InvalidSpecifier:
+        raise InterpreterNotFoundError(
+            f"--uv-python={text!r} is neither a version (3.12), a version specifier "
+            "(>=3.11,<3.13) nor a path to an interpreter. Fix: pass one of those."
+        ) from None
+
+
+def _looks_like_path(text: str) -> bool:
+    return os.sep in text or text.startswith(".") or text.startswith("~")
+
+
+def _not_found(request: str, found: list[Interpreter]) -> InterpreterNotFoundError:
+    unique = {i.path: i for i in found}.values()
+    ordered = sorted(unique, key=lambda i: _version_sort_key(i.version))
+    listing = ", ".join(f"{i.version} ({i.path})" for i in ordered) or "none"
+    return InterpreterNotFoundError(
+        f"No Python interpreter matching {request!r} was found on this machine. "
+        f"Found: {listing}. Fix: install that Python (e.g. `pyenv install` or "
+        "`uv python install`), pass --uv-python=/path/to/python, or pick one of those found."
+    )
+
+
+def find_matching(request: str, probe_dir: Path | None) -> Interpreter:
+    """Return the first interpreter, in :func:`discover` order, that satisfies ``request``."""
+    if _looks_like_path(request):
+        path = Path(request).expanduser()
+        interp = inspect(path, probe_dir) if path.is_file() else None
+        if interp is None:
+            raise InterpreterNotFoundError(
+                f"--uv-python={request!r} is not a working Python interpreter. "
+                "Fix: pass the path of a python executable, or a version such as 3.12."
+            )
+        return interp
+    req = parse_request(request)
+    current = current_interpreter()
+    if req.matches(current):
+        return current
+    seen: list[Interpreter] = [current]
+    deferred: list[Path] = []
+    for path in discover():
+        if not req.name_may_match(path):
+            deferred.append(path)
+            continue
+        interp = inspect(path, probe_dir)
+        if interp is None:
+            continue
+        seen.append(interp)
+        if req.matches(interp):
+            return interp
+    for path in deferred:
+        interp = inspect(path, probe_dir)
+        if interp is None:
+            continue
+        seen.append(interp)
+        if req.matches(interp):
+            return interp
+    raise _not_found(request, seen)
+
+
+def _read_python_version_file(project_root: Path) -> str | None:
+    # uv reads .python-version in the project and its parents; the first
+    # non-comment line is the request.
+    for directory in (project_root, *project_root.parents):
+        candidate = directory / ".python-version"
+        if candidate.is_file():
+            for raw in candidate.read_text(encoding="utf-8").splitlines():
+                line = raw.strip()
+                if line and not line.startswith("#"):
+                    return line
+            return None
+    return None
+
+
+def resolve_python(
+    request: str | None,
+    *,
+    project_root: Path,
+    requires_python: str | None,
+    probe_dir: Path | None,
+) -> Interpreter:
+    """Resolve the interpreter for an env.
+
+    An explicit ``request`` wins. Otherwise ``.python-version`` decides,
+    then ``requires-python`` (the running interpreter if it satisfies it,
+    else the newest one found that does), then the running interpreter.
+    """
+    if request:
+        return find_matching(request, probe_dir)
+    pinned = _read_python_version_file(project_root)
+    if pinned:
+        return find_matching(pinned, probe_dir)
+    current = current_interpreter()
+    if not requires_python:
+        return current
+    try:
+        spec = SpecifierSet(requires_python)
+    except InvalidSpecifier:
+        return current
+    if spec.contains(current.version, prereleases=True):
+        return current
+    found: list[Interpreter] = [current]
+    for path in discover():
+        interp = inspect(path, probe_dir)
+        if interp is not None:
+            found.append(interp)
+    matching = [i for i in found if spec.contains(i.version, prereleases=True)]
+    if not matching:
+        raise _not_found(f"requires-python {requires_python}", found)
+    return max(matching, key=lambda i: Version(i.version))

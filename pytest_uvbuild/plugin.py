@@ -1,0 +1,222 @@
+"""pytest-uvbuild's pytest plugin: options, markers, fixtures and hook wiring.
+
+Nothing heavy happens here. Each hook hands over to the module that owns
+the work: :mod:`~pytest_uvbuild.session` for envs, :mod:`~pytest_uvbuild.runner`
+for hermetic runs and :mod:`~pytest_uvbuild.artifacts` for the build record.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from pytest_uvbuild.errors import UvBuildError
+from pytest_uvbuild.request import INSTALL_MODES, EnvRequest, InstallMode
+from pytest_uvbuild.session import SESSION_KEY, UvBuildSession
+
+if TYPE_CHECKING:
+    from pytest_uvbuild.envcache import UvEnv
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    """Register the ``--uv-*`` and ``--hermetic-*`` options and their ini twins."""
+    group = parser.getgroup("uvbuild", "uv-locked hermetic runs (pytest-uvbuild)")
+    group.addoption(
+        "--uv-build",
+        action="store_true",
+        default=False,
+        dest="uv_build",
+        help="Run in the project's uv-locked environment and write a build record",
+    )
+    parser.addini("uv_build", type="bool", default=False, help="Same as --uv-build")
+    group.addoption(
+        "--uv-project",
+        metavar="DIR",
+        dest="uv_project",
+        default=None,
+        help="uv project to lock against (default: nearest dir at or above rootdir "
+        "with pyproject.toml and uv.lock)",
+    )
+    parser.addini("uv_project", default=None, help="Same as --uv-project, relative to rootdir")
+    group.addoption(
+        "--uv-python",
+        metavar="SPEC",
+        dest="uv_python",
+        default=None,
+        help="Python for the env: a version such as 3.12, a specifier, or a path",
+    )
+    parser.addini("uv_python", default=None, help="Same as --uv-python")
+    group.addoption(
+        "--uv-group",
+        metavar="NAME",
+        action="append",
+        dest="uv_group",
+        default=[],
+        help="Include a dependency group (repeatable)",
+    )
+    parser.addini("uv_groups", type="args", default=[], help="Dependency groups to include")
+    group.addoption(
+        "--uv-only-group",
+        metavar="NAME",
+        action="append",
+        dest="uv_only_group",
+        default=[],
+        help="Install only this dependency group, not the project's dependencies (repeatable)",
+    )
+    group.addoption(
+        "--uv-no-default-groups",
+        action="store_true",
+        default=False,
+        dest="uv_no_default_groups",
+        help="Do not install the default groups ([tool.uv] default-groups, else dev)",
+    )
+    group.addoption(
+        "--uv-extra",
+        metavar="NAME",
+        action="append",
+        dest="uv_extra",
+        default=[],
+        help="Include an optional-dependency extra (repeatable)",
+    )
+    parser.addini("uv_extras", type="args", default=[], help="Extras to include")
+    group.addoption(
+        "--uv-all-extras",
+        action="store_true",
+        default=False,
+        dest="uv_all_extras",
+        help="Include every optional-dependency extra",
+    )
+    group.addoption(
+        "--uv-offline",
+        action="store_true",
+        default=False,
+        dest="uv_offline",
+        help="Run uv in offline mode (only its cache is used)",
+    )
+    parser.addini("uv_offline", type="bool", default=False, help="Same as --uv-offline")
+    group.addoption(
+        "--uv-cache-dir",
+        metavar="DIR",
+        dest="uv_cache_dir",
+        default=None,
+        help="Where envs are cached (default: $PYTEST_UVBUILD_CACHE_DIR or "
+        "$XDG_CACHE_HOME/pytest-uvbuild)",
+    )
+    parser.addini("uv_cache_dir", default=None, help="Same as --uv-cache-dir")
+    group.addoption(
+        "--uv-rebuild",
+        action="store_true",
+        default=False,
+        dest="uv_rebuild",
+        help="Ignore and replace the cached env for this key",
+    )
+    group.addoption(
+        "--uv-install-project",
+        choices=INSTALL_MODES,
+        dest="uv_install_project",
+        default=None,
+        help="How the project itself is installed: wheel (default), source or no",
+    )
+    parser.addini("uv_install_project", default=None, help="Same as --uv-install-project")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Register the marker and the per-run session object."""
+    config.addinivalue_line(
+        "markers",
+        "hermetic(timeout=None, env=None, python=None, groups=None, extras=None, "
+        "project=None, network=True): run the test body inside the uv-locked env "
+        "when --uv-build is given",
+    )
+    config.stash[SESSION_KEY] = UvBuildSession(config)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Release the env leases this run held."""
+    session = config.stash.get(SESSION_KEY, None)
+    if session is not None:
+        session.close()
+        del config.stash[SESSION_KEY]
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """With ``--uv-build``, materialise the env before anything is collected."""
+    uvbuild = session.config.stash[SESSION_KEY]
+    if not uvbuild.enabled:
+        return
+    try:
+        uvbuild.main_env  # noqa: B018 - materialising is the point
+    except UvBuildError as exc:
+        raise pytest.UsageError(str(exc)) from None
+
+
+def pytest_report_header(config: pytest.Config) -> list[str] | None:
+    """Say that the session runs against a uv lock."""
+    uvbuild = config.stash[SESSION_KEY]
+    env = uvbuild.main_env_if_ready()
+    if env is None:
+        return None
+    return [f"uv-build: env {env.key} ({env.interpreter.describe()}) at {env.path}"]
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    """Report hit or miss, key, location and time of every env used."""
+    lines = config.stash[SESSION_KEY].summary_lines()
+    if not lines:
+        return
+    terminalreporter.section("uv-build")
+    for line in lines:
+        terminalreporter.write_line(line)
+
+
+@pytest.fixture(scope="session")
+def uv_env(pytestconfig: pytest.Config) -> UvEnv:
+    """The session's uv-locked environment, materialised on first use."""
+    uvbuild = pytestconfig.stash[SESSION_KEY]
+    try:
+        return uvbuild.main_env
+    except UvBuildError as exc:
+        pytest.fail(str(exc), pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def uv_env_factory(
+    pytestconfig: pytest.Config,
+) -> Callable[..., UvEnv]:
+    """Make further envs: ``uv_env_factory(project_dir, python=..., groups=...)``."""
+    uvbuild: UvBuildSession = pytestconfig.stash[SESSION_KEY]
+
+    def factory(
+        project_dir: str | Path | None = None,
+        *,
+        python: str | None = None,
+        groups: Sequence[str] = (),
+        only_groups: Sequence[str] = (),
+        no_default_groups: bool = False,
+        extras: Sequence[str] = (),
+        all_extras: bool = False,
+        install_project: InstallMode = "wheel",
+        offline: bool | None = None,
+        rebuild: bool = False,
+    ) -> UvEnv:
+        if install_project not in INSTALL_MODES:
+            raise ValueError(f"install_project must be one of {INSTALL_MODES}")
+        request = EnvRequest(
+            project_dir=Path(project_dir).resolve() if project_dir is not None else None,
+            python=python,
+            groups=tuple(groups),
+            only_groups=tuple(only_groups),
+            no_default_groups=no_default_groups,
+            extras=tuple(extras),
+            all_extras=all_extras,
+            install_project=install_project,
+            offline=uvbuild.request.offline if offline is None else offline,
+        )
+        return uvbuild.env_for(request, rebuild=rebuild)
+
+    return factory

@@ -1,0 +1,283 @@
+"""Find the uv project, read its ``pyproject.toml``, and work out the selection.
+
+Only ``pyproject.toml`` (a few KB) is parsed on every session; ``uv.lock``
+is hashed, and parsed only when an environment is being built (see
+:func:`local_sources`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from packaging.utils import canonicalize_name
+
+from pytest_uvbuild.errors import LockfileError, ProjectNotFoundError, SelectionError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib
+
+__all__ = [
+    "LocalSource",
+    "Selection",
+    "UvProject",
+    "find_project",
+    "load_project",
+    "local_sources",
+]
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The dependency groups and extras an env is built with, as uv will apply them."""
+
+    groups: tuple[str, ...]
+    extras: tuple[str, ...]
+    only_groups: bool
+    uv_args: tuple[str, ...] = field(compare=False)
+
+    def key_fields(self) -> dict[str, Any]:
+        """The effective selection, normalised; the uv flags that produce it do not matter."""
+        return {"groups": list(self.groups), "extras": list(self.extras), "only": self.only_groups}
+
+
+@dataclass(frozen=True)
+class LocalSource:
+    """A package of the lock that uv installs from a directory (the project, members, path deps)."""
+
+    name: str
+    directory: Path
+    editable: bool
+
+
+def _read_toml(path: Path, what: str) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            data: dict[str, Any] = tomllib.load(fh)
+            return data
+    except FileNotFoundError:
+        raise LockfileError(f"{path} is missing. Fix: {what}.") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise LockfileError(
+            f"{path} is not valid TOML ({exc}). Fix: correct the file"
+            + (" or regenerate it with `uv lock`." if path.name == "uv.lock" else ".")
+        ) from None
+    except OSError as exc:
+        raise LockfileError(f"{path} cannot be read ({exc.strerror}).") from None
+
+
+@dataclass(frozen=True)
+class UvProject:
+    """A directory with ``pyproject.toml`` and ``uv.lock``, and what its pyproject says."""
+
+    root: Path
+    pyproject: Mapping[str, Any]
+
+    @property
+    def pyproject_path(self) -> Path:
+        """Path of the project's ``pyproject.toml``."""
+        return self.root / "pyproject.toml"
+
+    @property
+    def lock_path(self) -> Path:
+        """Path of the project's ``uv.lock``."""
+        return self.root / "uv.lock"
+
+    @property
+    def name(self) -> str | None:
+        """The normalised project name, or ``None`` for a virtual workspace root."""
+        raw = self.pyproject.get("project", {}).get("name")
+        return canonicalize_name(raw) if isinstance(raw, str) else None
+
+    @property
+    def requires_python(self) -> str | None:
+        """The ``requires-python`` specifier, if declared."""
+        value = self.pyproject.get("project", {}).get("requires-python")
+        return value if isinstance(value, str) else None
+
+    @property
+    def _tool_uv(self) -> Mapping[str, Any]:
+        tool = self.pyproject.get("tool", {})
+        value = tool.get("uv", {}) if isinstance(tool, dict) else {}
+        return value if isinstance(value, dict) else {}
+
+    @property
+    def is_package(self) -> bool:
+        """Whether uv builds and installs the project itself (``[tool.uv] package``)."""
+        explicit = self._tool_uv.get("package")
+        if isinstance(explicit, bool):
+            return explicit
+        return "build-system" in self.pyproject and "project" in self.pyproject
+
+    @property
+    def dependency_groups(self) -> frozenset[str]:
+        """Normalised names of the project's dependency groups (PEP 735 and legacy dev)."""
+        groups: set[str] = {
+            canonicalize_name(g) for g in self.pyproject.get("dependency-groups", {})
+        }
+        if self._tool_uv.get("dev-dependencies"):
+            groups.add("dev")
+        return frozenset(groups)
+
+    @property
+    def extras(self) -> frozenset[str]:
+        """Normalised names of the project's optional-dependency extras."""
+        optional = self.pyproject.get("project", {}).get("optional-dependencies", {})
+        return frozenset(canonicalize_name(e) for e in optional)
+
+    @property
+    def default_groups(self) -> tuple[str, ...]:
+        """The groups uv installs by default: ``[tool.uv] default-groups``, else ``dev``."""
+        declared = self._tool_uv.get("default-groups")
+        if declared == "all":
+            return tuple(sorted(self.dependency_groups))
+        if isinstance(declared, list):
+            return tuple(sorted({canonicalize_name(str(g)) for g in declared}))
+        return ("dev",) if "dev" in self.dependency_groups else ()
+
+    def lock_sha256(self) -> str:
+        """Return the sha256 of ``uv.lock``'s bytes."""
+        try:
+            return hashlib.sha256(self.lock_path.read_bytes()).hexdigest()
+        except FileNotFoundError:
+            raise LockfileError(
+                f"{self.lock_path} is missing. Fix: run `uv lock` in {self.root} "
+                "and commit uv.lock."
+            ) from None
+
+    def select(
+        self,
+        *,
+        groups: Sequence[str] = (),
+        only_groups: Sequence[str] = (),
+        no_default_groups: bool = False,
+        extras: Sequence[str] = (),
+        all_extras: bool = False,
+    ) -> Selection:
+        """Validate a group/extra request and return the effective selection.
+
+        It follows uv: default groups unless ``no_default_groups``, plus
+        ``groups``; ``only_groups`` replaces all of that (and the project's
+        own dependencies).
+        """
+        known = self.dependency_groups
+        unknown = sorted({g for g in (*groups, *only_groups) if canonicalize_name(g) not in known})
+        if unknown:
+            listing = ", ".join(sorted(known)) or "none"
+            raise SelectionError(
+                f"Unknown dependency group(s) {', '.join(unknown)} for project {self.root}. "
+                f"Defined: {listing}. Fix: add it under [dependency-groups] in pyproject.toml "
+                "(e.g. `uv add --group NAME ...`) or pick a defined group."
+            )
+        unknown_extras = sorted({e for e in extras if canonicalize_name(e) not in self.extras})
+        if unknown_extras:
+            listing = ", ".join(sorted(self.extras)) or "none"
+            raise SelectionError(
+                f"Unknown extra(s) {', '.join(unknown_extras)} for project {self.root}. "
+                f"Defined: {listing}. Fix: declare it under [project.optional-dependencies] "
+                "or pick a defined extra."
+            )
+        uv_args: list[str] = []
+        if only_groups:
+            effective: set[str] = {canonicalize_name(g) for g in only_groups}
+            for g in only_groups:
+                uv_args += ["--only-group", g]
+        else:
+            effective = set() if no_default_groups else set(self.default_groups)
+            effective |= {canonicalize_name(g) for g in groups}
+            if no_default_groups:
+                uv_args.append("--no-default-groups")
+            for g in groups:
+                uv_args += ["--group", g]
+        chosen_extras = set(self.extras) if all_extras else {canonicalize_name(e) for e in extras}
+        if all_extras:
+            uv_args.append("--all-extras")
+        else:
+            for e in extras:
+                uv_args += ["--extra", e]
+        return Selection(
+            groups=tuple(sorted(effective)),
+            extras=tuple(sorted(chosen_extras)),
+            only_groups=bool(only_groups),
+            uv_args=tuple(uv_args),
+        )
+
+
+def load_project(root: Path) -> UvProject:
+    """Read the project at ``root``; its pyproject must parse and its lock must exist."""
+    root = root.resolve()
+    if not root.is_dir():
+        raise ProjectNotFoundError(
+            f"Project directory {root} does not exist. Fix: pass --uv-project=DIR "
+            "pointing at a directory with pyproject.toml and uv.lock."
+        )
+    pyproject = _read_toml(root / "pyproject.toml", f"create it, e.g. with `uv init {root}`")
+    if not (root / "uv.lock").is_file():
+        raise LockfileError(
+            f"{root / 'uv.lock'} is missing. Fix: run `uv lock` in {root} and commit uv.lock."
+        )
+    return UvProject(root=root, pyproject=pyproject)
+
+
+def find_project(start: Path, explicit: Path | None = None) -> UvProject:
+    """Return the explicit project, else the nearest dir at or above ``start`` with both files."""
+    if explicit is not None:
+        return load_project(explicit)
+    start = start.resolve()
+    for directory in (start, *start.parents):
+        if (directory / "pyproject.toml").is_file() and (directory / "uv.lock").is_file():
+            return load_project(directory)
+    for directory in (start, *start.parents):
+        if (directory / "pyproject.toml").is_file():
+            raise LockfileError(
+                f"{directory / 'pyproject.toml'} has no uv.lock next to it. "
+                f"Fix: run `uv lock` in {directory} and commit uv.lock."
+            )
+    raise ProjectNotFoundError(
+        f"No uv project (pyproject.toml with uv.lock) at or above {start}. "
+        "Fix: run pytest inside a uv project, or pass --uv-project=DIR."
+    )
+
+
+def read_lock(project: UvProject) -> dict[str, Any]:
+    """Parse ``uv.lock`` (only on the cold path: it can take tens of milliseconds)."""
+    return _read_toml(project.lock_path, f"run `uv lock` in {project.root}")
+
+
+def local_sources(
+    project: UvProject, lock: Mapping[str, Any] | None = None
+) -> tuple[LocalSource, ...]:
+    """Return the lock's packages that come from local directories (editable or not).
+
+    These are the project itself, workspace members and path dependencies:
+    their content can change without the lock changing, so they never go
+    into the shared, immutable dependency environment.
+    """
+    lock = read_lock(project) if lock is None else lock
+    found: list[LocalSource] = []
+    for package in _packages(lock):
+        source = package.get("source", {})
+        if not isinstance(source, dict):
+            continue
+        for kind in ("editable", "directory"):
+            rel = source.get(kind)
+            if isinstance(rel, str):
+                found.append(
+                    LocalSource(
+                        name=canonicalize_name(str(package.get("name", ""))),
+                        directory=(project.root / rel).resolve(),
+                        editable=kind == "editable",
+                    )
+                )
+    return tuple(sorted(found, key=lambda s: s.name))
+
+
+def _packages(lock: Mapping[str, Any]) -> Iterable[Mapping[str, Any]]:
+    packages = lock.get("package", [])
+    return [p for p in packages if isinstance(p, dict)] if isinstance(packages, list) else []

@@ -1,0 +1,220 @@
+"""Locate the uv binary, run it, and turn its failures into our errors.
+
+uv does all resolution, installation, export and building. This module only
+finds the binary the way ``uv.find_uv_bin()`` does, runs it with a controlled
+environment, and translates uv's exit status and stderr into one clear
+:class:`~pytest_uvbuild.errors.UvBuildError` that names the fix.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Final
+
+from pytest_uvbuild.errors import LockfileError, UvCommandError, UvNotFoundError
+from pytest_uvbuild.probecache import probe
+
+__all__ = ["UV_BINARY_ENV", "Uv", "find_uv"]
+
+#: Environment variable that points pytest-uvbuild at a specific uv binary.
+UV_BINARY_ENV: Final = "PYTEST_UVBUILD_UV"
+
+# Variables of the calling shell that would make uv act on the wrong
+# environment or interpreter; we always pass these decisions explicitly.
+_STRIPPED_FOR_UV: Final = (
+    "VIRTUAL_ENV",
+    "CONDA_PREFIX",
+    "UV_PROJECT_ENVIRONMENT",
+    "UV_PYTHON",
+    "UV_SYSTEM_PYTHON",
+    "UV_FROZEN",
+    "UV_LOCKED",
+    "UV_NO_SYNC",
+)
+
+
+def find_uv() -> Path:
+    """Return the uv binary to use.
+
+    ``$PYTEST_UVBUILD_UV`` wins; otherwise the binary that the ``uv`` PyPI
+    package installed (found with its own ``find_uv_bin``), and last ``uv``
+    on ``PATH``.
+    """
+    override = os.environ.get(UV_BINARY_ENV)
+    if override:
+        path = Path(override)
+        if not path.is_file():
+            raise UvNotFoundError(
+                f"${UV_BINARY_ENV} points at {override!r}, which is not a file. "
+                f"Fix: unset {UV_BINARY_ENV} or point it at a uv binary."
+            )
+        return path
+    tried: list[str] = []
+    try:
+        import uv
+
+        return Path(uv.find_uv_bin())
+    except ImportError:
+        tried.append("the 'uv' Python package (not installed)")
+    except FileNotFoundError as exc:
+        tried.append(f"the 'uv' Python package ({str(exc).splitlines()[0]})")
+    on_path = shutil.which("uv")
+    if on_path:
+        return Path(on_path)
+    tried.append("'uv' on PATH")
+    raise UvNotFoundError(
+        "Could not find the uv binary; tried "
+        + ", ".join(tried)
+        + ". Fix: `pip install uv` into the environment that runs pytest."
+    )
+
+
+def _uv_environ(extra: Mapping[str, str] | None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in _STRIPPED_FOR_UV}
+    # Never let a missing interpreter trigger a download behind the user's
+    # back; interpreters are resolved to real paths before uv is called.
+    env.setdefault("UV_PYTHON_DOWNLOADS", "never")
+    env["UV_NO_PROGRESS"] = "1"
+    if extra:
+        env.update(extra)
+    return env
+
+
+_NETWORK_PATTERNS: Final = (
+    "error sending request",
+    "dns error",
+    "failed to lookup address",
+    "connection refused",
+    "Could not connect",
+    "tcp connect error",
+    "operation timed out",
+    "Failed to fetch",
+)
+
+
+def _first_error_lines(stderr: str, limit: int = 6) -> str:
+    lines = [ln.rstrip() for ln in stderr.splitlines() if ln.strip()]
+    return "\n".join("  " + ln for ln in lines[:limit])
+
+
+def translate_failure(what: str, returncode: int, stderr: str) -> UvCommandError | LockfileError:
+    """Map a failed uv call to one error whose message names the fix."""
+    detail = _first_error_lines(stderr)
+    if "needs to be updated, but `--locked` was provided" in stderr or (
+        "needs to be updated" in stderr and "--check" in what
+    ):
+        return LockfileError(
+            "uv.lock is out of date with pyproject.toml. Fix: run `uv lock` and commit uv.lock."
+        )
+    if "Unable to find lockfile" in stderr:
+        return LockfileError(
+            "uv.lock is missing. Fix: run `uv lock` in the project and commit uv.lock."
+        )
+    if "Failed to parse `uv.lock`" in stderr or "unsupported schema version" in stderr:
+        return LockfileError(
+            "uv.lock cannot be parsed:\n"
+            f"{detail}\nFix: regenerate it with `uv lock` (or upgrade uv if the lock is newer)."
+        )
+    if "Network connectivity is disabled" in stderr:
+        return UvCommandError(
+            f"{what} needs packages that are not in uv's cache, and offline mode is on:\n"
+            f"{detail}\nFix: run once without --uv-offline (or UV_OFFLINE) to fill the cache.",
+            returncode=returncode,
+            stderr=stderr,
+        )
+    if any(p.lower() in stderr.lower() for p in _NETWORK_PATTERNS):
+        return UvCommandError(
+            f"{what} could not reach the package index:\n{detail}\n"
+            "Fix: check the network or index URL, or use --uv-offline with a warm uv cache.",
+            returncode=returncode,
+            stderr=stderr,
+        )
+    hash_match = re.search(r"Hash mismatch for `([^`]+)`", stderr)
+    if hash_match:
+        return UvCommandError(
+            f"{what} refused {hash_match.group(1)}: its hash does not match uv.lock.\n{detail}\n"
+            "Fix: check the index for tampering, or re-lock with `uv lock --refresh`.",
+            returncode=returncode,
+            stderr=stderr,
+        )
+    return UvCommandError(
+        f"{what} failed (uv exit status {returncode}):\n{detail}",
+        returncode=returncode,
+        stderr=stderr,
+    )
+
+
+class Uv:
+    """A located uv binary and the way we run it."""
+
+    def __init__(self, binary: Path) -> None:
+        self.binary = binary
+
+    @classmethod
+    def locate(cls) -> Uv:
+        """Find the uv binary (see :func:`find_uv`)."""
+        return cls(find_uv())
+
+    def version(self, probe_dir: Path | None = None) -> str:
+        """Return uv's version string, e.g. ``"0.13.9"``; cached by the binary's stat."""
+
+        def compute() -> dict[str, str]:
+            try:
+                proc = subprocess.run(
+                    [str(self.binary), "--version"],
+                    capture_output=True,
+                    text=True,
+                    check=False,
+                    timeout=60,
+                )
+            except OSError as exc:
+                raise UvNotFoundError(
+                    f"The uv binary at {self.binary} does not run ({exc.strerror}). "
+                    "Fix: reinstall it with `pip install --force-reinstall uv`."
+                ) from None
+            parts = proc.stdout.split()
+            if proc.returncode != 0 or len(parts) < 2 or parts[0] != "uv":
+                raise UvNotFoundError(
+                    f"The uv binary at {self.binary} does not run (`uv --version` exited "
+                    f"{proc.returncode}). "
+                    "Fix: reinstall it with `pip install --force-reinstall uv`."
+                )
+            return {"version": parts[1]}
+
+        return str(probe(probe_dir, "uv", self.binary, compute)["version"])
+
+    def run(
+        self,
+        args: Sequence[str],
+        *,
+        what: str,
+        cwd: Path | None = None,
+        env: Mapping[str, str] | None = None,
+        check: bool = True,
+        timeout: float | None = None,
+    ) -> subprocess.CompletedProcess[str]:
+        """Run ``uv *args``; on failure raise the translated error unless ``check`` is false."""
+        try:
+            proc = subprocess.run(
+                [str(self.binary), *args],
+                cwd=cwd,
+                env=_uv_environ(env),
+                capture_output=True,
+                text=True,
+                check=False,
+                timeout=timeout,
+                stdin=subprocess.DEVNULL,
+            )
+        except OSError as exc:
+            raise UvNotFoundError(
+                f"The uv binary at {self.binary} does not run ({exc.strerror}). "
+                "Fix: reinstall it with `pip install --force-reinstall uv`."
+            ) from None
+        if check and proc.returncode != 0:
+            raise translate_failure(what, proc.returncode, proc.stderr)
+        return proc
