@@ -1,115 +1,36 @@
 """Shared fixtures: an offline wheelhouse, toy uv projects, and an isolated cache.
 
-Every test project uses ``[tool.uv] no-index = true`` with ``find-links``
-pointing at a wheelhouse built here with the ``uv_build`` backend, so locks
-and syncs run offline. pytest itself (needed inside hermetic envs) is fetched
-from the registry once and kept in ``.pytest_cache``.
+The builders live in ``tests/toys.py`` (shared with ``bench/``). pytest itself,
+which every hermetic env needs, is fetched from the registry once and kept in
+``.pytest_cache``; the toy wheels are built per session with ``uv_build``.
 """
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import textwrap
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 import pytest
-import uv
+import toys
 from filelock import FileLock
 
 pytest_plugins = ["pytester"]
 
-UV = Path(uv.find_uv_bin())
 
-#: Tiny packages built into the wheelhouse: (name, version, dependencies).
-TOY_PACKAGES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
-    ("toyalpha", "1.0", ()),
-    ("toyalpha", "2.0", ()),
-    ("toybeta", "1.0", ("toyalpha",)),
-    ("toygamma", "1.0", ()),
-)
-
-#: Registry wheels a locked env needs to run pytest (a universal lock asks
-#: for the wheels of every marker branch, hence colorama and friends).
-REGISTRY_WHEELS: tuple[str, ...] = (
-    f"pytest=={pytest.__version__}",
-    "pluggy",
-    "iniconfig",
-    "packaging",
-    "pygments",
-    "colorama",
-    "exceptiongroup",
-    "tomli",
-    "typing-extensions",
-)
-
-
-def run_uv(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    """Run the real uv binary offline and fail the test with its stderr if it fails."""
-    env = {**os.environ, "UV_PYTHON_DOWNLOADS": "never", "UV_NO_PROGRESS": "1"}
-    env.pop("VIRTUAL_ENV", None)
-    proc = subprocess.run(
-        [str(UV), *args], cwd=cwd, env=env, capture_output=True, text=True, check=False
-    )
-    if proc.returncode != 0:
-        pytest.fail(f"uv {' '.join(args)} failed:\n{proc.stderr}", pytrace=False)
-    return proc
-
-
-def _build_toy(root: Path, name: str, version: str, deps: Sequence[str], out: Path) -> None:
-    src = root / f"{name}-{version}"
-    (src / "src" / name).mkdir(parents=True, exist_ok=True)
-    deps_toml = ", ".join(f'"{d}"' for d in deps)
-    (src / "pyproject.toml").write_text(
-        textwrap.dedent(
-            f"""\
-            [project]
-            name = "{name}"
-            version = "{version}"
-            requires-python = ">=3.8"
-            dependencies = [{deps_toml}]
-            [build-system]
-            requires = ["uv_build>=0.9,<1"]
-            build-backend = "uv_build"
-            """
-        )
-    )
-    (src / "src" / name / "__init__.py").write_text(f'__version__ = "{version}"\n')
-    run_uv("build", "--offline", "--wheel", "--python", sys.executable, str(src), "-o", str(out))
-
-
-def _fetch_registry_wheels(dest: Path) -> None:
-    marker = dest / ".complete"
-    if marker.exists():
-        return
-    dest.mkdir(parents=True, exist_ok=True)
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "download",
-            "--quiet",
-            "--disable-pip-version-check",
-            "--only-binary=:all:",
-            "--no-deps",
-            "--dest",
-            str(dest),
-            *REGISTRY_WHEELS,
-        ],
-        check=True,
-    )
-    marker.touch()
+def run_uv(*args: str, cwd: Path | None = None) -> None:
+    """Run the real uv binary; a failure fails the calling test with uv's stderr."""
+    try:
+        toys.run_uv(*args, cwd=cwd)
+    except toys.UvFailed as exc:
+        pytest.fail(str(exc), pytrace=False)
 
 
 @pytest.fixture(scope="session")
 def wheelhouse(tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config) -> Path:
     """A directory of wheels: the toy packages plus pytest and its dependencies."""
-    # Under xdist every worker asks for this fixture; the first builds it.
+    # Under xdist every worker asks for this fixture; the first one builds it.
     shared = tmp_path_factory.getbasetemp().parent
     house = shared / "wheelhouse"
     with FileLock(str(shared / "wheelhouse.lock")):
@@ -120,16 +41,9 @@ def wheelhouse(tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Co
         # A pytest upgrade in the dev env needs matching wheels in the cache.
         if not list(registry.glob(f"pytest-{pytest.__version__}-*.whl")):
             (registry / ".complete").unlink(missing_ok=True)
-        with FileLock(str(registry) + ".lock"):
-            _fetch_registry_wheels(registry)
-        house.mkdir(exist_ok=True)
-        for wheel in registry.glob("*.whl"):
-            os.link(wheel, house / wheel.name) if not (house / wheel.name).exists() else None
-        sources = shared / "toy-sources"
-        for name, version, deps in TOY_PACKAGES:
-            _build_toy(sources, name, version, deps, house)
-        (house / ".complete").touch()
-    return house
+        with FileLock(f"{registry}.lock"):
+            toys.fetch_registry_wheels(registry, toys.registry_wheels(pytest.__version__))
+        return toys.fill_wheelhouse(house, registry, shared / "toy-sources")
 
 
 @pytest.fixture(scope="session")
@@ -152,13 +66,12 @@ def _isolated_environment(
     monkeypatch.setenv("UV_PYTHON_DOWNLOADS", "never")
     monkeypatch.setenv("PYTEST_UVBUILD_CACHE_DIR", str(shared_env_cache))
     monkeypatch.setenv("UV_CACHE_DIR", str(uv_cache))
-    monkeypatch.delenv("VIRTUAL_ENV", raising=False)
-    monkeypatch.delenv("PYTEST_ADDOPTS", raising=False)
-    monkeypatch.delenv("GITHUB_STEP_SUMMARY", raising=False)
+    for name in ("VIRTUAL_ENV", "PYTEST_ADDOPTS", "GITHUB_STEP_SUMMARY", "PYTEST_UVBUILD_UV"):
+        monkeypatch.delenv(name, raising=False)
 
 
 class MakeProject(Protocol):
-    """Signature of the ``make_project`` fixture."""
+    """Signature of the ``make_project`` fixture (see ``toys.write_project``)."""
 
     def __call__(
         self,
@@ -195,52 +108,22 @@ class _ProjectMaker:
         extra_toml: str = "",
         lock: bool = True,
     ) -> Path:
-        root = root or self.default_root
-        root.mkdir(parents=True, exist_ok=True)
-        all_groups = {k: list(v) for k, v in (groups or {}).items()}
-        if with_pytest:
-            all_groups.setdefault("dev", []).append("pytest")
-
-        def toml_list(items: Sequence[str]) -> str:
-            return "[" + ", ".join(f'"{i}"' for i in items) + "]"
-
-        lines = [
-            "[project]",
-            f'name = "{name}"',
-            'version = "0.1.0"',
-            f'requires-python = "{requires_python}"',
-            f"dependencies = {toml_list(dependencies)}",
-        ]
-        if extras:
-            lines.append("[project.optional-dependencies]")
-            lines += [f"{k} = {toml_list(v)}" for k, v in extras.items()]
-        if all_groups:
-            lines.append("[dependency-groups]")
-            lines += [f"{k} = {toml_list(v)}" for k, v in all_groups.items()]
-        if package:
-            lines += [
-                "[build-system]",
-                'requires = ["uv_build>=0.9,<1"]',
-                'build-backend = "uv_build"',
-            ]
-        lines += [
-            "[tool.uv]",
-            "no-index = true",
-            f'find-links = ["{self.wheelhouse}"]',
-        ]
-        if not package:
-            lines.append("package = false")
-        text = "\n".join(lines) + "\n" + textwrap.dedent(extra_toml)
-        (root / "pyproject.toml").write_text(text)
-        module = name.replace("-", "_")
-        if package:
-            (root / "src" / module).mkdir(parents=True, exist_ok=True)
-            init = root / "src" / module / "__init__.py"
-            if not init.exists():
-                init.write_text('WHERE = "wheel-or-source"\n')
-        if lock:
-            run_uv("lock", "--offline", "--python", sys.executable, cwd=root)
-        return root
+        try:
+            return toys.write_project(
+                root or self.default_root,
+                self.wheelhouse,
+                name=name,
+                dependencies=dependencies,
+                groups=groups,
+                extras=extras,
+                with_pytest=with_pytest,
+                package=package,
+                requires_python=requires_python,
+                extra_toml=extra_toml,
+                lock=lock,
+            )
+        except toys.UvFailed as exc:
+            pytest.fail(str(exc), pytrace=False)
 
 
 @pytest.fixture

@@ -1,0 +1,186 @@
+"""Builders for offline test fixtures: tiny wheels, a wheelhouse, and locked uv projects.
+
+Plain functions with no pytest dependency, so that ``tests/conftest.py`` and
+the scripts in ``bench/`` build exactly the same things. Every project uses
+``[tool.uv] no-index = true`` with ``find-links`` to the wheelhouse, so locking
+and syncing need no network.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import uv
+
+UV = Path(uv.find_uv_bin())
+
+#: Tiny packages built into the wheelhouse: (name, version, dependencies).
+TOY_PACKAGES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("toyalpha", "1.0", ()),
+    ("toyalpha", "2.0", ()),
+    ("toybeta", "1.0", ("toyalpha",)),
+    ("toygamma", "1.0", ()),
+)
+
+
+def registry_wheels(pytest_version: str) -> tuple[str, ...]:
+    """Registry wheels a locked env needs to run pytest.
+
+    A universal lock asks for the wheels of every marker branch, hence
+    colorama, exceptiongroup, tomli and typing-extensions even on Linux.
+    """
+    return (
+        f"pytest=={pytest_version}",
+        "pluggy",
+        "iniconfig",
+        "packaging",
+        "pygments",
+        "colorama",
+        "exceptiongroup",
+        "tomli",
+        "typing-extensions",
+    )
+
+
+class UvFailed(RuntimeError):
+    """A uv command used to set up a fixture failed."""
+
+
+def run_uv(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the real uv binary with downloads off; raise :class:`UvFailed` with its stderr."""
+    env = {**os.environ, "UV_PYTHON_DOWNLOADS": "never", "UV_NO_PROGRESS": "1"}
+    env.pop("VIRTUAL_ENV", None)
+    proc = subprocess.run(
+        [str(UV), *args], cwd=cwd, env=env, capture_output=True, text=True, check=False
+    )
+    if proc.returncode != 0:
+        raise UvFailed(f"uv {' '.join(args)} failed:\n{proc.stderr}")
+    return proc
+
+
+def build_toy(root: Path, name: str, version: str, deps: Sequence[str], out: Path) -> Path:
+    """Write a one-module ``uv_build`` package under ``root`` and build its wheel into ``out``."""
+    src = root / f"{name}-{version}"
+    (src / "src" / name).mkdir(parents=True, exist_ok=True)
+    deps_toml = ", ".join(f'"{d}"' for d in deps)
+    (src / "pyproject.toml").write_text(
+        textwrap.dedent(
+            f"""\
+            [project]
+            name = "{name}"
+            version = "{version}"
+            requires-python = ">=3.8"
+            dependencies = [{deps_toml}]
+            [build-system]
+            requires = ["uv_build>=0.9,<1"]
+            build-backend = "uv_build"
+            """
+        )
+    )
+    (src / "src" / name / "__init__.py").write_text(f'__version__ = "{version}"\n')
+    run_uv("build", "--offline", "--wheel", "--python", sys.executable, str(src), "-o", str(out))
+    return src
+
+
+def fetch_registry_wheels(dest: Path, requirements: Sequence[str]) -> None:
+    """Download pure wheels for ``requirements`` (no deps) into ``dest``, once."""
+    marker = dest / ".complete"
+    if marker.exists():
+        return
+    dest.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--only-binary=:all:",
+            "--no-deps",
+            "--dest",
+            str(dest),
+            *requirements,
+        ],
+        check=True,
+    )
+    marker.touch()
+
+
+def fill_wheelhouse(house: Path, registry: Path, scratch: Path) -> Path:
+    """Hard-link the registry wheels into ``house`` and build the toy wheels there."""
+    house.mkdir(parents=True, exist_ok=True)
+    for wheel in registry.glob("*.whl"):
+        target = house / wheel.name
+        if not target.exists():
+            os.link(wheel, target)
+    for name, version, deps in TOY_PACKAGES:
+        build_toy(scratch, name, version, deps, house)
+    (house / ".complete").touch()
+    return house
+
+
+def write_project(
+    root: Path,
+    wheelhouse: Path,
+    *,
+    name: str = "demo",
+    dependencies: Sequence[str] = ("toyalpha==1.0",),
+    groups: Mapping[str, Sequence[str]] | None = None,
+    extras: Mapping[str, Sequence[str]] | None = None,
+    with_pytest: bool = True,
+    package: bool = True,
+    requires_python: str = ">=3.10",
+    extra_toml: str = "",
+    lock: bool = True,
+) -> Path:
+    """Write a uv project that resolves only against ``wheelhouse``, and lock it offline.
+
+    ``with_pytest`` puts pytest in the ``dev`` group, as a hermetic run needs.
+    A package project gets ``src/<name>/__init__.py``.
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    all_groups = {k: list(v) for k, v in (groups or {}).items()}
+    if with_pytest:
+        all_groups.setdefault("dev", []).append("pytest")
+
+    def toml_list(items: Sequence[str]) -> str:
+        return "[" + ", ".join(f'"{i}"' for i in items) + "]"
+
+    lines = [
+        "[project]",
+        f'name = "{name}"',
+        'version = "0.1.0"',
+        f'requires-python = "{requires_python}"',
+        f"dependencies = {toml_list(dependencies)}",
+    ]
+    if extras:
+        lines.append("[project.optional-dependencies]")
+        lines += [f"{k} = {toml_list(v)}" for k, v in extras.items()]
+    if all_groups:
+        lines.append("[dependency-groups]")
+        lines += [f"{k} = {toml_list(v)}" for k, v in all_groups.items()]
+    if package:
+        lines += [
+            "[build-system]",
+            'requires = ["uv_build>=0.9,<1"]',
+            'build-backend = "uv_build"',
+        ]
+    lines += ["[tool.uv]", "no-index = true", f'find-links = ["{wheelhouse}"]']
+    if not package:
+        lines.append("package = false")
+    (root / "pyproject.toml").write_text("\n".join(lines) + "\n" + textwrap.dedent(extra_toml))
+    if package:
+        module = name.replace("-", "_")
+        (root / "src" / module).mkdir(parents=True, exist_ok=True)
+        init = root / "src" / module / "__init__.py"
+        if not init.exists():
+            init.write_text('WHERE = "wheel-or-source"\n')
+    if lock:
+        run_uv("lock", "--offline", "--python", sys.executable, cwd=root)
+    return root
