@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from pytest_uvbuild.envcache import EnvCache, default_cache_dir, parse_age
 from pytest_uvbuild.errors import UvBuildError
@@ -22,7 +23,9 @@ __all__ = ["build_parser", "main"]
 
 
 def _cache(args: argparse.Namespace) -> EnvCache:
-    return EnvCache(Path(args.uv_cache_dir) if args.uv_cache_dir else default_cache_dir())
+    # Absent unless given somewhere on the line (see ``build_parser``).
+    given = getattr(args, "uv_cache_dir", None)
+    return EnvCache(Path(given) if given else default_cache_dir())
 
 
 def _human_size(size: float) -> str:
@@ -68,22 +71,26 @@ def cmd_cache_list(args: argparse.Namespace) -> int:
     if not entries:
         print(f"no envs cached in {_cache(args).root}")
         return 0
+    print(f"{'KEY':<16}  {'PYTHON':<15}  {'SIZE':>9}  {'LAST USED':<16}  PROJECT")
     for e in entries:
         used = time.strftime("%Y-%m-%d %H:%M", time.localtime(e.last_used))
-        flags = ("" if e.complete else " incomplete") + (" in-use" if e.in_use else "")
-        print(f"{e.key}  {_human_size(e.size):>10}  {used}  {e.python}  {e.project}{flags}")
+        python = e.python.split(" (", 1)[0]  # the interpreter's path is in --json
+        flags = ("" if e.complete else "  [incomplete]") + ("  [in use]" if e.in_use else "")
+        print(
+            f"{e.key:<16}  {python:<15}  {_human_size(e.size):>9}  {used:<16}  {e.project}{flags}"
+        )
     return 0
 
 
 def cmd_cache_prune(args: argparse.Namespace) -> int:
     """Remove unused envs; never one that a running session holds."""
     if not args.all and args.older_than is None:
-        print("cache prune: pass --older-than AGE (e.g. 30d) or --all", file=sys.stderr)
+        print("error: cache prune needs --older-than AGE (e.g. 30d) or --all", file=sys.stderr)
         return 2
     try:
         older = parse_age(args.older_than) if args.older_than is not None else None
     except ValueError as exc:
-        print(f"cache prune: --older-than: {exc}", file=sys.stderr)
+        print(f"error: cache prune --older-than: {exc}", file=sys.stderr)
         return 2
     removed, busy = _cache(args).prune(older_than=older, everything=args.all)
     for e in removed:
@@ -94,11 +101,26 @@ def cmd_cache_prune(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line on stderr and exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser of ``python -m pytest_uvbuild``."""
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--uv-cache-dir", metavar="DIR", default=None, help="Env cache location")
-    parser = argparse.ArgumentParser(
+    # Accepted before or after each sub-command; SUPPRESS keeps a sub-parser's
+    # unset copy from overwriting a value given earlier on the line.
+    common = _Parser(add_help=False)
+    common.add_argument(
+        "--uv-cache-dir",
+        metavar="DIR",
+        default=argparse.SUPPRESS,
+        help="Env cache location (default: $PYTEST_UVBUILD_CACHE_DIR or "
+        "$XDG_CACHE_HOME/pytest-uvbuild)",
+    )
+    parser = _Parser(
         prog="python -m pytest_uvbuild",
         description="Inspect pytest-uvbuild's env cache and build records.",
         parents=[common],

@@ -8,10 +8,14 @@ Layout under the cache root::
     layers/<key>-<digest>/      the project layer: wheels of the project and local deps
     locks/<key>.lock            held while an env is built, checked or pruned
     leases/<key>/<pid>-<n>.lock held by every session using the env
+    checks/<token>              `uv lock --check` passed for these pyproject/lock bytes
+    projects/<digest>.json      inputs of the last env built per project (to say why)
     probes/                     cached facts about interpreters and uv
 
 An env is trusted only if its completion record names its own key and its
-interpreter still runs; anything else is rebuilt under the lock. The
+interpreter is still there; anything else is rebuilt under the lock. A hit
+runs no uv command and parses no lock: it hashes ``uv.lock`` and the
+pyproject files, and reads one small record. The
 dependency env never contains the project or other local packages, so it is
 immutable and shared by every checkout: those live in a per-content *project
 layer* that is put on ``sys.path`` via ``PYTHONPATH``.
@@ -23,7 +27,6 @@ import contextlib
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -45,7 +48,9 @@ from pytest_uvbuild.project import (
     Selection,
     UvProject,
     find_project,
-    local_sources,
+    import_root,
+    local_sources_from_export,
+    lock_local_dirs,
     read_lock,
 )
 from pytest_uvbuild.request import EnvRequest, InstallMode
@@ -62,7 +67,7 @@ __all__ = [
 ]
 
 #: Bump when the layout or the meaning of a key changes; old entries are then ignored.
-FORMAT_VERSION: Final = 1
+FORMAT_VERSION: Final = 2
 #: Environment variable that overrides the default cache location.
 CACHE_DIR_ENV: Final = "PYTEST_UVBUILD_CACHE_DIR"
 RECORD_NAME: Final = "pytest-uvbuild.json"
@@ -70,11 +75,11 @@ LAYER_RECORD_NAME: Final = "layer.json"
 #: How long a session waits for another process that is building the same env.
 BUILD_WAIT_SECONDS: Final = 1800.0
 
-# Directories never part of a local package's importable content; skipping
-# them keeps the project-layer fingerprint cheap and stable across runs.
-_FINGERPRINT_SKIP_DIRS: Final = frozenset(
+# Top-level directories of a flat-layout package that never end up in its
+# wheel; skipping them keeps the project-layer fingerprint cheap and stops an
+# edited test from rebuilding the project wheel.
+_FLAT_TOP_LEVEL_SKIP_DIRS: Final = frozenset(
     {
-        "__pycache__",
         "node_modules",
         "build",
         "builds",
@@ -176,9 +181,7 @@ class UvEnv:
     def release(self) -> None:
         """Give up this session's lease, so that ``cache prune`` may remove the env."""
         if self._lease is not None:
-            lock_file = Path(self._lease.lock_file)
-            self._lease.release()
-            lock_file.unlink(missing_ok=True)
+            _release_lease(self._lease)
             self._lease = None
 
 
@@ -245,13 +248,28 @@ def _is_test_file(name: str) -> bool:
     )
 
 
-def _iter_source_files(directory: Path) -> Iterator[tuple[str, os.stat_result]]:
+def _iter_source_files(directory: Path, *, flat: bool) -> Iterator[tuple[str, os.stat_result]]:
+    """Yield (relative path, stat) of what a wheel of the package may contain.
+
+    Caches and hidden entries never count. In a flat layout (the import root
+    is the package directory) the top level also holds tests, docs and build
+    output, which are skipped there; deeper down every file counts, so that
+    a sub-package that happens to be called ``test`` or ``build`` is never
+    stale.
+    """
     for root, dirs, files in os.walk(directory):
+        top = flat and root == str(directory)
         dirs[:] = sorted(
-            d for d in dirs if not d.startswith(".") and d not in _FINGERPRINT_SKIP_DIRS
+            d
+            for d in dirs
+            if not d.startswith(".")
+            and d != "__pycache__"
+            and not (top and d in _FLAT_TOP_LEVEL_SKIP_DIRS)
         )
         for name in sorted(files):
-            if name.endswith((".pyc", ".pyo")) or name.startswith(".") or _is_test_file(name):
+            if name.endswith((".pyc", ".pyo")) or name.startswith("."):
+                continue
+            if top and _is_test_file(name):
                 continue
             full = os.path.join(root, name)
             try:
@@ -260,41 +278,59 @@ def _iter_source_files(directory: Path) -> Iterator[tuple[str, os.stat_result]]:
                 continue
 
 
-def fingerprint_sources(sources: Sequence[LocalSource]) -> str:
-    """Digest names, sizes and mtimes of what a wheel of each local package is built from.
+def fingerprint_sources(project_root: Path, sources: Sequence[LocalSource]) -> str:
+    """Digest names, sizes and mtimes of what each local package's wheel is built from.
 
-    That is the package's ``pyproject.toml`` plus every file under its import
-    root (``src/`` or the module root); tests, docs and hidden directories
-    are left out, so editing a test does not rebuild the project wheel.
+    For a directory that is its ``pyproject.toml`` (or ``setup.py``/``setup.cfg``)
+    plus every file under its import root; for a wheel or sdist on disk, the
+    file itself. Any edit changes the digest, so the layer is rebuilt.
     """
     digest = hashlib.sha256()
     for source in sources:
-        digest.update(f"{source.name}\0{source.directory}\0".encode())
+        path = source.path(project_root)
+        digest.update(f"{source.name}\0{source.kind}\0{path}\0".encode())
+        if source.kind == "archive":
+            try:
+                st = os.stat(path)
+            except OSError:
+                digest.update(b"missing\n")
+            else:
+                digest.update(f"{st.st_size}\0{st.st_mtime_ns}\n".encode())
+            continue
         for meta in ("pyproject.toml", "setup.py", "setup.cfg"):
             try:
-                st = os.stat(source.directory / meta)
+                st = os.stat(path / meta)
             except OSError:
                 continue
             digest.update(f"{meta}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-        root = import_root(source)
-        for rel, st in _iter_source_files(root):
+        root = import_root(path)
+        for rel, st in _iter_source_files(root, flat=root == path):
             digest.update(f"{root}/{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     return digest.hexdigest()[:16]
 
 
-def import_root(source: LocalSource) -> Path:
-    """Where a local package's importable modules live in the working tree."""
-    pyproject = source.directory / "pyproject.toml"
-    if pyproject.is_file():
-        from pytest_uvbuild.project import _read_toml
-
-        data = _read_toml(pyproject, "restore it")
-        backend = data.get("tool", {}).get("uv", {}).get("build-backend", {})
-        module_root = backend.get("module-root") if isinstance(backend, dict) else None
-        if isinstance(module_root, str):
-            return (source.directory / module_root).resolve()
-    src = source.directory / "src"
-    return src if src.is_dir() else source.directory
+def _differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """Say, in words, which key inputs differ between two builds of one project."""
+    said: list[str] = []
+    if old.get("lock_sha256") != new.get("lock_sha256"):
+        said.append("uv.lock changed")
+    old_py, new_py = old.get("python") or {}, new.get("python") or {}
+    if old_py != new_py:
+        said.append(
+            f"interpreter changed ({old_py.get('version', '?')} {old_py.get('path', '?')} -> "
+            f"{new_py.get('version', '?')} {new_py.get('path', '?')})"
+        )
+    if old.get("selection") != new.get("selection"):
+        said.append("groups or extras changed")
+    if old.get("install_mode") != new.get("install_mode"):
+        said.append(
+            f"install mode changed ({old.get('install_mode')} -> {new.get('install_mode')})"
+        )
+    if old.get("uv") != new.get("uv"):
+        said.append(f"uv changed ({old.get('uv')} -> {new.get('uv')})")
+    if old.get("format") != new.get("format"):
+        said.append("pytest-uvbuild's cache format changed")
+    return said
 
 
 class EnvCache:
@@ -320,9 +356,15 @@ class EnvCache:
         """The directory of the env with ``key``."""
         return self.root / "envs" / key
 
+    def _not_writable(self, exc: OSError) -> CacheError:
+        return CacheError(
+            f"The cache dir {self.root} is not writable ({exc.strerror or exc}). "
+            f"Fix: pass --uv-cache-dir=DIR or set {CACHE_DIR_ENV} to a writable directory."
+        )
+
     def _ensure_root(self) -> None:
         try:
-            for sub in ("envs", "locks", "leases", "layers"):
+            for sub in ("envs", "locks", "leases", "layers", "checks", "projects"):
                 (self.root / sub).mkdir(parents=True, exist_ok=True)
             tag = self.root / "CACHEDIR.TAG"
             if not tag.exists():
@@ -331,13 +373,11 @@ class EnvCache:
                     b"Signature: 8a477f597d28d172789f06886806bc55\n"
                     b"# This directory is a cache of pytest-uvbuild environments.\n",
                 )
-            probe = self.root / "locks" / ".write-probe"
-            probe.touch()
+            # mkdir with exist_ok succeeds on a read-only tree that exists;
+            # only writing a file proves that builds can happen here.
+            (self.root / "locks" / ".write-probe").touch()
         except OSError as exc:
-            raise CacheError(
-                f"The cache dir {self.root} is not writable ({exc.strerror or exc}). "
-                f"Fix: pass --uv-cache-dir=DIR or set {CACHE_DIR_ENV} to a writable directory."
-            ) from None
+            raise self._not_writable(exc) from None
 
     # -- key ---------------------------------------------------------------
 
@@ -359,6 +399,11 @@ class EnvCache:
             project_root=project.root,
             requires_python=project.requires_python,
             probe_dir=self.probe_dir,
+            download=(
+                (lambda wanted: self.uv.install_python(wanted, offline=request.offline))
+                if request.python_downloads
+                else None
+            ),
         )
         mode: InstallMode = request.install_project
         if mode == "wheel" and not project.is_package:
@@ -377,12 +422,12 @@ class EnvCache:
     def _read_record(self, key: str) -> tuple[dict[str, Any] | None, str]:
         env = self.env_dir(key)
         record_path = env / RECORD_NAME
-        if not env.exists():
-            return None, "no cached env for this key (new lock hash or settings)"
         try:
             record = json.loads(record_path.read_text(encoding="utf-8"))
         except FileNotFoundError:
-            return None, "the cached env is incomplete (no completion record)"
+            if not env.exists():
+                return None, ""
+            return None, "the cached env is incomplete (no completion record: a build was cut off)"
         except (OSError, ValueError):
             return None, "the cached env's completion record is unreadable"
         if not isinstance(record, dict) or record.get("key") != key:
@@ -397,18 +442,36 @@ class EnvCache:
         return record, ""
 
     def _lock(self, key: str) -> FileLock:
-        return FileLock(str(self.root / "locks" / f"{key}.lock"), timeout=BUILD_WAIT_SECONDS)
+        return FileLock(str(self.root / "locks" / f"{key}.lock"))
 
-    def _take_lease(self, key: str) -> FileLock | None:
+    def _acquire(self, lock: FileLock, what: str, announce: Callable[[str], None] | None) -> None:
+        """Take a build lock, waiting up to ``BUILD_WAIT_SECONDS`` for another builder."""
+        try:
+            lock.acquire(timeout=0)
+            return
+        except Timeout:
+            pass
+        except OSError as exc:
+            raise self._not_writable(exc) from None
+        if announce:
+            announce(f"waiting for another process to finish building {what}")
+        try:
+            lock.acquire(timeout=BUILD_WAIT_SECONDS)
+        except Timeout:
+            raise CacheError(
+                f"Gave up after {BUILD_WAIT_SECONDS:.0f} s waiting for another process to finish "
+                f"building {what} (lock {lock.lock_file}). Fix: wait for that pytest run to end "
+                "and try again, or use a separate cache with --uv-cache-dir=DIR."
+            ) from None
+
+    def _take_lease(self, key: str) -> FileLock:
         leases = self.root / "leases" / key
         try:
             leases.mkdir(parents=True, exist_ok=True)
-            lease = FileLock(str(leases / f"{os.getpid()}-{time.monotonic_ns()}.lock"), timeout=0)
-            lease.acquire()
-        except (OSError, Timeout):
-            # A read-only cache can still serve hits; prune then cannot see us,
-            # but nothing can prune a read-only cache either.
-            return None
+            lease = FileLock(str(leases / f"{os.getpid()}-{time.monotonic_ns()}.lock"))
+            lease.acquire(timeout=0)
+        except OSError as exc:
+            raise self._not_writable(exc) from None
         return lease
 
     def materialise(
@@ -419,51 +482,130 @@ class EnvCache:
         rebuild: bool = False,
         announce: Callable[[str], None] | None = None,
     ) -> UvEnv:
-        """Return a ready env for ``request``, building it only if no trusted one exists."""
+        """Return a ready env for ``request``, building it only if no trusted one exists.
+
+        The caller holds a lease on the env until :meth:`UvEnv.release`, so
+        that ``cache prune`` leaves it alone while it is in use.
+        """
         started = time.perf_counter()
         project, selection, interpreter, key, inputs = self.resolve(request, start_dir)
         lock = self._lock(key)
-        try:
-            lock.acquire(timeout=0)
-        except Timeout:
-            if announce:
-                announce(f"waiting for another process to finish building env {key}")
-            lock.acquire()
+        self._acquire(lock, f"env {key}", announce)
+        lease: FileLock | None = None
         try:
             lease = self._take_lease(key)
-            record, reason = (None, "--uv-rebuild was given") if rebuild else self._read_record(key)
+            if rebuild:
+                record, reason = None, "--uv-rebuild was given"
+            else:
+                record, reason = self._read_record(key)
             hit = record is not None
             if record is None:
+                reason = reason or self._why_new(project, inputs)
                 if announce:
                     announce(
-                        f"building env {key} for {project.root} with {interpreter.describe()}: "
-                        f"{reason}"
+                        f"building env {key} for {project.root} with {interpreter.describe()}, "
+                        f"{selection.describe()}, install {inputs['install_mode']}: {reason}"
                     )
                 record = self._build(project, selection, interpreter, key, inputs, request)
+            else:
+                self._check_lock_fresh(project, interpreter, record, request)
+        except BaseException:
+            if lease is not None:
+                _release_lease(lease)
+            raise
         finally:
             lock.release()
-        sources = tuple(
-            LocalSource(s["name"], Path(s["directory"]), bool(s["editable"]))
-            for s in record.get("local_sources", [])
-        )
-        env = UvEnv(
-            path=self.env_dir(key),
-            python=Path(record["python"]),
-            key=key,
-            project=project,
-            interpreter=interpreter,
-            selection=selection,
-            install_mode=inputs["install_mode"],
-            inputs=inputs,
-            hit=hit,
-            reason=reason,
-            _lease=lease,
-        )
-        with contextlib.suppress(OSError):
-            os.utime(self.env_dir(key) / RECORD_NAME)
-        env.layer = self._project_layer(env, sources, request, announce)
+        try:
+            sources = tuple(LocalSource.from_json(s) for s in record.get("local_sources", []))
+            env = UvEnv(
+                path=self.env_dir(key),
+                python=Path(record["python"]),
+                key=key,
+                project=project,
+                interpreter=interpreter,
+                selection=selection,
+                install_mode=inputs["install_mode"],
+                inputs=inputs,
+                hit=hit,
+                reason=reason,
+                _lease=lease,
+            )
+            with contextlib.suppress(OSError):
+                os.utime(self.env_dir(key) / RECORD_NAME)
+            # A cold build already said what it builds; the project layer is
+            # announced on its own only when it alone is rebuilt.
+            env.layer = self._project_layer(
+                env, sources, request, announce if hit else None, rebuild=rebuild
+            )
+        except BaseException:
+            _release_lease(lease)
+            raise
         env.seconds = time.perf_counter() - started
         return env
+
+    # -- is the lock still in sync with pyproject.toml? --------------------
+
+    def _freshness_token(
+        self, project: UvProject, lock_dirs: Sequence[str], uv_version: str
+    ) -> str:
+        """Digest the files that decide whether ``uv lock --check`` passes.
+
+        That is uv.lock plus every ``pyproject.toml`` (and ``uv.toml``) of the
+        project and its local packages. While the token is unchanged, the
+        check uv once passed still holds, so the hit path does not ask again.
+        """
+        digest = hashlib.sha256(f"{uv_version}\0{project.lock_sha256()}\0".encode())
+        dirs = dict.fromkeys([".", *lock_dirs])
+        for rel in dirs:
+            for name in ("pyproject.toml", "uv.toml"):
+                path = project.root / rel / name
+                try:
+                    data = path.read_bytes()
+                except OSError:
+                    data = b"\0missing"
+                digest.update(f"{rel}/{name}\0".encode())
+                digest.update(hashlib.sha256(data).digest())
+        return digest.hexdigest()[:32]
+
+    def _check_lock_fresh(
+        self,
+        project: UvProject,
+        interpreter: Interpreter,
+        record: Mapping[str, Any],
+        request: EnvRequest,
+    ) -> None:
+        """On a hit, make sure pyproject.toml was not edited without re-locking."""
+        uv_version = str(record.get("inputs", {}).get("uv", ""))
+        lock_dirs = [str(d) for d in record.get("lock_dirs", [])]
+        token = self._freshness_token(project, lock_dirs, uv_version)
+        marker = self.root / "checks" / token
+        if marker.exists():
+            return
+        self.uv.run(
+            ["lock", "--check", "--python", str(interpreter.path), *_offline(request)],
+            what="`uv lock --check`",
+            cwd=project.root,
+        )
+        with contextlib.suppress(OSError):
+            marker.touch()
+
+    def _project_record(self, project: UvProject) -> Path:
+        name = hashlib.sha256(str(project.root).encode()).hexdigest()[:16]
+        return self.root / "projects" / f"{name}.json"
+
+    def _why_new(self, project: UvProject, inputs: Mapping[str, Any]) -> str:
+        """Explain a miss by comparing with the last env built for this project."""
+        try:
+            last = json.loads(self._project_record(project).read_text(encoding="utf-8"))
+            previous = last["inputs"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return "first build for this project in this cache"
+        said = _differences(previous, inputs)
+        if not said:
+            return "the env for this key was removed from the cache"
+        return "; ".join(said)
+
+    # -- building ----------------------------------------------------------
 
     def _build(
         self,
@@ -475,15 +617,33 @@ class EnvCache:
         request: EnvRequest,
     ) -> dict[str, Any]:
         env_dir = self.env_dir(key)
-        offline = ["--offline"] if request.offline else []
+        python_args = ["--python", str(interpreter.path)]
         # `uv sync --locked` creates the env dir before it notices a stale
-        # lock, so the lock is checked first and nothing is created on failure.
-        self.uv.run(
-            ["lock", "--check", "--python", str(interpreter.path), *offline],
-            what="`uv lock --check`",
+        # lock, so `uv export --locked` goes first: it fails on a stale,
+        # missing or malformed lock without creating anything, and it says
+        # which local packages this selection installs.
+        exported = self.uv.run(
+            [
+                "export",
+                "--locked",
+                "--format",
+                "requirements-txt",
+                "--no-hashes",
+                "--no-header",
+                "--no-annotate",
+                "--quiet",
+                *python_args,
+                *selection.uv_args,
+                *_offline(request),
+            ],
+            what="`uv export --locked`",
             cwd=project.root,
         )
-        sources = local_sources(project, read_lock(project))
+        lock = read_lock(project)
+        sources = local_sources_from_export(
+            exported.stdout, project, lock, interpreter.marker_environment()
+        )
+        lock_dirs = lock_local_dirs(lock)
         remove_tree(env_dir)
         began = time.perf_counter()
         try:
@@ -492,10 +652,9 @@ class EnvCache:
                     "sync",
                     "--locked",
                     "--no-install-local",
-                    "--python",
-                    str(interpreter.path),
+                    *python_args,
                     *selection.uv_args,
-                    *offline,
+                    *_offline(request),
                 ],
                 what="`uv sync --locked`",
                 cwd=project.root,
@@ -517,14 +676,19 @@ class EnvCache:
             "project": str(project.root),
             "python": str(python),
             "interpreter": interpreter.describe(),
-            "local_sources": [
-                {"name": s.name, "directory": str(s.directory), "editable": s.editable}
-                for s in sources
-            ],
+            "local_sources": [s.as_json() for s in sources],
+            "lock_dirs": list(lock_dirs),
             "created": time.time(),
             "build_seconds": round(time.perf_counter() - began, 3),
         }
+        # The completion record goes last: until it exists, nobody trusts the env.
         write_atomic(env_dir / RECORD_NAME, json.dumps(record, indent=2).encode())
+        with contextlib.suppress(OSError):
+            (self.root / "checks" / self._freshness_token(project, lock_dirs, inputs["uv"])).touch()
+            write_atomic(
+                self._project_record(project),
+                json.dumps({"root": str(project.root), "key": key, "inputs": inputs}).encode(),
+            )
         return record
 
     # -- the project layer -------------------------------------------------
@@ -535,69 +699,115 @@ class EnvCache:
         sources: tuple[LocalSource, ...],
         request: EnvRequest,
         announce: Callable[[str], None] | None,
+        *,
+        rebuild: bool = False,
     ) -> tuple[Path, ...]:
+        """Put the project and other local packages next to the immutable env.
+
+        ``wheel`` builds each local package as a wheel of the working tree and
+        installs them into ``layers/<key>-<digest>/site``; ``source`` puts
+        their import roots on the path instead. Wheels or sdists on disk are
+        installed into the layer in every mode. The digest covers every
+        source file, so an edit always yields a fresh layer.
+        """
+        root = env.project.root
         project_name = env.project.name
+        in_selection = any(s.name == project_name for s in sources)
         if env.install_mode == "no":
             sources = tuple(s for s in sources if s.name != project_name)
-        if not sources:
-            return ()
-        if env.install_mode == "source":
-            return tuple(dict.fromkeys(import_root(s) for s in sources))
-        digest = fingerprint_sources(sources)
+        import_roots: list[Path] = []
+        to_install: list[LocalSource] = []
+        for source in sources:
+            if source.kind == "archive" or env.install_mode != "source":
+                to_install.append(source)
+            else:
+                import_roots.append(import_root(source.path(root)))
+        # uv installs nothing for a project with `package = false`; as
+        # `source` it still puts its import root on the path, unless the
+        # selection leaves the project out (`--only-group`).
+        if (
+            env.install_mode == "source"
+            and not env.project.is_package
+            and not in_selection
+            and not env.selection.only_groups
+        ):
+            import_roots.insert(0, import_root(root, env.project.pyproject))
+        paths = list(dict.fromkeys(import_roots))
+        if not to_install:
+            return tuple(paths)
+        digest = fingerprint_sources(root, to_install)
         layer = self.root / "layers" / f"{env.key}-{digest}"
-        if (layer / LAYER_RECORD_NAME).is_file():
-            return (layer / "site",)
-        with FileLock(str(self.root / "locks" / f"layer-{env.key}-{digest}.lock")):
-            if not (layer / LAYER_RECORD_NAME).is_file():
-                if announce:
-                    names = ", ".join(s.name for s in sources)
-                    announce(f"building project layer {digest} ({names}) as wheels")
-                self._build_layer(env, sources, layer, request)
-        return (layer / "site",)
+        if rebuild or not (layer / LAYER_RECORD_NAME).is_file():
+            layer_lock = FileLock(str(self.root / "locks" / f"layer-{layer.name}.lock"))
+            self._acquire(layer_lock, f"project layer {layer.name}", announce)
+            try:
+                if rebuild or not (layer / LAYER_RECORD_NAME).is_file():
+                    if announce:
+                        names = ", ".join(s.name for s in to_install)
+                        announce(
+                            f"building project layer {digest} of env {env.key} ({names}): "
+                            "local sources changed"
+                        )
+                    self._build_layer(env, to_install, layer, request)
+            finally:
+                layer_lock.release()
+        with contextlib.suppress(OSError):
+            os.utime(layer / LAYER_RECORD_NAME)
+        return (*paths, layer / "site")
 
     def _build_layer(
-        self, env: UvEnv, sources: tuple[LocalSource, ...], layer: Path, request: EnvRequest
+        self, env: UvEnv, sources: Sequence[LocalSource], layer: Path, request: EnvRequest
     ) -> None:
-        offline = ["--offline"] if request.offline else []
-        staging = Path(tempfile.mkdtemp(prefix=f".{layer.name}.", dir=layer.parent))
+        root = env.project.root
+        try:
+            staging = Path(tempfile.mkdtemp(prefix=f".{layer.name}.", dir=layer.parent))
+        except OSError as exc:
+            raise self._not_writable(exc) from None
         try:
             wheels = staging / "wheels"
+            installables: list[str] = []
             for source in sources:
+                path = source.path(root)
+                if source.kind == "archive":
+                    installables.append(str(path))
+                    continue
                 self.uv.run(
                     [
                         "build",
                         "--wheel",
+                        "--quiet",
                         "--out-dir",
-                        str(wheels),
+                        str(wheels / source.name),
                         "--python",
                         str(env.python),
-                        *offline,
-                        str(source.directory),
+                        *_offline(request),
+                        str(path),
                     ],
-                    what=f"`uv build --wheel` of {source.name}",
-                    cwd=source.directory,
+                    what=f"`uv build --wheel` of {source.name} ({path})",
+                    cwd=path,
                 )
-            built = sorted(str(p) for p in wheels.glob("*.whl"))
+                installables += sorted(str(p) for p in (wheels / source.name).glob("*.whl"))
             self.uv.run(
                 [
                     "pip",
                     "install",
                     "--no-deps",
+                    "--quiet",
                     "--python",
                     str(env.python),
                     "--target",
                     str(staging / "site"),
-                    *offline,
-                    *built,
+                    *_offline(request),
+                    *installables,
                 ],
                 what="`uv pip install` of the project layer",
-                cwd=env.project.root,
+                cwd=root,
             )
-            shutil.rmtree(wheels)
+            remove_tree(wheels)
             write_atomic(
                 staging / LAYER_RECORD_NAME,
                 json.dumps(
-                    {"key": env.key, "sources": [str(s.directory) for s in sources]}
+                    {"key": env.key, "sources": [str(s.path(root)) for s in sources]}
                 ).encode(),
             )
             remove_tree(layer)
@@ -616,14 +826,15 @@ class EnvCache:
             return False
         busy = False
         for name in names:
-            lease = FileLock(str(leases / name), timeout=0)
+            lease = FileLock(str(leases / name))
             try:
-                lease.acquire()
+                lease.acquire(timeout=0)
             except Timeout:
                 busy = True
             except OSError:
                 continue
             else:
+                # Its session ended without releasing it (killed): clean up.
                 lease.release()
                 (leases / name).unlink(missing_ok=True)
         return busy
@@ -632,7 +843,7 @@ class EnvCache:
         """Return every env directory in the cache, complete or not."""
         envs = self.root / "envs"
         try:
-            keys = sorted(os.listdir(envs))
+            keys = sorted(k for k in os.listdir(envs) if not k.startswith("."))
         except OSError:
             return []
         found: list[CacheEntry] = []
@@ -665,7 +876,9 @@ class EnvCache:
     ) -> tuple[list[CacheEntry], list[CacheEntry]]:
         """Remove envs unused for ``older_than`` seconds (or all); return (removed, kept busy).
 
-        An env some session holds a lease on, or that is being built, is never removed.
+        Incomplete envs are always removed. An env that some session holds a
+        lease on, or that is being built, is never removed. Project layers
+        of kept envs that were not used for ``older_than`` go as well.
         """
         now = time.time()
         removed: list[CacheEntry] = []
@@ -676,23 +889,55 @@ class EnvCache:
                 or (older_than is not None and now - entry.last_used >= older_than)
                 or not entry.complete
             )
-            if not stale:
-                continue
             lock = self._lock(entry.key)
             try:
                 lock.acquire(timeout=0)
             except Timeout:
-                busy.append(entry)
+                if stale:
+                    busy.append(entry)
                 continue
             try:
                 if self._lease_in_use(entry.key):
-                    busy.append(entry)
+                    if stale:
+                        busy.append(entry)
                     continue
-                self._remove_env(entry.key)
-                removed.append(entry)
+                if stale:
+                    self._remove_env(entry.key)
+                    removed.append(entry)
+                elif older_than is not None:
+                    self._prune_layers(entry.key, now - older_than)
             finally:
                 lock.release()
+        self._sweep_leftovers(now)
         return removed, busy
+
+    def _prune_layers(self, key: str, cutoff: float) -> None:
+        for layer in (self.root / "layers").glob(f"{key}-*"):
+            try:
+                used = (layer / LAYER_RECORD_NAME).stat().st_mtime
+            except OSError:
+                used = 0.0
+            if used < cutoff:
+                remove_tree(layer)
+
+    def _sweep_leftovers(self, now: float) -> None:
+        """Remove what interrupted builds and prunes left: staging and trash dirs, orphan layers."""
+        envs = self.root / "envs"
+        for parent in (envs, self.root / "layers"):
+            try:
+                names = os.listdir(parent)
+            except OSError:
+                continue
+            for name in names:
+                path = parent / name
+                if name.startswith("."):
+                    # A staging dir may belong to a build running right now;
+                    # one untouched for a day belongs to a dead process.
+                    with contextlib.suppress(OSError):
+                        if now - path.stat().st_mtime > 86400 or name.startswith(".trash-"):
+                            remove_tree(path)
+                elif parent.name == "layers" and not (envs / name.split("-", 1)[0]).is_dir():
+                    remove_tree(path)
 
     def _remove_env(self, key: str) -> None:
         env = self.env_dir(key)
@@ -707,6 +952,16 @@ class EnvCache:
         for layer in (self.root / "layers").glob(f"{key}-*"):
             remove_tree(layer)
         remove_tree(self.root / "leases" / key)
+
+
+def _offline(request: EnvRequest) -> list[str]:
+    return ["--offline"] if request.offline else []
+
+
+def _release_lease(lease: FileLock) -> None:
+    lock_file = Path(lease.lock_file)
+    lease.release()
+    lock_file.unlink(missing_ok=True)
 
 
 def parse_age(text: str) -> float:

@@ -38,6 +38,9 @@ class SelectionError(UvBuildError, ValueError):
 class InterpreterNotFoundError(UvBuildError, LookupError):
     """No interpreter on this machine satisfies the requested Python."""
 
+    #: The request as uv would take it (``3.14``, ``>=3.12``), when a download could help.
+    request: str | None = None
+
 
 class UvNotFoundError(UvBuildError, FileNotFoundError):
     """The uv binary could not be located, or does not run."""

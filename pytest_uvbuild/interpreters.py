@@ -17,8 +17,8 @@ import re
 import subprocess
 import sys
 import sysconfig
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
@@ -37,15 +37,39 @@ __all__ = [
     "resolve_python",
 ]
 
-_INFO_SCRIPT: Final = (
-    "import json, platform, sys, sysconfig;"
-    "print(json.dumps({'implementation': sys.implementation.name,"
-    "'version': platform.python_version(),"
-    "'version_info': list(sys.version_info),"
-    "'abiflags': getattr(sys, 'abiflags', ''),"
-    "'platform': sysconfig.get_platform(),"
-    "'machine': platform.machine()}))"
-)
+# Runs under any interpreter we may meet (3.6 and later), so it uses only the
+# stdlib and no f-strings. The marker environment mirrors
+# ``packaging.markers.default_environment()`` as seen by *that* interpreter.
+_INFO_SCRIPT: Final = """\
+import json, os, platform, sys, sysconfig
+impl = sys.implementation
+iv = "{0.major}.{0.minor}.{0.micro}".format(impl.version)
+if impl.version.releaselevel != "final":
+    iv += impl.version.releaselevel[0] + str(impl.version.serial)
+print(json.dumps({
+    "implementation": impl.name,
+    "version": platform.python_version(),
+    "version_info": list(sys.version_info),
+    "abiflags": getattr(sys, "abiflags", ""),
+    "platform": sysconfig.get_platform(),
+    "machine": platform.machine(),
+    "markers": {
+        "implementation_name": impl.name,
+        "implementation_version": iv,
+        "os_name": os.name,
+        "platform_machine": platform.machine(),
+        "platform_release": platform.release(),
+        "platform_system": platform.system(),
+        "platform_version": platform.version(),
+        "python_full_version": platform.python_version(),
+        "platform_python_implementation": platform.python_implementation(),
+        "python_version": ".".join(platform.python_version_tuple()[:2]),
+        "sys_platform": sys.platform,
+    },
+}))
+"""
+#: Probe records made by an older ``_INFO_SCRIPT`` lack fields; a new kind ignores them.
+_PROBE_KIND: Final = "python-2"
 
 _NAME_RE: Final = re.compile(r"^python(\d+(?:\.\d+)?)?$")
 _REQUEST_RE: Final = re.compile(r"^(?P<impl>cpython|pypy|python|cp|pp)?(?P<version>\d[\d.]*)?$")
@@ -62,6 +86,17 @@ class Interpreter:
     abiflags: str
     platform: str
     machine: str
+    #: PEP 508 marker values as this interpreter sees them; ``None`` for the
+    #: running interpreter, whose values are computed in-process when asked.
+    marker_values: Mapping[str, str] | None = field(default=None, compare=False, repr=False)
+
+    def marker_environment(self) -> dict[str, str]:
+        """The environment that PEP 508 markers are evaluated against for this interpreter."""
+        if self.marker_values is not None:
+            return dict(self.marker_values)
+        from packaging.markers import default_environment
+
+        return {k: str(v) for k, v in default_environment().items()}
 
     @property
     def key_fields(self) -> dict[str, Any]:
@@ -90,6 +125,7 @@ def _from_info(path: Path, info: dict[str, Any]) -> Interpreter:
         abiflags=str(info.get("abiflags", "")),
         platform=str(info["platform"]),
         machine=str(info["machine"]),
+        marker_values={str(k): str(v) for k, v in info["markers"].items()},
     )
 
 
@@ -131,7 +167,7 @@ def inspect(path: Path, probe_dir: Path | None) -> Interpreter | None:
         return {"ok": True, **info}
 
     try:
-        info = probe(probe_dir, "python", real, compute)
+        info = probe(probe_dir, _PROBE_KIND, real, compute)
     except OSError:
         return None
     if not info.get("ok"):
@@ -254,15 +290,20 @@ def _looks_like_path(text: str) -> bool:
     return os.sep in text or text.startswith(".") or text.startswith("~")
 
 
-def _not_found(request: str, found: list[Interpreter]) -> InterpreterNotFoundError:
+def _not_found(
+    request: str, found: list[Interpreter], uv_request: str | None
+) -> InterpreterNotFoundError:
     unique = {i.path: i for i in found}.values()
     ordered = sorted(unique, key=lambda i: _version_sort_key(i.version))
     listing = ", ".join(f"{i.version} ({i.path})" for i in ordered) or "none"
-    return InterpreterNotFoundError(
+    error = InterpreterNotFoundError(
         f"No Python interpreter matching {request!r} was found on this machine. "
         f"Found: {listing}. Fix: install that Python (e.g. `pyenv install` or "
-        "`uv python install`), pass --uv-python=/path/to/python, or pick one of those found."
+        "`uv python install`), pass --uv-python=/path/to/python, pick one of those found, "
+        "or let uv download it with --uv-python-downloads=automatic."
     )
+    error.request = uv_request
+    return error
 
 
 def find_matching(request: str, probe_dir: Path | None) -> Interpreter:
@@ -299,7 +340,7 @@ def find_matching(request: str, probe_dir: Path | None) -> Interpreter:
         seen.append(interp)
         if req.matches(interp):
             return interp
-    raise _not_found(request, seen)
+    raise _not_found(request, seen, request)
 
 
 def _read_python_version_file(project_root: Path) -> str | None:
@@ -322,13 +363,45 @@ def resolve_python(
     project_root: Path,
     requires_python: str | None,
     probe_dir: Path | None,
+    download: Callable[[str], Path] | None = None,
 ) -> Interpreter:
     """Resolve the interpreter for an env.
 
     An explicit ``request`` wins. Otherwise ``.python-version`` decides,
     then ``requires-python`` (the running interpreter if it satisfies it,
     else the newest one found that does), then the running interpreter.
+
+    Only when nothing on this machine matches, and only if the user opted
+    in (``download`` is given), uv is asked to download a matching Python.
     """
+    try:
+        return _resolve_local(
+            request,
+            project_root=project_root,
+            requires_python=requires_python,
+            probe_dir=probe_dir,
+        )
+    except InterpreterNotFoundError as exc:
+        if download is None or exc.request is None:
+            raise
+        wanted = exc.request
+    path = download(wanted)
+    interp = inspect(path, probe_dir)
+    if interp is None or not parse_request(wanted).matches(interp):
+        raise InterpreterNotFoundError(
+            f"uv installed Python for {wanted!r} at {path}, but it does not run or does not "
+            "match. Fix: check `uv python list`, or pass --uv-python=/path/to/python."
+        )
+    return interp
+
+
+def _resolve_local(
+    request: str | None,
+    *,
+    project_root: Path,
+    requires_python: str | None,
+    probe_dir: Path | None,
+) -> Interpreter:
     if request:
         return find_matching(request, probe_dir)
     pinned = _read_python_version_file(project_root)
@@ -350,5 +423,5 @@ def resolve_python(
             found.append(interp)
     matching = [i for i in found if spec.contains(i.version, prereleases=True)]
     if not matching:
-        raise _not_found(f"requires-python {requires_python}", found)
+        raise _not_found(f"requires-python {requires_python}", found, requires_python)
     return max(matching, key=lambda i: Version(i.version))

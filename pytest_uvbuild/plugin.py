@@ -121,6 +121,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="How the project itself is installed: wheel (default), source or no",
     )
     parser.addini("uv_install_project", default=None, help="Same as --uv-install-project")
+    group.addoption(
+        "--uv-python-downloads",
+        choices=("never", "automatic"),
+        dest="uv_python_downloads",
+        default=None,
+        help="Let uv download a Python when none on this machine matches: never (default, "
+        "unless UV_PYTHON_DOWNLOADS=automatic is set) or automatic",
+    )
+    parser.addini("uv_python_downloads", default=None, help="Same as --uv-python-downloads")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -144,9 +153,9 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_sessionstart(session: pytest.Session) -> None:
-    """With ``--uv-build``, materialise the env before anything is collected."""
+    """With ``--uv-build`` (or ``--uv-rebuild``), materialise the env before collection."""
     uvbuild = session.config.stash[SESSION_KEY]
-    if not uvbuild.enabled:
+    if not uvbuild.materialise_at_start:
         return
     try:
         uvbuild.main_env  # noqa: B018 - materialising is the point
@@ -181,7 +190,7 @@ def uv_env(pytestconfig: pytest.Config) -> UvEnv:
     try:
         return uvbuild.main_env
     except UvBuildError as exc:
-        pytest.fail(str(exc), pytrace=False)
+        pytest.fail(f"uv_env: {exc}", pytrace=False)
 
 
 @pytest.fixture(scope="session")
@@ -202,10 +211,15 @@ def uv_env_factory(
         all_extras: bool = False,
         install_project: InstallMode = "wheel",
         offline: bool | None = None,
+        python_downloads: bool | None = None,
         rebuild: bool = False,
     ) -> UvEnv:
         if install_project not in INSTALL_MODES:
-            raise ValueError(f"install_project must be one of {INSTALL_MODES}")
+            pytest.fail(
+                f"uv_env_factory: install_project={install_project!r} is not one of "
+                f"{', '.join(INSTALL_MODES)}. Fix: pass one of those.",
+                pytrace=False,
+            )
         request = EnvRequest(
             project_dir=Path(project_dir).resolve() if project_dir is not None else None,
             python=python,
@@ -216,7 +230,13 @@ def uv_env_factory(
             all_extras=all_extras,
             install_project=install_project,
             offline=uvbuild.request.offline if offline is None else offline,
+            python_downloads=(
+                uvbuild.request.python_downloads if python_downloads is None else python_downloads
+            ),
         )
-        return uvbuild.env_for(request, rebuild=rebuild)
+        try:
+            return uvbuild.env_for(request, rebuild=rebuild)
+        except UvBuildError as exc:
+            pytest.fail(f"uv_env_factory: {exc}", pytrace=False)
 
     return factory

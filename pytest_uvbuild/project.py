@@ -2,17 +2,19 @@
 
 Only ``pyproject.toml`` (a few KB) is parsed on every session; ``uv.lock``
 is hashed, and parsed only when an environment is being built (see
-:func:`local_sources`).
+:func:`lock_local_dirs`). Which local packages an env gets is uv's answer
+(``uv export``), read by :func:`local_sources_from_export`.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from packaging.utils import canonicalize_name
 
@@ -24,12 +26,16 @@ else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
 __all__ = [
+    "LocalKind",
     "LocalSource",
     "Selection",
     "UvProject",
     "find_project",
+    "import_root",
     "load_project",
-    "local_sources",
+    "local_sources_from_export",
+    "lock_local_dirs",
+    "read_lock",
 ]
 
 
@@ -46,14 +52,46 @@ class Selection:
         """The effective selection, normalised; the uv flags that produce it do not matter."""
         return {"groups": list(self.groups), "extras": list(self.extras), "only": self.only_groups}
 
+    def describe(self) -> str:
+        """Say in a few words what is selected, e.g. ``groups dev, extras none``."""
+        groups = ", ".join(self.groups) or "none"
+        extras = ", ".join(self.extras) or "none"
+        only = "only " if self.only_groups else ""
+        return f"{only}groups {groups}; extras {extras}"
+
+
+#: How a local package reaches an env: built from a directory (``directory``,
+#: ``editable``) or installed from a wheel or sdist file on disk (``archive``).
+LocalKind = Literal["directory", "editable", "archive"]
+
 
 @dataclass(frozen=True)
 class LocalSource:
-    """A package of the lock that uv installs from a directory (the project, members, path deps)."""
+    """A package that uv installs from this checkout (the project, members, path deps).
+
+    ``relpath`` is as uv writes it, relative to the project root, so that a
+    record made in one checkout resolves to the same package in another.
+    """
 
     name: str
-    directory: Path
-    editable: bool
+    relpath: str
+    kind: LocalKind
+
+    def path(self, project_root: Path) -> Path:
+        """The package's directory (or archive file) in the checkout at ``project_root``."""
+        return (project_root / self.relpath).resolve()
+
+    def as_json(self) -> dict[str, str]:
+        """The source as stored in the completion record."""
+        return {"name": self.name, "relpath": self.relpath, "kind": self.kind}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> LocalSource:
+        """Read a source back from the completion record."""
+        kind = str(data["kind"])
+        if kind not in ("directory", "editable", "archive"):
+            raise ValueError(f"unknown local source kind {kind!r}")
+        return cls(str(data["name"]), str(data["relpath"]), kind)  # type: ignore[arg-type]
 
 
 def _read_toml(path: Path, what: str) -> dict[str, Any]:
@@ -214,8 +252,8 @@ def load_project(root: Path) -> UvProject:
     root = root.resolve()
     if not root.is_dir():
         raise ProjectNotFoundError(
-            f"Project directory {root} does not exist. Fix: pass --uv-project=DIR "
-            "pointing at a directory with pyproject.toml and uv.lock."
+            f"Project directory {root} does not exist. Fix: point --uv-project (or "
+            "`key --project`) at a directory with pyproject.toml and uv.lock."
         )
     pyproject = _read_toml(root / "pyproject.toml", f"create it, e.g. with `uv init {root}`")
     if not (root / "uv.lock").is_file():
@@ -250,32 +288,103 @@ def read_lock(project: UvProject) -> dict[str, Any]:
     return _read_toml(project.lock_path, f"run `uv lock` in {project.root}")
 
 
-def local_sources(
-    project: UvProject, lock: Mapping[str, Any] | None = None
-) -> tuple[LocalSource, ...]:
-    """Return the lock's packages that come from local directories (editable or not).
+def import_root(directory: Path, pyproject: Mapping[str, Any] | None = None) -> Path:
+    """Where a local package's importable modules live in the working tree.
 
-    These are the project itself, workspace members and path dependencies:
-    their content can change without the lock changing, so they never go
-    into the shared, immutable dependency environment.
+    That is ``[tool.uv.build-backend] module-root`` when set, else ``src/``
+    if it exists, else the package directory itself (flat layout).
     """
-    lock = read_lock(project) if lock is None else lock
-    found: list[LocalSource] = []
+    if pyproject is None:
+        path = directory / "pyproject.toml"
+        pyproject = _read_toml(path, "restore it") if path.is_file() else {}
+    tool = pyproject.get("tool", {})
+    uv = tool.get("uv", {}) if isinstance(tool, dict) else {}
+    backend = uv.get("build-backend", {}) if isinstance(uv, dict) else {}
+    module_root = backend.get("module-root") if isinstance(backend, dict) else None
+    if isinstance(module_root, str):
+        return (directory / module_root).resolve()
+    src = directory / "src"
+    return src if src.is_dir() else directory
+
+
+def lock_local_dirs(lock: Mapping[str, Any]) -> tuple[str, ...]:
+    """Relative paths of every local directory package in the lock, virtual ones included.
+
+    Their ``pyproject.toml`` files decide, with the root's, whether the lock
+    is stale; the cache-hit path hashes them to know when to ask uv again.
+    """
+    found: set[str] = set()
     for package in _packages(lock):
         source = package.get("source", {})
         if not isinstance(source, dict):
             continue
-        for kind in ("editable", "directory"):
+        for kind in ("editable", "directory", "virtual"):
             rel = source.get(kind)
             if isinstance(rel, str):
-                found.append(
-                    LocalSource(
-                        name=canonicalize_name(str(package.get("name", ""))),
-                        directory=(project.root / rel).resolve(),
-                        editable=kind == "editable",
-                    )
-                )
-    return tuple(sorted(found, key=lambda s: s.name))
+                found.add(rel)
+    return tuple(sorted(found))
+
+
+def _lock_local_packages(lock: Mapping[str, Any], root: Path) -> dict[Path, tuple[str, str, bool]]:
+    """Map each local package's resolved path to (name, relpath, is_archive)."""
+    found: dict[Path, tuple[str, str, bool]] = {}
+    for package in _packages(lock):
+        source = package.get("source", {})
+        if not isinstance(source, dict):
+            continue
+        name = canonicalize_name(str(package.get("name", "")))
+        for kind in ("editable", "directory", "path"):
+            rel = source.get(kind)
+            if isinstance(rel, str):
+                found[(root / rel).resolve()] = (name, rel, kind == "path")
+    return found
+
+
+def local_sources_from_export(
+    requirements: str,
+    project: UvProject,
+    lock: Mapping[str, Any],
+    marker_environment: Mapping[str, str],
+) -> tuple[LocalSource, ...]:
+    """Return the local packages that uv selected, from ``uv export --format requirements-txt``.
+
+    uv has applied the groups, extras and ``--only-group``: its export lists
+    exactly what ``uv sync`` would install, local packages as paths
+    (``-e ./member``, ``../dep``, ``./pkg.whl``). Their names come from the
+    lock. What is left are PEP 508 environment markers, evaluated for the
+    env's interpreter; one that cannot be evaluated keeps its package.
+    """
+    from packaging.markers import InvalidMarker, Marker, UndefinedEnvironmentName
+
+    known = _lock_local_packages(lock, project.root)
+    found: dict[str, LocalSource] = {}
+    for raw in requirements.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        editable = line.startswith("-e ")
+        requirement, _, marker = line.removeprefix("-e ").strip().partition(" ; ")
+        requirement = requirement.strip()
+        if requirement.startswith("file://"):
+            from urllib.parse import unquote, urlsplit
+
+            requirement = unquote(urlsplit(requirement).path)
+        elif not (editable or requirement.startswith((".", "/"))):
+            continue  # a registry, URL or VCS requirement: uv installs it into the env
+        if marker.strip():
+            try:
+                if not Marker(marker).evaluate(dict(marker_environment)):
+                    continue
+            except (InvalidMarker, UndefinedEnvironmentName):
+                pass
+        path = (project.root / requirement).resolve()
+        name, relpath, is_archive = known.get(
+            path,
+            (canonicalize_name(path.name), os.path.relpath(path, project.root), path.is_file()),
+        )
+        kind: LocalKind = "archive" if is_archive else ("editable" if editable else "directory")
+        found[name] = LocalSource(name, relpath, kind)
+    return tuple(found[name] for name in sorted(found))
 
 
 def _packages(lock: Mapping[str, Any]) -> Iterable[Mapping[str, Any]]:

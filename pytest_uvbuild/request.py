@@ -31,3 +31,5 @@ class EnvRequest:
     all_extras: bool = False
     install_project: InstallMode = "wheel"
     offline: bool = False
+    #: Whether uv may download a Python when none on this machine matches (opt-in).
+    python_downloads: bool = False

@@ -9,6 +9,7 @@ terminal summary.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import replace
 from functools import cached_property
@@ -66,6 +67,16 @@ def request_from_config(config: pytest.Config) -> EnvRequest:
             base = config.rootpath if config.getoption("uv_project") is None else Path.cwd()
             project_dir = base / project_dir
     install_mode: InstallMode = mode
+    downloads = _ini_or_option(config, "uv_python_downloads", "uv_python_downloads") or None
+    if downloads is None:
+        # A user who told uv itself to download (uv's default is implicit)
+        # has opted in; anyone else never gets a download behind their back.
+        downloads = "automatic" if os.environ.get("UV_PYTHON_DOWNLOADS") == "automatic" else "never"
+    if downloads not in ("never", "automatic"):
+        raise pytest.UsageError(
+            f"uv_python_downloads = {downloads!r} is not never or automatic. "
+            "Fix: set it to never or automatic."
+        )
     return EnvRequest(
         project_dir=project_dir,
         python=_ini_or_option(config, "uv_python", "uv_python") or None,
@@ -76,6 +87,7 @@ def request_from_config(config: pytest.Config) -> EnvRequest:
         all_extras=bool(config.getoption("uv_all_extras")),
         install_project=install_mode,
         offline=bool(_ini_or_option(config, "uv_offline", "uv_offline")),
+        python_downloads=downloads == "automatic",
     )
 
 
@@ -100,7 +112,9 @@ class UvBuildSession:
         self.config = config
         self.enabled: bool = bool(config.getoption("uv_build") or config.getini("uv_build"))
         self.request = request_from_config(config)
-        self.rebuild: bool = bool(config.getoption("uv_rebuild"))
+        # Under xdist the controller rebuilds once, before the workers start;
+        # workers rebuilding too would tear down each other's env.
+        self.rebuild: bool = bool(config.getoption("uv_rebuild")) and not is_xdist_worker(config)
         self._envs: dict[EnvRequest, UvEnv] = {}
         self._errors: dict[EnvRequest, UvBuildError] = {}
         self.started = time.time()
@@ -139,6 +153,11 @@ class UvBuildSession:
             raise
         self._envs[request] = env
         return env
+
+    @property
+    def materialise_at_start(self) -> bool:
+        """Whether the main env is made before collection (``--uv-build`` or ``--uv-rebuild``)."""
+        return self.enabled or self.rebuild
 
     @property
     def main_env(self) -> UvEnv:

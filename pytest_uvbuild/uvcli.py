@@ -16,7 +16,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Final
 
-from pytest_uvbuild.errors import LockfileError, UvCommandError, UvNotFoundError
+from pytest_uvbuild.errors import (
+    InterpreterNotFoundError,
+    LockfileError,
+    UvCommandError,
+    UvNotFoundError,
+)
 from pytest_uvbuild.probecache import probe
 
 __all__ = ["UV_BINARY_ENV", "Uv", "find_uv"]
@@ -97,9 +102,21 @@ _NETWORK_PATTERNS: Final = (
 )
 
 
-def _first_error_lines(stderr: str, limit: int = 6) -> str:
+# uv's progress chatter ("Using CPython ...", "Creating virtual environment
+# at ...") says nothing about a failure; the message starts at "error:".
+def _first_error_lines(stderr: str, limit: int = 8) -> str:
     lines = [ln.rstrip() for ln in stderr.splitlines() if ln.strip()]
+    for index, line in enumerate(lines):
+        if line.lstrip().startswith("error:"):
+            lines = lines[index:]
+            break
     return "\n".join("  " + ln for ln in lines[:limit])
+
+
+def _reinstall_hint() -> str:
+    if os.environ.get(UV_BINARY_ENV):
+        return f"Fix: point {UV_BINARY_ENV} at a working uv binary, or unset it."
+    return "Fix: reinstall it with `pip install --force-reinstall uv`."
 
 
 def translate_failure(what: str, returncode: int, stderr: str) -> UvCommandError | LockfileError:
@@ -143,7 +160,9 @@ def translate_failure(what: str, returncode: int, stderr: str) -> UvCommandError
             stderr=stderr,
         )
     return UvCommandError(
-        f"{what} failed (uv exit status {returncode}):\n{detail}",
+        f"{what} failed (uv exit status {returncode}):\n{detail}\n"
+        "Fix: correct what uv reports above; running the same uv command in the project "
+        "shows its full output.",
         returncode=returncode,
         stderr=stderr,
     )
@@ -175,14 +194,13 @@ class Uv:
             except OSError as exc:
                 raise UvNotFoundError(
                     f"The uv binary at {self.binary} does not run ({exc.strerror}). "
-                    "Fix: reinstall it with `pip install --force-reinstall uv`."
+                    + _reinstall_hint()
                 ) from None
             parts = proc.stdout.split()
             if proc.returncode != 0 or len(parts) < 2 or parts[0] != "uv":
                 raise UvNotFoundError(
                     f"The uv binary at {self.binary} does not run (`uv --version` exited "
-                    f"{proc.returncode}). "
-                    "Fix: reinstall it with `pip install --force-reinstall uv`."
+                    f"{proc.returncode}). " + _reinstall_hint()
                 )
             return {"version": parts[1]}
 
@@ -213,8 +231,37 @@ class Uv:
         except OSError as exc:
             raise UvNotFoundError(
                 f"The uv binary at {self.binary} does not run ({exc.strerror}). "
-                "Fix: reinstall it with `pip install --force-reinstall uv`."
+                + _reinstall_hint()
             ) from None
         if check and proc.returncode != 0:
             raise translate_failure(what, proc.returncode, proc.stderr)
         return proc
+
+    def install_python(self, request: str, *, offline: bool = False) -> Path:
+        """Download a Python matching ``request`` with uv and return its interpreter path.
+
+        Only called when the user opted in to downloads and nothing on this
+        machine matched. uv does the download; we ask it where the result is,
+        restricted to uv-managed Pythons so that no shim can be returned.
+        """
+        downloads = {"UV_PYTHON_DOWNLOADS": "automatic"}
+        offline_args = ["--offline"] if offline else []
+        try:
+            self.run(
+                ["python", "install", *offline_args, request],
+                what=f"`uv python install {request}`",
+                env=downloads,
+            )
+            found = self.run(
+                ["python", "find", "--managed-python", *offline_args, request],
+                what=f"`uv python find {request}`",
+                env=downloads,
+            )
+        except UvCommandError as exc:
+            raise InterpreterNotFoundError(
+                f"No Python matching {request!r} is installed, and uv could not download one:\n"
+                f"{_first_error_lines(exc.stderr)}\n"
+                "Fix: install that Python yourself (e.g. `pyenv install`), "
+                "or pass --uv-python=/path/to/python."
+            ) from None
+        return Path(found.stdout.strip().splitlines()[-1])

@@ -1,0 +1,503 @@
+"""Tests of the env cache in-process: the key, hits and misses, damage, locks, leases, layers."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import toys
+from filelock import FileLock
+
+from pytest_uvbuild import envcache
+from pytest_uvbuild.envcache import EnvCache, UvEnv, compute_key, parse_age
+from pytest_uvbuild.errors import CacheError, LockfileError
+from pytest_uvbuild.interpreters import current_interpreter
+from pytest_uvbuild.project import Selection
+from pytest_uvbuild.request import EnvRequest
+from pytest_uvbuild.uvcli import Uv
+
+
+def logging_uv(
+    directory: Path, *, before_sync: str = "", after_sync: str = ""
+) -> tuple[Path, Path]:
+    """Write a uv wrapper that logs each call's arguments, then runs the real uv.
+
+    ``before_sync``/``after_sync`` are shell lines run around a ``uv sync``
+    (to slow it down, or to stop there). Returns (wrapper, log file).
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    log = directory / "uv-calls.log"
+    wrapper = directory / "uv"
+    wrapper.write_text(
+        textwrap.dedent(
+            f"""\
+            #!/bin/sh
+            printf '%s\\n' "$*" >> "{log}"
+            if [ "$1" = sync ]; then
+                {before_sync or ":"}
+                "{toys.UV}" "$@" || exit $?
+                {after_sync or ":"}
+                exit 0
+            fi
+            exec "{toys.UV}" "$@"
+            """
+        )
+    )
+    wrapper.chmod(0o755)
+    return wrapper, log
+
+
+def uv_calls(log: Path, command: str | None = None) -> list[str]:
+    """The logged uv calls, optionally only those of one sub-command."""
+    if not log.exists():
+        return []
+    lines = log.read_text().splitlines()
+    return [ln for ln in lines if command is None or ln.split(" ", 1)[0] == command]
+
+
+# -- the key ---------------------------------------------------------------
+
+SELECTION = Selection(groups=("dev",), extras=(), only_groups=False, uv_args=())
+BASE_KEY_INPUTS = {
+    "lock_sha256": "a" * 64,
+    "interpreter": current_interpreter(),
+    "selection": SELECTION,
+    "install_mode": "wheel",
+    "uv_version": "0.13.9",
+}
+
+
+def _changed(field: str) -> object:
+    interp = current_interpreter()
+    return {
+        "lock_sha256": "b" * 64,
+        "interpreter": replace(interp, path=Path("/other/python3")),
+        "selection": replace(SELECTION, groups=("dev", "lint")),
+        "install_mode": "source",
+        "uv_version": "0.14.0",
+    }[field]
+
+
+def test_key_is_stable_for_equal_inputs() -> None:
+    """The same inputs give the same 16-hex-digit key, and the inputs are returned."""
+    key, inputs = compute_key(**BASE_KEY_INPUTS)  # type: ignore[arg-type]
+    again, _ = compute_key(**BASE_KEY_INPUTS)  # type: ignore[arg-type]
+    assert key == again
+    assert len(key) == 16
+    assert int(key, 16) >= 0
+    assert inputs["format"] == envcache.FORMAT_VERSION
+
+
+@pytest.mark.parametrize("field", sorted(BASE_KEY_INPUTS))
+def test_key_changes_with_each_input(field: str) -> None:
+    """Changing any one input (lock, interpreter, selection, mode, uv) changes the key."""
+    base, _ = compute_key(**BASE_KEY_INPUTS)  # type: ignore[arg-type]
+    changed, _ = compute_key(**{**BASE_KEY_INPUTS, field: _changed(field)})  # type: ignore[arg-type]
+    assert changed != base
+
+
+def test_key_changes_with_the_interpreter_version_and_platform() -> None:
+    """An interpreter at the same path but another version or platform is another key."""
+    interp = current_interpreter()
+    base, _ = compute_key(**BASE_KEY_INPUTS)  # type: ignore[arg-type]
+    for other in (replace(interp, version="3.11.99"), replace(interp, platform="other-arch")):
+        key, _ = compute_key(**{**BASE_KEY_INPUTS, "interpreter": other})  # type: ignore[arg-type]
+        assert key != base
+
+
+def test_key_changes_with_the_format_version(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bumping our format version retires every old key."""
+    base, _ = compute_key(**BASE_KEY_INPUTS)  # type: ignore[arg-type]
+    monkeypatch.setattr(envcache, "FORMAT_VERSION", envcache.FORMAT_VERSION + 1)
+    bumped, _ = compute_key(**BASE_KEY_INPUTS)  # type: ignore[arg-type]
+    assert bumped != base
+
+
+def test_parse_age() -> None:
+    """Ages take s, m, h, d or w (a bare number is days); garbage and negatives are refused."""
+    assert parse_age("30d") == parse_age("30") == 30 * 86400
+    assert parse_age("12h") == 12 * 3600
+    assert parse_age("90s") == 90
+    for bad in ("soon", "-1d", "d"):
+        with pytest.raises(ValueError, match=r"e\.g\. 30d"):
+            parse_age(bad)
+
+
+# -- materialising ---------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory: pytest.TempPathFactory, wheelhouse: Path) -> Path:
+    """A module-wide scratch dir holding one locked project (copied by tests that edit it)."""
+    root = tmp_path_factory.mktemp("envcache")
+    toys.write_project(root / "project", wheelhouse)
+    return root
+
+
+@pytest.fixture
+def project(shared: Path, tmp_path: Path) -> Path:
+    """A private copy of the locked demo project (same lock bytes, so the same key)."""
+    return Path(shutil.copytree(shared / "project", tmp_path / "project", symlinks=True))
+
+
+@pytest.fixture
+def logged(tmp_path: Path) -> tuple[Uv, Path]:
+    """A uv that logs every call, and its log."""
+    wrapper, log = logging_uv(tmp_path / "bin")
+    return Uv(wrapper), log
+
+
+def _make(cache: EnvCache, project: Path, **changes: object) -> UvEnv:
+    request = replace(EnvRequest(project_dir=project, offline=True), **changes)  # type: ignore[arg-type]
+    return cache.materialise(request, start_dir=project)
+
+
+def test_cold_build_then_hit_without_uv(
+    project: Path, tmp_path: Path, logged: tuple[Uv, Path]
+) -> None:
+    """A miss builds with uv; the hit that follows runs no uv command at all."""
+    uv, log = logged
+    cache = EnvCache(tmp_path / "cache", uv)
+    first = _make(cache, project)
+    assert not first.hit
+    assert first.reason == "first build for this project in this cache"
+    assert len(uv_calls(log, "sync")) == 1
+    assert (first.path / envcache.RECORD_NAME).is_file()
+    first.release()
+    before = uv_calls(log)
+    second = _make(EnvCache(tmp_path / "cache", uv), project)
+    assert second.hit
+    assert second.key == first.key
+    assert uv_calls(log) == before
+    second.release()
+
+
+def test_env_holds_dependencies_and_the_layer_holds_the_project(
+    project: Path, shared_env_cache: Path
+) -> None:
+    """The env has the locked deps; the project is a wheel in the layer, not in the env."""
+    env = _make(EnvCache(shared_env_cache), project)
+    try:
+        assert env.packages["toyalpha"] == "1.0"
+        assert env.packages["demo"] == "0.1.0"
+        assert not list(env.site_packages.glob("demo*"))
+        out = env.run(
+            ["python", "-c", "import demo, toyalpha; print(demo.__file__)"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        assert out.stdout.startswith(str(env.layer[-1]))
+    finally:
+        env.release()
+
+
+@pytest.mark.parametrize(
+    ("damage", "reason"),
+    [
+        (lambda env: (env / "bin" / "python").unlink(), "its interpreter is gone"),
+        (lambda env: (env / envcache.RECORD_NAME).unlink(), "no completion record"),
+        (lambda env: (env / envcache.RECORD_NAME).write_text("{"), "record is unreadable"),
+        (lambda env: (env / "pyvenv.cfg").unlink(), "pyvenv.cfg is gone"),
+    ],
+    ids=["interpreter-gone", "no-record", "bad-record", "no-pyvenv"],
+)
+def test_damaged_env_is_rebuilt(project: Path, tmp_path: Path, damage: object, reason: str) -> None:
+    """An env that is incomplete or damaged is never trusted: it is rebuilt, and says why."""
+    cache = EnvCache(tmp_path / "cache")
+    env = _make(cache, project)
+    env.release()
+    damage(env.path)  # type: ignore[operator]
+    again = _make(cache, project)
+    assert not again.hit
+    assert reason in again.reason
+    assert again.key == env.key
+    assert again.python.exists()
+    again.release()
+
+
+def test_rebuild_replaces_a_good_env(project: Path, tmp_path: Path) -> None:
+    """rebuild=True builds again even though the cached env is fine."""
+    cache = EnvCache(tmp_path / "cache")
+    _make(cache, project).release()
+    again = cache.materialise(
+        EnvRequest(project_dir=project, offline=True), start_dir=project, rebuild=True
+    )
+    assert (again.hit, again.reason) == (False, "--uv-rebuild was given")
+    again.release()
+
+
+def test_miss_reason_names_the_changed_input(project: Path, tmp_path: Path) -> None:
+    """A miss after a previous build of the project says which key input changed."""
+    cache = EnvCache(tmp_path / "cache")
+    _make(cache, project).release()
+    other = _make(cache, project, install_project="source")
+    assert other.reason == "install mode changed (wheel -> source)"
+    other.release()
+    toys.write_project(project, Path(str(_find_links(project))), dependencies=["toyalpha==2.0"])
+    relocked = _make(cache, project, install_project="source")
+    assert relocked.reason == "uv.lock changed"
+    relocked.release()
+
+
+def _find_links(project: Path) -> str:
+    text = (project / "pyproject.toml").read_text()
+    return text.split('find-links = ["', 1)[1].split('"', 1)[0]
+
+
+def test_stale_lock_is_caught_on_a_hit_and_on_a_miss(
+    project: Path, tmp_path: Path, logged: tuple[Uv, Path]
+) -> None:
+    """Editing pyproject deps without `uv lock` fails before anything is created, even on a hit."""
+    uv, log = logged
+    cache = EnvCache(tmp_path / "cache", uv)
+    env = _make(cache, project)
+    env.release()
+    record = (env.path / envcache.RECORD_NAME).read_bytes()
+    pyproject = project / "pyproject.toml"
+    pyproject.write_text(pyproject.read_text().replace("toyalpha==1.0", "toyalpha==2.0"))
+    with pytest.raises(LockfileError, match=r"out of date.*Fix: run `uv lock`"):
+        _make(cache, project)
+    assert (env.path / envcache.RECORD_NAME).read_bytes() == record
+    # On a miss (another selection), nothing is created either.
+    with pytest.raises(LockfileError, match="out of date"):
+        _make(cache, project, install_project="no")
+    assert sorted(os.listdir(cache.root / "envs")) == [env.key]
+    # Back in sync: the earlier check result is reused, so the hit asks uv no `lock --check`
+    # (the touched pyproject.toml does rebuild the project wheel).
+    pyproject.write_text(pyproject.read_text().replace("toyalpha==2.0", "toyalpha==1.0"))
+    checks = uv_calls(log, "lock")
+    assert _make(cache, project).hit
+    assert uv_calls(log, "lock") == checks
+    assert len(uv_calls(log, "sync")) == 1
+
+
+def test_waiting_too_long_for_a_builder_is_a_cache_error(
+    project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """If another process holds the build lock past the wait limit, the error says what to do."""
+    cache = EnvCache(tmp_path / "cache")
+    _, _, _, key, _ = cache.resolve(EnvRequest(project_dir=project), project)
+    monkeypatch.setattr(envcache, "BUILD_WAIT_SECONDS", 0.2)
+    messages: list[str] = []
+    with (
+        FileLock(str(cache.root / "locks" / f"{key}.lock")),
+        pytest.raises(CacheError, match=r"Gave up after 0 s waiting .* Fix: wait"),
+    ):
+        cache.materialise(
+            EnvRequest(project_dir=project), start_dir=project, announce=messages.append
+        )
+    assert messages == [f"waiting for another process to finish building env {key}"]
+    assert not cache.env_dir(key).exists()
+
+
+def test_cache_dir_that_cannot_be_created(project: Path, tmp_path: Path) -> None:
+    """A cache path under a regular file (unwritable even for root) is one clear error."""
+    (tmp_path / "file").write_text("")
+    cache = EnvCache(tmp_path / "file" / "cache")
+    with pytest.raises(CacheError, match=r"is not writable .*Fix: pass --uv-cache-dir"):
+        _make(cache, project)
+
+
+def test_prune_keeps_an_env_leased_by_another_process(project: Path, tmp_path: Path) -> None:
+    """`prune --all` skips an env a running process holds, and removes it once released."""
+    cache = EnvCache(tmp_path / "cache")
+    env = _make(cache, project)
+    env.release()
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(
+                f"""\
+                import sys, time
+                from pathlib import Path
+                from pytest_uvbuild.envcache import EnvCache, EnvRequest
+                p = Path({str(project)!r})
+                env = EnvCache(Path({str(cache.root)!r})).materialise(
+                    EnvRequest(project_dir=p, offline=True), start_dir=p)
+                print(env.key, flush=True)
+                time.sleep(60)
+                """
+            ),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == env.key
+        removed, busy = cache.prune(everything=True)
+        assert (removed, [e.key for e in busy]) == ([], [env.key])
+        assert env.path.is_dir()
+        assert [e.in_use for e in cache.entries()] == [True]
+    finally:
+        holder.kill()
+        holder.wait()
+    removed, busy = cache.prune(everything=True)
+    assert ([e.key for e in removed], busy) == ([env.key], [])
+    assert not env.path.exists()
+    assert not list((cache.root / "layers").iterdir())
+
+
+def test_prune_older_than_keeps_recent_envs_and_sweeps_leftovers(
+    project: Path, tmp_path: Path
+) -> None:
+    """--older-than removes only envs unused for that long; incomplete envs always go."""
+    cache = EnvCache(tmp_path / "cache")
+    env = _make(cache, project)
+    env.release()
+    half_built = cache.env_dir("0123456789abcdef")
+    (half_built / "bin").mkdir(parents=True)
+    trash = cache.root / "envs" / ".trash-x-1"
+    trash.mkdir()
+    removed, _ = cache.prune(older_than=3600)
+    assert [e.key for e in removed] == ["0123456789abcdef"]
+    assert env.path.is_dir()
+    assert not trash.exists()
+    old = time.time() - 7200
+    os.utime(env.path / envcache.RECORD_NAME, (old, old))
+    removed, _ = cache.prune(older_than=3600)
+    assert [e.key for e in removed] == [env.key]
+
+
+# -- the project layer -----------------------------------------------------
+
+
+def test_editing_the_project_gives_a_new_layer_and_the_same_env(
+    project: Path, tmp_path: Path, logged: tuple[Uv, Path]
+) -> None:
+    """A source edit rebuilds only the project wheel; the dependency env is untouched."""
+    uv, log = logged
+    cache = EnvCache(tmp_path / "cache", uv)
+    first = _make(cache, project)
+    first.release()
+    snapshot = sorted((p.name, p.stat().st_mtime_ns) for p in first.site_packages.iterdir())
+    init = project / "src" / "demo" / "__init__.py"
+    init.write_text('WHERE = "edited"\n')
+    messages: list[str] = []
+    second = cache.materialise(
+        EnvRequest(project_dir=project, offline=True), start_dir=project, announce=messages.append
+    )
+    assert second.hit
+    assert second.key == first.key
+    assert second.layer != first.layer
+    assert [m.split(" of env")[0] for m in messages] == [
+        f"building project layer {second.layer[-1].parent.name.split('-')[1]}"
+    ]
+    out = second.run(
+        ["python", "-c", "import demo; print(demo.WHERE)"], capture_output=True, text=True
+    )
+    assert out.stdout.strip() == "edited"
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in first.site_packages.iterdir()) == snapshot
+    assert len(uv_calls(log, "sync")) == 1
+    second.release()
+
+
+def test_test_files_and_caches_do_not_rebuild_the_layer(project: Path, tmp_path: Path) -> None:
+    """Editing tests or bytecode keeps the project layer; editing a sub-package named test not."""
+    cache = EnvCache(tmp_path / "cache")
+    first = _make(cache, project)
+    first.release()
+    (project / "tests").mkdir()
+    (project / "tests" / "test_x.py").write_text("def test(): pass\n")
+    (project / "src" / "demo" / "__pycache__").mkdir()
+    (project / "src" / "demo" / "__pycache__" / "x.pyc").write_bytes(b"")
+    same = _make(cache, project)
+    same.release()
+    assert same.layer == first.layer
+    (project / "src" / "demo" / "test").mkdir()
+    (project / "src" / "demo" / "test" / "__init__.py").write_text("")
+    changed = _make(cache, project)
+    changed.release()
+    assert changed.layer != first.layer
+
+
+def test_source_mode_puts_the_import_root_on_the_path(
+    project: Path, shared_env_cache: Path
+) -> None:
+    """--uv-install-project=source uses the working tree's src/ instead of a wheel."""
+    env = _make(EnvCache(shared_env_cache), project, install_project="source")
+    env.release()
+    assert env.layer == (project / "src",)
+    assert "demo" not in env.packages
+
+
+def test_no_install_mode_leaves_the_project_out(project: Path, shared_env_cache: Path) -> None:
+    """--uv-install-project=no installs neither the project nor a layer for it."""
+    env = _make(EnvCache(shared_env_cache), project, install_project="no")
+    env.release()
+    assert env.layer == ()
+    assert "demo" not in env.packages
+    assert env.packages["toyalpha"] == "1.0"
+
+
+def test_only_group_leaves_project_and_its_dependencies_out(
+    tmp_path: Path, wheelhouse: Path, shared_env_cache: Path
+) -> None:
+    """--only-group installs that group alone, like `uv sync --only-group`."""
+    root = toys.write_project(tmp_path / "p", wheelhouse, groups={"lint": ["toygamma"]})
+    env = _make(EnvCache(shared_env_cache), root, only_groups=("lint",))
+    env.release()
+    assert env.packages == {"toygamma": "1.0"}
+
+
+def test_path_dependency_and_local_wheel_live_in_the_layer(
+    tmp_path: Path, wheelhouse: Path, shared_env_cache: Path
+) -> None:
+    """A path dependency and a wheel file dependency are installed in the layer, edits apply."""
+    dep = toys.write_project(
+        tmp_path / "dep", wheelhouse, name="dep", with_pytest=False, lock=False
+    )
+    shutil.copy(
+        wheelhouse / "toygamma-1.0-py3-none-any.whl", tmp_path / "toygamma-1.0-py3-none-any.whl"
+    )
+    root = toys.write_project(
+        tmp_path / "main",
+        wheelhouse,
+        dependencies=["toyalpha==1.0", "dep", "toygamma"],
+        extra_toml=textwrap.dedent(
+            """\
+            [tool.uv.sources]
+            dep = { path = "../dep" }
+            toygamma = { path = "../toygamma-1.0-py3-none-any.whl" }
+            """
+        ),
+    )
+    cache = EnvCache(shared_env_cache)
+    env = _make(cache, root)
+    env.release()
+    assert {k: env.packages.get(k) for k in ("dep", "toygamma", "demo")} == {
+        "dep": "0.1.0",
+        "toygamma": "1.0",
+        "demo": "0.1.0",
+    }
+    (dep / "src" / "dep" / "__init__.py").write_text('WHERE = "dep edited"\n')
+    again = _make(cache, root)
+    again.release()
+    assert again.key == env.key
+    out = again.run(
+        ["python", "-c", "import dep; print(dep.WHERE)"], capture_output=True, text=True
+    )
+    assert out.stdout.strip() == "dep edited"
+
+
+def test_package_false_behaves_as_source(
+    tmp_path: Path, wheelhouse: Path, shared_env_cache: Path
+) -> None:
+    """A project with `[tool.uv] package = false` gets its directory on the path, no wheel."""
+    root = toys.write_project(tmp_path / "app", wheelhouse, package=False)
+    env = _make(EnvCache(shared_env_cache), root)
+    env.release()
+    assert env.install_mode == "source"
+    assert env.layer == (root.resolve(),)
+    record = json.loads((env.path / envcache.RECORD_NAME).read_text())
+    assert record["local_sources"] == []

@@ -1,0 +1,176 @@
+"""Unit tests for finding the uv project, the group/extra selection, and local packages."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import MakeProject
+from pytest_uvbuild.errors import LockfileError, ProjectNotFoundError, SelectionError
+from pytest_uvbuild.interpreters import current_interpreter
+from pytest_uvbuild.project import (
+    LocalSource,
+    UvProject,
+    find_project,
+    import_root,
+    local_sources_from_export,
+    lock_local_dirs,
+    read_lock,
+)
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10 only
+    import tomli as tomllib
+
+
+def _project(toml: str, root: Path = Path("/nowhere")) -> UvProject:
+    return UvProject(root=root, pyproject=tomllib.loads(toml))
+
+
+GROUPS_TOML = """
+[project]
+name = "Demo_Pkg"
+optional-dependencies = { fast = [], Slow_Mode = [] }
+[dependency-groups]
+dev = []
+lint = []
+Docs = []
+"""
+
+
+def test_find_project_walks_up_to_the_nearest_locked_project(tmp_path: Path) -> None:
+    """The nearest directory at or above the start dir with pyproject.toml and uv.lock wins."""
+    (tmp_path / "pyproject.toml").write_text('[project]\nname = "outer"\n')
+    (tmp_path / "uv.lock").write_text("version = 1\n")
+    deep = tmp_path / "a" / "b"
+    deep.mkdir(parents=True)
+    assert find_project(deep).root == tmp_path.resolve()
+
+
+def test_find_project_names_the_pyproject_without_a_lock(tmp_path: Path) -> None:
+    """A pyproject.toml without uv.lock is reported with the `uv lock` fix."""
+    (tmp_path / "pyproject.toml").write_text('[project]\nname = "x"\n')
+    with pytest.raises(LockfileError, match=r"has no uv.lock next to it. Fix: run `uv lock`"):
+        find_project(tmp_path)
+
+
+def test_find_project_without_any_project(tmp_path: Path) -> None:
+    """No pyproject.toml anywhere above gives the "no uv project" error naming --uv-project."""
+    with pytest.raises(ProjectNotFoundError, match="pass --uv-project=DIR"):
+        find_project(tmp_path)
+
+
+def test_explicit_project_dir_must_exist(tmp_path: Path) -> None:
+    """An explicit project directory that does not exist is an error naming the option."""
+    with pytest.raises(ProjectNotFoundError, match="--uv-project"):
+        find_project(tmp_path, tmp_path / "missing")
+
+
+def test_malformed_pyproject_is_a_lockfile_error(tmp_path: Path) -> None:
+    """A pyproject.toml that is not TOML is one error naming the file."""
+    (tmp_path / "pyproject.toml").write_text("[project\n")
+    (tmp_path / "uv.lock").write_text("")
+    with pytest.raises(LockfileError, match="is not valid TOML"):
+        find_project(tmp_path)
+
+
+def test_default_selection_is_dev_and_no_extras() -> None:
+    """Without flags uv installs the dev group and no extras; so do we."""
+    sel = _project(GROUPS_TOML).select()
+    assert (sel.groups, sel.extras, sel.only_groups, sel.uv_args) == (("dev",), (), False, ())
+
+
+def test_default_groups_setting_is_followed() -> None:
+    """`[tool.uv] default-groups` replaces dev as the default, and "all" means every group."""
+    listed = _project(GROUPS_TOML + '[tool.uv]\ndefault-groups = ["lint", "Docs"]\n').select()
+    assert listed.groups == ("docs", "lint")
+    every = _project(GROUPS_TOML + '[tool.uv]\ndefault-groups = "all"\n').select()
+    assert every.groups == ("dev", "docs", "lint")
+
+
+def test_group_flags_follow_uv() -> None:
+    """--group adds to the defaults, --no-default-groups drops them, --only-group replaces all."""
+    project = _project(GROUPS_TOML)
+    assert project.select(groups=["lint"]).groups == ("dev", "lint")
+    assert project.select(groups=["lint"], no_default_groups=True).groups == ("lint",)
+    only = project.select(only_groups=["docs"])
+    assert (only.groups, only.only_groups, only.uv_args) == (
+        ("docs",),
+        True,
+        ("--only-group", "docs"),
+    )
+
+
+def test_equal_selections_have_equal_key_fields() -> None:
+    """Asking for the default group explicitly gives the same key fields as not asking."""
+    project = _project(GROUPS_TOML)
+    assert project.select(groups=["dev"]).key_fields() == project.select().key_fields()
+
+
+def test_extras_are_normalised_and_all_extras_selects_each() -> None:
+    """Extras are matched by normalised name; --all-extras selects every declared extra."""
+    project = _project(GROUPS_TOML)
+    assert project.select(extras=["slow-mode"]).extras == ("slow-mode",)
+    all_extras = project.select(all_extras=True)
+    assert all_extras.extras == ("fast", "slow-mode")
+    assert all_extras.uv_args == ("--all-extras",)
+
+
+def test_unknown_group_and_extra_are_clear_errors() -> None:
+    """An undefined group or extra names what is defined and how to fix it."""
+    project = _project(GROUPS_TOML)
+    with pytest.raises(SelectionError, match=r"Unknown dependency group\(s\) nope .* Defined: dev"):
+        project.select(groups=["nope"])
+    with pytest.raises(SelectionError, match=r"Unknown extra\(s\) nope .* Defined: fast"):
+        project.select(extras=["nope"])
+
+
+def test_package_detection_follows_tool_uv_package() -> None:
+    """A build-system makes a package; `[tool.uv] package = false` overrides it."""
+    base = '[project]\nname = "p"\n[build-system]\nrequires = []\n'
+    assert _project(base).is_package
+    assert not _project(base + "[tool.uv]\npackage = false\n").is_package
+    assert not _project('[project]\nname = "p"\n').is_package
+
+
+def test_import_root_prefers_module_root_then_src(tmp_path: Path) -> None:
+    """The import root is [tool.uv.build-backend] module-root, else src/, else the directory."""
+    assert import_root(tmp_path) == tmp_path
+    (tmp_path / "src").mkdir()
+    assert import_root(tmp_path) == tmp_path / "src"
+    (tmp_path / "pyproject.toml").write_text('[tool.uv.build-backend]\nmodule-root = ""\n')
+    assert import_root(tmp_path) == tmp_path.resolve()
+
+
+def test_local_sources_come_from_uvs_export(make_project: MakeProject, tmp_path: Path) -> None:
+    """Editable, directory and archive lines of the export map to lock names; markers apply."""
+    dep = make_project(tmp_path / "dep", name="dep", with_pytest=False, lock=False)
+    (tmp_path / "pkg.whl").write_bytes(b"")
+    root = make_project(
+        tmp_path / "main",
+        dependencies=["toyalpha==1.0", "dep"],
+        extra_toml=f'[tool.uv.sources]\ndep = {{ path = "{dep}" }}\n',
+    )
+    project = find_project(root)
+    lock = read_lock(project)
+    export = "\n".join(
+        [
+            "-e .",
+            f"{dep}",
+            "toyalpha==1.0",
+            "../pkg.whl ; sys_platform == 'linux' or sys_platform != 'linux'",
+            "./win-only ; sys_platform == 'no-such-platform'",
+        ]
+    )
+    sources = local_sources_from_export(
+        export, project, lock, current_interpreter().marker_environment()
+    )
+    assert sources == (
+        LocalSource("demo", ".", "editable"),
+        LocalSource("dep", str(dep), "directory"),
+        LocalSource("pkg-whl", "../pkg.whl", "archive"),
+    )
+    assert set(lock_local_dirs(lock)) == {".", str(dep)}

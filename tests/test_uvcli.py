@@ -1,0 +1,125 @@
+"""Unit tests for locating and running uv, and for turning its failures into one clear error."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import toys
+
+from pytest_uvbuild.errors import (
+    InterpreterNotFoundError,
+    LockfileError,
+    UvCommandError,
+    UvNotFoundError,
+)
+from pytest_uvbuild.uvcli import Uv, find_uv, translate_failure
+
+# uv's exact messages (uv 0.13, see the shared uv-facts notes), with its chatter before them.
+STALE = (
+    "Using CPython 3.11.7 interpreter at: /usr/bin/python3\n"
+    "error: The lockfile at `uv.lock` needs to be updated, but `--locked` was provided. "
+    "To update the lockfile, run `uv lock`.\n"
+)
+MISSING = (
+    "error: Unable to find lockfile at `uv.lock`, but `--locked` was provided. "
+    "To create a lockfile, run `uv lock` or `uv sync` without the flag.\n"
+)
+MALFORMED = "error: Failed to parse `uv.lock`\n  Caused by: TOML parse error at line 1, column 9\n"
+SCHEMA = (
+    "error: The lockfile at `uv.lock` uses an unsupported schema version "
+    "(v99, but only v1 is supported).\n"
+)
+OFFLINE = (
+    "Creating virtual environment at: /c/envs/abc\n"
+    "error: Failed to download `pytest==9.2.0`\n"
+    "  Caused by: Network connectivity is disabled, but the requested data wasn't found "
+    "in the cache\n"
+)
+UNREACHABLE = (
+    "error: Failed to fetch: `http://127.0.0.1:9/simple/toyalpha/`\n"
+    "  Caused by: error sending request for url (http://127.0.0.1:9/simple/toyalpha/)\n"
+    "  Caused by: tcp connect error\n"
+)
+TAMPERED = (
+    "error: Hash mismatch for `attrs==26.1.0`\n\nExpected:\n  sha256:aa\nComputed:\n  sha256:bb\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("stderr", "kind", "fix"),
+    [
+        (STALE, LockfileError, "run `uv lock`"),
+        (MISSING, LockfileError, "run `uv lock`"),
+        (MALFORMED, LockfileError, "regenerate it with `uv lock`"),
+        (SCHEMA, LockfileError, "upgrade uv"),
+        (OFFLINE, UvCommandError, "without --uv-offline"),
+        (UNREACHABLE, UvCommandError, "check the network or index URL"),
+        (TAMPERED, UvCommandError, "re-lock with `uv lock --refresh`"),
+        ("error: something new\n", UvCommandError, "uv exit status 2"),
+    ],
+)
+def test_uv_failures_become_one_error_naming_the_fix(
+    stderr: str, kind: type[Exception], fix: str
+) -> None:
+    """Each known uv failure maps to our error type with a message that names the fix."""
+    error = translate_failure("`uv sync --locked`", 2, stderr)
+    assert type(error) is kind
+    assert fix in str(error)
+
+
+def test_uv_chatter_before_the_error_is_dropped() -> None:
+    """Lines before uv's "error:" (interpreter, venv creation) are not part of the message."""
+    message = str(translate_failure("`uv sync --locked`", 1, OFFLINE))
+    assert "Creating virtual environment" not in message
+    assert "Network connectivity is disabled" in message
+
+
+def test_uv_override_pointing_nowhere(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """$PYTEST_UVBUILD_UV at a missing file is an error that says to fix or unset it."""
+    monkeypatch.setenv("PYTEST_UVBUILD_UV", str(tmp_path / "uv"))
+    with pytest.raises(UvNotFoundError, match="unset PYTEST_UVBUILD_UV"):
+        find_uv()
+
+
+def test_default_uv_is_the_packaged_binary() -> None:
+    """Without an override, uv comes from the `uv` PyPI package, as uv.find_uv_bin() says."""
+    assert find_uv() == toys.UV
+
+
+def test_broken_uv_binary(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A uv that exits non-zero on --version is reported as not running, with the fix."""
+    broken = tmp_path / "uv"
+    broken.write_text("#!/bin/sh\nexit 1\n")
+    broken.chmod(0o755)
+    monkeypatch.setenv("PYTEST_UVBUILD_UV", str(broken))
+    with pytest.raises(UvNotFoundError, match=r"does not run .*exited 1.*PYTEST_UVBUILD_UV"):
+        Uv.locate().version()
+
+
+def test_version_is_probed_once_per_binary(tmp_path: Path) -> None:
+    """uv's version comes from `uv --version` once, then from the probe record."""
+    uv = Uv(toys.UV)
+    version = uv.version(tmp_path)
+    assert version.count(".") >= 2
+    assert list((tmp_path / "probes").glob("uv-*.json"))
+    assert uv.version(tmp_path) == version
+
+
+def test_run_raises_translated_errors(tmp_path: Path) -> None:
+    """A failing uv command raises the translated error; check=False returns the process."""
+    uv = Uv(toys.UV)
+    with pytest.raises(UvCommandError, match=r"exit status 2.*\n.*No `pyproject.toml` found"):
+        uv.run(["lock", "--check", "--offline"], what="`uv lock --check`", cwd=tmp_path)
+    proc = uv.run(["lock", "--check", "--offline"], what="x", cwd=tmp_path, check=False)
+    assert proc.returncode != 0
+
+
+def test_python_download_failure_is_an_interpreter_error(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """An opted-in download that uv cannot do (offline here) is one error carrying uv's cause."""
+    monkeypatch.setenv("UV_PYTHON_INSTALL_DIR", str(tmp_path / "pythons"))
+    with pytest.raises(InterpreterNotFoundError, match="uv could not download one") as info:
+        Uv(toys.UV).install_python("3.99", offline=True)
+    assert "install that Python yourself" in str(info.value)
