@@ -1,4 +1,4 @@
-"""``python -m pytest_uvbuild``: env keys for CI caches, and cache management.
+"""``python -m pytest_uvbuild``: env keys for CI caches, cache management, build records.
 
 Each sub-command is one function taking the parsed arguments and returning
 an exit status; :func:`main` turns our errors into one line on stderr and
@@ -13,7 +13,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from pytest_uvbuild.envcache import EnvCache, default_cache_dir, parse_age
 from pytest_uvbuild.errors import UvBuildError
@@ -108,6 +108,66 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
+def cmd_show(args: argparse.Namespace) -> int:
+    """Print a summary of one build record."""
+    from pytest_uvbuild.records import load_metadata, show_lines
+
+    if args.json:
+        print(json.dumps(load_metadata(Path(args.build)), indent=2))
+        return 0
+    for line in show_lines(Path(args.build)):
+        print(line)
+    return 0
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    """Print the audit difference between two build records (A is the baseline)."""
+    from pytest_uvbuild.records import diff_lines
+
+    differs, lines = diff_lines(Path(args.a), Path(args.b))
+    for line in lines:
+        print(line)
+    return 1 if differs and args.check else 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Re-check SHA256SUMS and rebuild the requirements and sdist; 1 unless identical."""
+    from pytest_uvbuild.records import verify_lines, verify_record
+
+    result = verify_record(
+        Path(args.build),
+        project_dir=Path(args.project) if args.project else None,
+        offline=args.offline,
+    )
+    for line in verify_lines(result):
+        print(line)
+    return 0 if result.ok else 1
+
+
+def _add_record_commands(sub: Any) -> None:
+    show = sub.add_parser("show", help="Print a summary of a build record")
+    show.add_argument("build", metavar="BUILD", help="A build record directory (builds/<id>)")
+    show.add_argument("--json", action="store_true", help="Print metadata.json instead")
+    show.set_defaults(func=cmd_show)
+    diff = sub.add_parser("diff", help="Print the audit difference between two build records")
+    diff.add_argument(
+        "a", metavar="A", help="The earlier record (dir, audit.json or metadata.json)"
+    )
+    diff.add_argument("b", metavar="B", help="The later record")
+    diff.add_argument("--check", action="store_true", help="Exit with 1 when they differ")
+    diff.set_defaults(func=cmd_diff)
+    verify = sub.add_parser("verify", help="Re-check SHA256SUMS and rebuild to prove byte identity")
+    verify.add_argument("build", metavar="BUILD", help="A build record directory (builds/<id>)")
+    verify.add_argument(
+        "--project",
+        metavar="DIR",
+        default=None,
+        help="Project to rebuild from (default: the one recorded, else the current dir)",
+    )
+    verify.add_argument("--offline", action="store_true", help="Run uv in offline mode")
+    verify.set_defaults(func=cmd_verify)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser of ``python -m pytest_uvbuild``."""
     # Accepted before or after each sub-command; SUPPRESS keeps a sub-parser's
@@ -150,6 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     c_prune.add_argument("--older-than", metavar="AGE", default=None, help="e.g. 30d, 12h")
     c_prune.add_argument("--all", action="store_true", help="Remove every env not in use")
     c_prune.set_defaults(func=cmd_cache_prune)
+    _add_record_commands(sub)
     return parser
 
 

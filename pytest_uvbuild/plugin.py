@@ -15,7 +15,7 @@ import pytest
 
 from pytest_uvbuild.errors import UvBuildError
 from pytest_uvbuild.request import INSTALL_MODES, EnvRequest, InstallMode
-from pytest_uvbuild.session import SESSION_KEY, UvBuildSession
+from pytest_uvbuild.session import SESSION_KEY, UvBuildSession, is_xdist_worker
 
 if TYPE_CHECKING:
     from pytest_uvbuild.envcache import UvEnv
@@ -121,6 +121,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="How the project itself is installed: wheel (default), source or no",
     )
     parser.addini("uv_install_project", default=None, help="Same as --uv-install-project")
+    _add_build_record_options(parser, group)
     group.addoption(
         "--uv-python-downloads",
         choices=("never", "automatic"),
@@ -141,6 +142,7 @@ def pytest_configure(config: pytest.Config) -> None:
         "when --uv-build is given",
     )
     config.stash[SESSION_KEY] = UvBuildSession(config)
+    _configure_build_record(config)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -240,3 +242,170 @@ def uv_env_factory(
             pytest.fail(f"uv_env_factory: {exc}", pytrace=False)
 
     return factory
+
+
+# -- the build record: builds/<id>/, the audit and the gate -----------------
+
+
+def _add_build_record_options(parser: pytest.Parser, group: Any) -> None:
+    group.addoption(
+        "--uv-build-dir",
+        metavar="DIR",
+        dest="uv_build_dir",
+        default=None,
+        help="Where build records are written (default: builds/ under the rootdir)",
+    )
+    parser.addini("uv_build_dir", default=None, help="Same as --uv-build-dir, relative to rootdir")
+    group.addoption(
+        "--uv-no-artifacts",
+        action="store_true",
+        default=False,
+        dest="uv_no_artifacts",
+        help="Write no build record (the audit and the gate still run)",
+    )
+    group.addoption(
+        "--uv-baseline",
+        metavar="PATH",
+        dest="uv_baseline",
+        default=None,
+        help="Earlier build record (its directory, audit.json or metadata.json) to compare with",
+    )
+    parser.addini("uv_baseline", default=None, help="Same as --uv-baseline, relative to rootdir")
+    group.addoption(
+        "--uv-gate",
+        action="store_true",
+        default=False,
+        dest="uv_gate",
+        help="Fail the session on any difference from the baseline, as on drift",
+    )
+    group.addoption(
+        "--uv-verify",
+        action="store_true",
+        default=False,
+        dest="uv_verify",
+        help="Rebuild the sdist and requirements in a fresh temp dir; fail unless the bytes match",
+    )
+
+
+def _configure_build_record(config: pytest.Config) -> None:
+    """Register the build-record hooks on the controller of a ``--uv-build`` session."""
+    if not config.stash[SESSION_KEY].enabled:
+        given = [
+            flag
+            for flag, dest in (
+                ("--uv-baseline", "uv_baseline"),
+                ("--uv-gate", "uv_gate"),
+                ("--uv-verify", "uv_verify"),
+            )
+            if config.getoption(dest)
+        ]
+        if given:
+            raise pytest.UsageError(
+                f"{', '.join(given)} needs --uv-build. Fix: add --uv-build "
+                "(or set uv_build = true in the ini file)."
+            )
+        return
+    if is_xdist_worker(config):
+        return  # only the controller writes the record
+    config.pluginmanager.register(BuildRecordHooks(config), "uvbuild-record")
+
+
+def _path_option(config: pytest.Config, option: str, ini: str) -> Path | None:
+    """An option is relative to the cwd, its ini twin to the rootdir (as pytest does)."""
+    value = config.getoption(option)
+    if value:
+        return Path(value).expanduser().absolute()
+    value = config.getini(ini)
+    if value:
+        path = Path(str(value)).expanduser()
+        return path if path.is_absolute() else config.rootpath / path
+    return None
+
+
+class BuildRecordHooks:
+    """Writes the session's build record and applies drift, gate and verify results."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+        self.builds_root: Path | None = None
+        self.baseline: Any = None
+        self.outcome: Any = None
+        self.error: str | None = None
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_sessionstart(self, session: pytest.Session) -> None:
+        """Check the build dir, the baseline and SOURCE_DATE_EPOCH before any test runs."""
+        from pytest_uvbuild import artifacts, audit
+
+        config = self.config
+        try:
+            if not config.getoption("uv_no_artifacts"):
+                self.builds_root = _path_option(config, "uv_build_dir", "uv_build_dir") or (
+                    config.rootpath / "builds"
+                )
+                artifacts.check_builds_root(self.builds_root)
+            baseline = _path_option(config, "uv_baseline", "uv_baseline")
+            if baseline is not None:
+                self.baseline = audit.load_baseline(baseline)
+            artifacts.source_date_epoch()
+        except UvBuildError as exc:
+            raise pytest.UsageError(str(exc)) from None
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        """Audit the env, write the record, and fail the session on drift or a gate."""
+        if exitstatus in (
+            pytest.ExitCode.INTERRUPTED,
+            pytest.ExitCode.INTERNAL_ERROR,
+            pytest.ExitCode.USAGE_ERROR,
+        ) or self.config.getoption("collectonly"):
+            return
+        uvbuild = self.config.stash[SESSION_KEY]
+        env = uvbuild.main_env_if_ready()
+        if env is None:
+            return
+        from pytest_uvbuild import artifacts
+
+        try:
+            self.outcome = artifacts.record_session(
+                env,
+                uvbuild.cache.uv,
+                builds_root=self.builds_root,
+                index_dir=uvbuild.cache.root / "sdist-sources",
+                baseline=self.baseline,
+                gate=bool(self.config.getoption("uv_gate")),
+                verify=bool(self.config.getoption("uv_verify")),
+                offline=uvbuild.request.offline,
+                run=artifacts.run_facts(self.config, session, env, uvbuild.started, exitstatus),
+            )
+        except UvBuildError as exc:
+            self.error = str(exc)
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+            return
+        artifacts.append_step_summary(self.outcome.markdown)
+        if self.outcome.failed and session.exitstatus in (
+            pytest.ExitCode.OK,
+            pytest.ExitCode.NO_TESTS_COLLECTED,
+        ):
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        """Report the record (key, id, path, drift, baseline) and, in one block, any failure."""
+        if self.error is not None:
+            terminalreporter.write_sep("!", "uv-build record FAILED", red=True)
+            terminalreporter.write_line(self.error)
+            terminalreporter.write_line(
+                "The session fails because the build record could not be made; "
+                "pass --uv-no-artifacts to run without one."
+            )
+            return
+        if self.outcome is None:
+            return
+        terminalreporter.section("uv-build record")
+        for line in self.outcome.summary_lines():
+            terminalreporter.write_line(line)
+        if self.outcome.failed:
+            terminalreporter.write_sep("!", "uv-build gate FAILED", red=True)
+            for line in self.outcome.failure_lines():
+                terminalreporter.write_line(line)

@@ -1,0 +1,956 @@
+"""The build record: ``builds/<id>/`` written at the end of a ``--uv-build`` session.
+
+Layout of one record::
+
+    metadata.json        inputs (deterministic), git, run facts, verify result
+    requirements.txt     `uv export --frozen` of the selection, with hashes, without the project
+    uv.lock              a copy of the lock
+    <name>-<ver>.tar.gz  the sdist, carrying requirements.txt and uv.lock, packed reproducibly
+    sbom.cdx.json        CycloneDX SBOM of the selection
+    audit.json/audit.md  the version audit (see :mod:`pytest_uvbuild.audit`)
+    SHA256SUMS           sha256 of every other file, in ``sha256sum -c`` format; written last
+
+The **id** addresses the deterministic inputs only: the env key, the bytes
+of ``uv.lock`` and ``pyproject.toml``, the contents of the files that go into
+the sdist, and ``SOURCE_DATE_EPOCH``. Equal inputs give the same id on any
+machine with the same interpreter layout.
+
+A record is **complete** when ``SHA256SUMS`` exists and names every file.
+A new record is assembled in a hidden staging directory and renamed into
+place, so a crash leaves nothing that looks complete. When a complete record
+exists for the id, its deterministic files (requirements, lock, sdist, SBOM)
+are reused; only the per-run files (``metadata.json``, ``audit.*``) are
+rewritten, with ``SHA256SUMS`` removed first and written last. Knowing which
+files go into the sdist needs a build, so that list is cached per project in
+``builds/.index/`` and trusted while ``pyproject.toml`` and the directories
+holding those files are unchanged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import secrets
+import sys
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+from filelock import FileLock
+
+from pytest_uvbuild import __version__
+from pytest_uvbuild.audit import (
+    AUDIT_SCHEMA,
+    AUDIT_SCHEMA_VERSION,
+    RECORD_SCHEMA,
+    Baseline,
+    audit_markdown,
+    baseline_diff,
+    baseline_summary,
+    compute_drift,
+    compute_host_differences,
+    diff_detail_lines,
+    lock_packages,
+    read_license,
+    scan_installed,
+    verdict,
+)
+from pytest_uvbuild.errors import UvBuildError
+from pytest_uvbuild.fsutil import remove_tree, write_atomic
+
+if TYPE_CHECKING:
+    import pytest
+
+    from pytest_uvbuild.envcache import UvEnv
+    from pytest_uvbuild.uvcli import Uv
+
+__all__ = [
+    "RECORD_FORMAT",
+    "RecordError",
+    "RecordOutcome",
+    "RecordPlan",
+    "append_step_summary",
+    "build_products",
+    "check_builds_root",
+    "export_args",
+    "is_complete",
+    "plan_record",
+    "read_sums",
+    "record_session",
+    "run_facts",
+]
+
+#: Bump when the record's files change for equal inputs; it is part of the id.
+RECORD_FORMAT: Final = 1
+METADATA_SCHEMA_VERSION: Final = 1
+SUMS: Final = "SHA256SUMS"
+REQUIREMENTS: Final = "requirements.txt"
+LOCK_COPY: Final = "uv.lock"
+SBOM: Final = "sbom.cdx.json"
+PER_RUN_FILES: Final = ("audit.json", "audit.md", "metadata.json")
+REQUIRED_FILES: Final = (REQUIREMENTS, LOCK_COPY, SBOM, *PER_RUN_FILES)
+INDEX_FORMAT: Final = 1
+
+
+class RecordError(UvBuildError, OSError):
+    """The build record cannot be written or read (bad build dir, changed lock...)."""
+
+
+def source_date_epoch() -> int | None:
+    """``$SOURCE_DATE_EPOCH`` as an integer, or ``None`` when unset."""
+    raw = os.environ.get("SOURCE_DATE_EPOCH", "").strip()
+    if not raw:
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        raise RecordError(
+            "SOURCE_DATE_EPOCH is set but is not a whole number of seconds. "
+            "Fix: set it to e.g. $(git log -1 --format=%ct), or unset it."
+        ) from None
+    if value < 0:
+        raise RecordError("SOURCE_DATE_EPOCH is negative. Fix: set it to a Unix time >= 0.")
+    return value
+
+
+def export_args(groups: Sequence[str], extras: Sequence[str], only_groups: bool) -> list[str]:
+    """uv flags selecting exactly ``groups`` and ``extras``, spelled one canonical way.
+
+    The record stores the effective selection, not the user's flags, so a
+    later ``verify`` rebuilds the same export from the metadata alone.
+    """
+    args: list[str] = []
+    if only_groups:
+        for group in groups:
+            args += ["--only-group", group]
+    else:
+        args.append("--no-default-groups")
+        for group in groups:
+            args += ["--group", group]
+    for extra in extras:
+        args += ["--extra", extra]
+    return args
+
+
+# -- which files go into the sdist -------------------------------------------
+
+
+def _index_path(index_dir: Path, project_root: Path) -> Path:
+    digest = hashlib.sha256(str(project_root).encode()).hexdigest()[:16]
+    return index_dir / f"{digest}.json"
+
+
+def _dir_stamps(project_root: Path, files: Sequence[str]) -> dict[str, int]:
+    """mtime of every directory holding a listed file (up to the root): adding or
+    removing a file in one of them changes its mtime, which invalidates the list."""
+    dirs = {""}
+    for rel in files:
+        parts = rel.split("/")[:-1]
+        dirs.update("/".join(parts[: i + 1]) for i in range(len(parts)))
+    stamps = {}
+    for rel in sorted(dirs):
+        try:
+            stamps[rel] = os.stat(project_root / rel if rel else project_root).st_mtime_ns
+        except OSError:
+            stamps[rel] = -1
+    return stamps
+
+
+def _cached_source_list(index: Path, project_root: Path, pyproject_sha: str) -> list[str] | None:
+    try:
+        data = json.loads(index.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if (
+        not isinstance(data, dict)
+        or data.get("format") != INDEX_FORMAT
+        or data.get("root") != str(project_root)
+        or data.get("pyproject_sha256") != pyproject_sha
+        or not isinstance(data.get("files"), list)
+        or not isinstance(data.get("dirs"), dict)
+    ):
+        return None
+    files = [str(f) for f in data["files"]]
+    if _dir_stamps(project_root, files) != data["dirs"]:
+        return None
+    return files
+
+
+def _source_digest(project_root: Path, files: Sequence[str]) -> str:
+    """Digest of the names and contents of ``files``; a listed file that is gone counts."""
+    digest = hashlib.sha256()
+    for rel in sorted(files):
+        try:
+            content = (project_root / rel).read_bytes()
+        except OSError:
+            digest.update(f"{rel}\0<missing>\n".encode())
+            continue
+        digest.update(f"{rel}\0{hashlib.sha256(content).hexdigest()}\n".encode())
+    return digest.hexdigest()
+
+
+# -- planning: the id ----------------------------------------------------------
+
+
+@dataclass
+class RecordPlan:
+    """The id of the record this session maps to, and what it was computed from."""
+
+    build_id: str
+    inputs: dict[str, Any]
+    source_files: list[str]
+    lock_bytes: bytes
+    #: An sdist uv built while listing the sources; reused if the record is new.
+    prebuilt_sdist: Path | None = None
+    scratch: Path | None = None
+
+    def cleanup(self) -> None:
+        """Remove the scratch directory of the prebuilt sdist."""
+        if self.scratch is not None:
+            remove_tree(self.scratch)
+            self.scratch = None
+
+
+def build_id_of(inputs: Mapping[str, Any]) -> str:
+    """The short content address of a record's deterministic inputs."""
+    addressed = {
+        "record_format": inputs["record_format"],
+        "env_key": inputs["env_key"],
+        "lock_sha256": inputs["lock_sha256"],
+        "pyproject_sha256": inputs["pyproject_sha256"],
+        "source_sha256": inputs["source_sha256"],
+        "source_date_epoch": inputs["source_date_epoch"],
+    }
+    blob = json.dumps(addressed, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def python_facts(env: UvEnv) -> dict[str, Any]:
+    """The env interpreter's implementation, full ``sys.version_info`` and platform."""
+    interp = env.interpreter
+    return {
+        "implementation": interp.implementation,
+        "version": interp.version,
+        "version_info": list(interp.version_info),
+        "abiflags": interp.abiflags,
+        "platform": interp.platform,
+        "machine": interp.machine,
+    }
+
+
+def plan_record(index_dir: Path | None, env: UvEnv, uv: Uv, *, offline: bool) -> RecordPlan:
+    """Compute the build id; build the sdist only if the list of its files is unknown.
+
+    ``index_dir`` keeps, per project, the list of files that went into the
+    last sdist (see the module docstring); ``None`` always builds.
+    """
+    project = env.project
+    try:
+        lock_bytes = project.lock_path.read_bytes()
+        pyproject_bytes = project.pyproject_path.read_bytes()
+    except OSError as exc:
+        raise RecordError(f"Cannot read the project's files for the build record: {exc}") from None
+    lock_sha = hashlib.sha256(lock_bytes).hexdigest()
+    if lock_sha != env.inputs.get("lock_sha256"):
+        raise RecordError(
+            f"{project.lock_path} changed during the session (the env was built for "
+            "another lock), so no build record was written. Fix: rerun pytest."
+        )
+    pyproject_sha = hashlib.sha256(pyproject_bytes).hexdigest()
+    files: list[str] = []
+    prebuilt = scratch = None
+    if project.is_package:
+        index = _index_path(index_dir, project.root) if index_dir is not None else None
+        cached = (
+            _cached_source_list(index, project.root, pyproject_sha) if index is not None else None
+        )
+        if cached is not None:
+            files = cached
+        else:
+            from pytest_uvbuild.sdist import build_sdist, sdist_source_files
+
+            scratch = Path(tempfile.mkdtemp(prefix="pytest-uvbuild-sdist-"))
+            try:
+                prebuilt = build_sdist(
+                    uv, project.root, scratch, python=env.interpreter.path, offline=offline
+                )
+                files = sdist_source_files(prebuilt, project.root)
+            except BaseException:
+                remove_tree(scratch)
+                raise
+            if index is not None:
+                payload = {
+                    "format": INDEX_FORMAT,
+                    "root": str(project.root),
+                    "pyproject_sha256": pyproject_sha,
+                    "files": files,
+                    "dirs": _dir_stamps(project.root, files),
+                }
+                with contextlib.suppress(OSError):
+                    write_atomic(index, json.dumps(payload, indent=1).encode())
+    selection = env.selection
+    inputs: dict[str, Any] = {
+        "plugin_version": __version__,
+        "record_format": RECORD_FORMAT,
+        "uv_version": str(env.inputs["uv"]) if "uv" in env.inputs else uv.version(),
+        "python": python_facts(env),
+        "env_key": env.key,
+        "lock_sha256": lock_sha,
+        "pyproject_sha256": pyproject_sha,
+        "source_sha256": _source_digest(project.root, files),
+        "source_files": len(files),
+        "groups": list(selection.groups),
+        "extras": list(selection.extras),
+        "only_groups": bool(selection.only_groups),
+        "install_mode": env.install_mode,
+        "source_date_epoch": source_date_epoch(),
+    }
+    return RecordPlan(
+        build_id=build_id_of(inputs),
+        inputs=inputs,
+        source_files=files,
+        lock_bytes=lock_bytes,
+        prebuilt_sdist=prebuilt,
+        scratch=scratch,
+    )
+
+
+# -- the deterministic files ---------------------------------------------------
+
+
+def export_requirements(
+    uv: Uv, project_root: Path, inputs: Mapping[str, Any], *, offline: bool
+) -> bytes:
+    """``uv export --frozen`` of the recorded selection, with hashes, without the project."""
+    args = [
+        "export",
+        "--frozen",
+        "--format",
+        "requirements-txt",
+        "--no-emit-project",
+        "--no-header",
+        *export_args(inputs["groups"], inputs["extras"], bool(inputs["only_groups"])),
+    ]
+    if offline:
+        args.append("--offline")
+    proc = uv.run(args, what="`uv export --frozen`", cwd=project_root)
+    return proc.stdout.encode()
+
+
+def build_products(
+    uv: Uv,
+    project_root: Path,
+    is_package: bool,
+    inputs: Mapping[str, Any],
+    lock_bytes: bytes,
+    out_dir: Path,
+    *,
+    python: Path | None,
+    offline: bool,
+    prebuilt_sdist: Path | None = None,
+) -> dict[str, Path]:
+    """Write requirements.txt, the lock copy and the repacked sdist into ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    requirements = export_requirements(uv, project_root, inputs, offline=offline)
+    made = {REQUIREMENTS: out_dir / REQUIREMENTS, LOCK_COPY: out_dir / LOCK_COPY}
+    made[REQUIREMENTS].write_bytes(requirements)
+    made[LOCK_COPY].write_bytes(lock_bytes)
+    if is_package:
+        from pytest_uvbuild.sdist import build_sdist, repack_sdist
+
+        scratch = None
+        sdist = prebuilt_sdist
+        try:
+            if sdist is None:
+                scratch = Path(tempfile.mkdtemp(prefix="pytest-uvbuild-sdist-"))
+                sdist = build_sdist(uv, project_root, scratch, python=python, offline=offline)
+            dest = out_dir / sdist.name
+            repack_sdist(
+                sdist,
+                dest,
+                {REQUIREMENTS: requirements, LOCK_COPY: lock_bytes},
+                mtime=inputs["source_date_epoch"] or 0,
+            )
+            made[sdist.name] = dest
+        finally:
+            if scratch is not None:
+                remove_tree(scratch)
+    return made
+
+
+def compare_products(expected: Mapping[str, Path], rebuilt: Mapping[str, Path]) -> dict[str, Any]:
+    """Compare two sets of products byte for byte."""
+    states = {}
+    for name in sorted(set(expected) | set(rebuilt)):
+        if name not in rebuilt:
+            states[name] = "missing from the rebuild"
+        elif name not in expected:
+            states[name] = "missing from the record"
+        else:
+            same = expected[name].read_bytes() == rebuilt[name].read_bytes()
+            states[name] = "identical" if same else "different"
+    return {"ok": all(s == "identical" for s in states.values()), "files": states}
+
+
+# -- completeness and the manifest ------------------------------------------
+
+
+def read_sums(record_dir: Path) -> dict[str, str] | None:
+    """Parse ``SHA256SUMS`` into name -> hex digest; ``None`` when missing or malformed."""
+    try:
+        text = (record_dir / SUMS).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+    sums: dict[str, str] = {}
+    for line in text.splitlines():
+        digest, sep, name = line.partition("  ")
+        if not sep or len(digest) != 64 or not name or "/" in name:
+            return None
+        sums[name] = digest
+    return sums
+
+
+def is_complete(record_dir: Path) -> bool:
+    """Whether ``record_dir`` is a whole record: a manifest naming files that all exist."""
+    sums = read_sums(record_dir)
+    if sums is None or not set(REQUIRED_FILES) <= set(sums):
+        return False
+    return all((record_dir / name).is_file() for name in sums)
+
+
+def _sums_text(sums: Mapping[str, str]) -> bytes:
+    return "".join(f"{sums[name]}  {name}\n" for name in sorted(sums)).encode()
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+# -- the session ---------------------------------------------------------------
+
+
+@dataclass
+class RecordOutcome:
+    """What the session's record and audit came to; the plugin reports it."""
+
+    build_id: str
+    path: Path | None
+    state: str
+    env_key: str
+    env_hit: bool
+    audit: dict[str, Any]
+    verify: dict[str, Any] | None
+    markdown: str
+    seconds: float
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def failed(self) -> bool:
+        """Whether the record's verdict fails the session."""
+        return bool(self.audit["verdict"]["failed"])
+
+    def summary_lines(self) -> list[str]:
+        """Lines for the terminal summary section."""
+        audit = self.audit
+        where = f"{self.state}: {self.path}" if self.path is not None else self.state
+        lines = [
+            f"key {self.env_key} (env {'hit' if self.env_hit else 'miss'})",
+            f"build {self.build_id} {where} in {self.seconds * 1000:.1f} ms",
+        ]
+        drift = audit["drift"]
+        lines.append(
+            "drift: none (the env matches uv.lock)"
+            if not drift
+            else f"drift: {len(drift)} package(s) differ from uv.lock"
+        )
+        diff = audit["baseline"]
+        if diff is None:
+            lines.append("baseline: none given")
+        else:
+            lines.append(f"baseline {diff['baseline_id']}: {baseline_summary(diff)}")
+        host = audit["host_differences"]
+        lines.append(
+            f"host: {len(host)} package(s) differ from uv.lock (informational)"
+            if host
+            else "host: matches uv.lock"
+        )
+        if self.verify is not None:
+            lines.append("verify: " + ("identical bytes" if self.verify["ok"] else "DIFFERENT"))
+        lines += self.notes
+        return lines
+
+    def failure_lines(self) -> list[str]:
+        """The reasons the session fails, with the drift table."""
+        audit = self.audit
+        lines = [f"- {reason}" for reason in audit["verdict"]["reasons"]]
+        if audit["drift"]:
+            width = max(len(d["name"]) for d in audit["drift"])
+            lines.append(f"  {'package':<{width}}  problem  uv.lock -> env")
+            for d in audit["drift"]:
+                lines.append(
+                    f"  {d['name']:<{width}}  {d['problem']:<7}  {d['lock'] or '-'} -> "
+                    f"{d['env'] or '-'}"
+                )
+        diff = audit["baseline"]
+        if audit["verdict"]["gate"] and diff is not None and diff["differences"]:
+            lines += diff_detail_lines(diff)
+        return lines
+
+
+def _host_paths() -> list[Path]:
+    return [Path(p) for p in sys.path if p and os.path.isdir(p)]
+
+
+def _host_python() -> dict[str, Any]:
+    from pytest_uvbuild.interpreters import current_interpreter
+
+    interp = current_interpreter()
+    return {
+        "implementation": interp.implementation,
+        "version": interp.version,
+        "version_info": list(interp.version_info),
+        "platform": interp.platform,
+        "machine": interp.machine,
+    }
+
+
+def _env_paths(env: UvEnv) -> list[Path]:
+    return [*env.layer, env.site_packages]
+
+
+def _fresh_rows(env: UvEnv, lock_bytes: bytes) -> list[dict[str, Any]]:
+    """Package rows from the lock graph (the cold path: parses uv.lock)."""
+    from pytest_uvbuild.lockgraph import LockGraph, marker_environment
+
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - Python 3.10
+        import tomli as tomllib
+    try:
+        lock = tomllib.loads(lock_bytes.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise RecordError(
+            f"{env.project.lock_path} cannot be parsed ({exc}). Fix: run `uv lock`."
+        ) from None
+    graph = LockGraph.from_lock(lock)
+    installed = scan_installed(_env_paths(env))
+    licenses = {name: read_license(dist.path) for name, dist in installed.items()}
+    return lock_packages(
+        graph,
+        project=env.project.name,
+        groups=env.selection.groups,
+        extras=env.selection.extras,
+        only_groups=bool(env.selection.only_groups),
+        environment=marker_environment(
+            implementation=env.interpreter.implementation,
+            version=env.interpreter.version,
+            machine=env.interpreter.machine,
+        ),
+        install_mode=env.install_mode,
+        licenses=licenses,
+    )
+
+
+def _previous_rows(record_dir: Path, build_id: str) -> list[dict[str, Any]] | None:
+    """The lock's package rows from a complete record of the same id (no lock parse)."""
+    try:
+        data = json.loads((record_dir / "audit.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if (
+        not isinstance(data, dict)
+        or data.get("schema") != AUDIT_SCHEMA
+        or data.get("build_id") != build_id
+    ):
+        return None
+    rows = data.get("packages")
+    return rows if isinstance(rows, list) else None
+
+
+def make_audit(
+    env: UvEnv,
+    build_id: str,
+    rows: list[dict[str, Any]],
+    *,
+    baseline: Baseline | None,
+    gate: bool,
+    verify: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """The audit of this session: drift, host differences, baseline diff, verdict."""
+    installed = scan_installed(_env_paths(env))
+    drift = compute_drift(rows, installed)
+    host = compute_host_differences(rows, scan_installed(_host_paths()))
+    python = python_facts(env)
+    diff = baseline_diff(baseline, rows, python) if baseline is not None else None
+    root = next((r for r in rows if r.get("root")), None)
+    return {
+        "schema": AUDIT_SCHEMA,
+        "schema_version": AUDIT_SCHEMA_VERSION,
+        "build_id": build_id,
+        "project": {
+            "name": env.project.name,
+            "version": root["version"] if root else None,
+        },
+        "env": {
+            "key": env.key,
+            "python": python,
+            "install_mode": env.install_mode,
+            "groups": list(env.selection.groups),
+            "extras": list(env.selection.extras),
+            "only_groups": bool(env.selection.only_groups),
+        },
+        "host": {"python": _host_python()},
+        "packages": rows,
+        "drift": drift,
+        "host_differences": host,
+        "baseline": diff,
+        "verdict": verdict(drift=drift, baseline=diff, gate=gate, verify=verify),
+    }
+
+
+def _utc(stamp: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(stamp))
+
+
+def run_facts(
+    config: pytest.Config, session: pytest.Session, env: UvEnv, started: float, exitstatus: int
+) -> dict[str, Any]:
+    """What happened in this session: times, counts, hermetic outcomes; no env values."""
+    from pytest_uvbuild.outcomes import HERMETIC_OUTCOMES_KEY, HermeticOutcomes
+
+    outcomes = config.stash.get(HERMETIC_OUTCOMES_KEY, None) or HermeticOutcomes()
+    finished = time.time()
+    return {
+        "started": _utc(started),
+        "finished": _utc(finished),
+        "duration_seconds": round(finished - started, 3),
+        "exit_status": int(exitstatus),
+        "tests_collected": session.testscollected,
+        "tests_failed": session.testsfailed,
+        "hermetic": outcomes.as_json(),
+        "env_hit": env.hit,
+        "project_root": str(env.project.root),
+    }
+
+
+def make_metadata(
+    plan: RecordPlan,
+    audit: Mapping[str, Any],
+    *,
+    sdist_name: str | None,
+    git: dict[str, Any] | None,
+    run: Mapping[str, Any],
+    verify: dict[str, Any] | None,
+    created: str | None,
+) -> dict[str, Any]:
+    """``metadata.json``: deterministic inputs apart from git and run facts."""
+    return {
+        "schema": RECORD_SCHEMA,
+        "schema_version": METADATA_SCHEMA_VERSION,
+        "id": plan.build_id,
+        "created": created,
+        "inputs": plan.inputs,
+        "project": audit["project"],
+        "files": {
+            "requirements": REQUIREMENTS,
+            "lock": LOCK_COPY,
+            "sdist": sdist_name,
+            "sbom": SBOM,
+            "audit": "audit.json",
+            "audit_markdown": "audit.md",
+            "manifest": SUMS,
+        },
+        "packages": [
+            {"name": r["name"], "version": r["version"], "source": r["source"]}
+            for r in audit["packages"]
+            if not r.get("root")
+        ],
+        "git": git,
+        "run": dict(run),
+        "verify": verify,
+        "audit": {
+            "drift": len(audit["drift"]),
+            "host_differences": len(audit["host_differences"]),
+            "baseline_differences": audit["verdict"]["baseline_differences"],
+            "failed": audit["verdict"]["failed"],
+        },
+    }
+
+
+def _sdist_name(files: Mapping[str, Any]) -> str | None:
+    return next((n for n in sorted(files) if n.endswith(".tar.gz")), None)
+
+
+def _json_bytes(data: Any) -> bytes:
+    return (json.dumps(data, indent=2, sort_keys=False) + "\n").encode()
+
+
+def check_builds_root(builds_root: Path) -> None:
+    """Fail with one clear message when the build directory cannot be a directory."""
+    for path in (builds_root, *builds_root.parents):
+        if path.exists():
+            if not path.is_dir():
+                what = "is" if path == builds_root else f"is inside {path}, which is"
+                raise RecordError(
+                    f"The build directory {builds_root} {what} a file, not a directory. "
+                    "Fix: pass --uv-build-dir=DIR (or ini uv_build_dir) naming a directory, "
+                    "or --uv-no-artifacts."
+                )
+            return
+
+
+def prepare_builds_root(builds_root: Path) -> None:
+    """Create the builds directory (with a ``.gitignore`` of ``*`` when we create it)."""
+    check_builds_root(builds_root)
+    try:
+        created = not builds_root.exists()
+        builds_root.mkdir(parents=True, exist_ok=True)
+        if created:
+            # Like uv's own build output: records are artifacts, not sources,
+            # and an untracked builds/ would make every later run look dirty.
+            write_atomic(builds_root / ".gitignore", b"*\n")
+        (builds_root / ".locks").mkdir(exist_ok=True)
+    except OSError as exc:
+        raise RecordError(
+            f"The build directory {builds_root} cannot be created ({exc.strerror or exc}). "
+            "Fix: pass --uv-build-dir=DIR naming a writable directory, or --uv-no-artifacts."
+        ) from None
+
+
+def _env_products(
+    uv: Uv, env: UvEnv, plan: RecordPlan, out_dir: Path, *, offline: bool, reuse_sdist: bool
+) -> dict[str, Path]:
+    return build_products(
+        uv,
+        env.project.root,
+        env.project.is_package,
+        plan.inputs,
+        plan.lock_bytes,
+        out_dir,
+        python=env.interpreter.path,
+        offline=offline,
+        prebuilt_sdist=plan.prebuilt_sdist if reuse_sdist else None,
+    )
+
+
+def _verify(
+    uv: Uv, env: UvEnv, plan: RecordPlan, products: Mapping[str, Path], *, offline: bool
+) -> dict[str, Any]:
+    """Rebuild in a fresh temporary directory (never reusing an sdist) and compare bytes."""
+    fresh = Path(tempfile.mkdtemp(prefix="pytest-uvbuild-verify-"))
+    try:
+        rebuilt = _env_products(uv, env, plan, fresh / "out", offline=offline, reuse_sdist=False)
+        return compare_products(products, rebuilt)
+    finally:
+        remove_tree(fresh)
+
+
+def record_session(
+    env: UvEnv,
+    uv: Uv,
+    *,
+    builds_root: Path | None,
+    index_dir: Path | None,
+    baseline: Baseline | None,
+    gate: bool,
+    verify: bool,
+    offline: bool,
+    run: dict[str, Any],
+) -> RecordOutcome:
+    """Audit the session and write (or reuse and refresh) its build record.
+
+    With ``builds_root`` ``None`` (``--uv-no-artifacts``) nothing is written,
+    but the audit, the gate and ``--uv-verify`` still run.
+    """
+    started = time.perf_counter()
+    if builds_root is not None:
+        prepare_builds_root(builds_root)
+    plan = plan_record(index_dir, env, uv, offline=offline)
+    try:
+        if builds_root is None:
+            return _audit_only(env, uv, plan, baseline, gate, verify, offline, started)
+        record_dir = builds_root / plan.build_id
+        with FileLock(str(builds_root / ".locks" / f"{plan.build_id}.lock")):
+            return _write_record(
+                env, uv, plan, record_dir, baseline, gate, verify, offline, run, started
+            )
+    finally:
+        plan.cleanup()
+
+
+def _audit_only(
+    env: UvEnv,
+    uv: Uv,
+    plan: RecordPlan,
+    baseline: Baseline | None,
+    gate: bool,
+    verify: bool,
+    offline: bool,
+    started: float,
+) -> RecordOutcome:
+    rows = _fresh_rows(env, plan.lock_bytes)
+    verify_result = None
+    if verify:
+        scratch = Path(tempfile.mkdtemp(prefix="pytest-uvbuild-products-"))
+        try:
+            products = _env_products(uv, env, plan, scratch, offline=offline, reuse_sdist=True)
+            verify_result = _verify(uv, env, plan, products, offline=offline)
+        finally:
+            remove_tree(scratch)
+    audit = make_audit(env, plan.build_id, rows, baseline=baseline, gate=gate, verify=verify_result)
+    return RecordOutcome(
+        build_id=plan.build_id,
+        path=None,
+        state="not written (--uv-no-artifacts)",
+        env_key=env.key,
+        env_hit=env.hit,
+        audit=audit,
+        verify=verify_result,
+        markdown=audit_markdown(audit),
+        seconds=time.perf_counter() - started,
+    )
+
+
+def _write_record(
+    env: UvEnv,
+    uv: Uv,
+    plan: RecordPlan,
+    record_dir: Path,
+    baseline: Baseline | None,
+    gate: bool,
+    verify: bool,
+    offline: bool,
+    run: dict[str, Any],
+    started: float,
+) -> RecordOutcome:
+    from pytest_uvbuild.gitinfo import git_info
+
+    builds_root = record_dir.parent
+    old_sums = read_sums(record_dir) if is_complete(record_dir) else None
+    rows = _previous_rows(record_dir, plan.build_id) if old_sums is not None else None
+    created: str | None = None
+    if old_sums is not None and rows is not None:
+        with contextlib.suppress(OSError, ValueError):
+            previous = json.loads((record_dir / "metadata.json").read_text(encoding="utf-8"))
+            created = previous.get("created") if isinstance(previous, dict) else None
+    reuse = old_sums is not None and rows is not None
+    for leftover in builds_root.glob(f".tmp-{plan.build_id}-*"):
+        remove_tree(leftover)
+    if reuse:
+        assert old_sums is not None
+        assert rows is not None
+        target = record_dir
+        kept = {n: d for n, d in old_sums.items() if n not in PER_RUN_FILES}
+        products = {n: record_dir / n for n in kept if n != SBOM}
+        state = "reused"
+    else:
+        # mkdir (unlike mkdtemp) honours the umask, so the renamed record
+        # gets the same permissions as any directory the user creates.
+        target = builds_root / f".tmp-{plan.build_id}-{os.getpid()}-{secrets.token_hex(4)}"
+        target.mkdir()
+        created = _utc(time.time())
+        state = "written"
+    try:
+        if not reuse:
+            products = _env_products(uv, env, plan, target, offline=offline, reuse_sdist=True)
+            rows = _fresh_rows(env, plan.lock_bytes)
+            sbom = _sbom_bytes(env, plan, rows, uv)
+            (target / SBOM).write_bytes(sbom)
+            kept = {name: _sha256(path.read_bytes()) for name, path in products.items()}
+            kept[SBOM] = _sha256(sbom)
+        assert rows is not None
+        verify_result = _verify(uv, env, plan, products, offline=offline) if verify else None
+        audit = make_audit(
+            env, plan.build_id, rows, baseline=baseline, gate=gate, verify=verify_result
+        )
+        markdown = audit_markdown(audit)
+        run = {**run, "record": state}
+        metadata = make_metadata(
+            plan,
+            audit,
+            sdist_name=_sdist_name(kept),
+            git=git_info(env.project.root),
+            run=run,
+            verify=verify_result,
+            created=created,
+        )
+        per_run = {
+            "audit.json": _json_bytes(audit),
+            "audit.md": markdown.encode(),
+            "metadata.json": _json_bytes(metadata),
+        }
+        if reuse:
+            # The manifest goes first and comes back last: in between the
+            # record is visibly incomplete, and a crash makes the next
+            # session rebuild it rather than trust it.
+            (record_dir / SUMS).unlink(missing_ok=True)
+        for name, data in per_run.items():
+            write_atomic(target / name, data)
+        sums = {**kept, **{name: _sha256(data) for name, data in per_run.items()}}
+        write_atomic(target / SUMS, _sums_text(sums))
+        if not reuse:
+            _move_into_place(target, record_dir)
+    except BaseException:
+        if not reuse:
+            remove_tree(target)
+        raise
+    return RecordOutcome(
+        build_id=plan.build_id,
+        path=record_dir,
+        state=state,
+        env_key=env.key,
+        env_hit=env.hit,
+        audit=audit,
+        verify=verify_result,
+        markdown=markdown,
+        seconds=time.perf_counter() - started,
+    )
+
+
+def _move_into_place(staging: Path, record_dir: Path) -> None:
+    if record_dir.exists() or record_dir.is_symlink():
+        # An incomplete record (a crash, or a file someone damaged): set it
+        # aside first, because rename cannot replace a non-empty directory.
+        trash = record_dir.with_name(f".trash-{record_dir.name}-{os.getpid()}")
+        remove_tree(trash)
+        os.replace(record_dir, trash)
+        remove_tree(trash)
+    os.replace(staging, record_dir)
+
+
+def _sbom_bytes(env: UvEnv, plan: RecordPlan, rows: list[dict[str, Any]], uv: Uv) -> bytes:
+    from pytest_uvbuild.sbom import build_sbom
+
+    root = next((r for r in rows if r.get("root")), None)
+    bom = build_sbom(
+        rows,
+        project_name=env.project.name,
+        project_version=root["version"] if root else None,
+        tool_versions={"pytest-uvbuild": __version__, "uv": plan.inputs["uv_version"]},
+        properties={
+            "pytest-uvbuild:build-id": plan.build_id,
+            "pytest-uvbuild:env-key": env.key,
+            "pytest-uvbuild:groups": ",".join(plan.inputs["groups"]),
+            "pytest-uvbuild:extras": ",".join(plan.inputs["extras"]),
+        },
+        source_date_epoch=plan.inputs["source_date_epoch"],
+    )
+    return _json_bytes(bom)
+
+
+def append_step_summary(markdown: str) -> bool:
+    """Append the audit report to ``$GITHUB_STEP_SUMMARY`` when it is set."""
+    target = os.environ.get("GITHUB_STEP_SUMMARY")
+    if not target:
+        return False
+    try:
+        with open(target, "a", encoding="utf-8") as fh:
+            fh.write(markdown.rstrip("\n") + "\n\n")
+    except OSError:
+        return False
+    return True

@@ -1,0 +1,674 @@
+"""The version audit: lock against env, lock against host, baseline against now.
+
+* **Lock ↔ env** compares every package installed in the env (and its
+  project layer) with what the lock says the env should hold for its
+  interpreter: missing, extra, another version, another kind of source. Any
+  difference is *drift*, and drift fails the session.
+* **Host ↔ lock** compares the interpreter running pytest with the lock:
+  informational, the "works on my laptop" story in numbers.
+* **Baseline ↔ now** compares this audit with an earlier build record's:
+  packages added and removed, upgrades and downgrades by kind, changed
+  sources, a changed Python or platform. With ``--uv-gate`` any difference
+  fails the session.
+
+Each package also says whether it is a direct dependency, through which
+parents the lock reaches it, and its license from the installed metadata.
+The result is ``audit.json`` (see ``docs/reference/audit-schema.md``) and a
+readable ``audit.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from email.parser import HeaderParser
+from pathlib import Path
+from typing import Any, Final
+
+from packaging.utils import canonicalize_name
+from packaging.version import InvalidVersion, Version
+
+from pytest_uvbuild.errors import UvBuildError
+from pytest_uvbuild.lockgraph import LockGraph, source_kind
+
+__all__ = [
+    "AUDIT_SCHEMA",
+    "Baseline",
+    "BaselineError",
+    "InstalledDist",
+    "audit_markdown",
+    "baseline_diff",
+    "change_kind",
+    "compute_drift",
+    "compute_host_differences",
+    "diff_detail_lines",
+    "diff_records",
+    "load_baseline",
+    "lock_packages",
+    "read_license",
+    "scan_installed",
+    "verdict",
+]
+
+AUDIT_SCHEMA: Final = "pytest-uvbuild/audit"
+AUDIT_SCHEMA_VERSION: Final = 1
+RECORD_SCHEMA: Final = "pytest-uvbuild/build-record"
+
+
+class BaselineError(UvBuildError, ValueError):
+    """The ``--uv-baseline`` path is not an earlier build record."""
+
+
+# -- installed distributions -------------------------------------------------
+
+
+@dataclass(frozen=True)
+class InstalledDist:
+    """One ``*.dist-info`` directory: name, version and where the files came from."""
+
+    name: str
+    version: str
+    #: ``registry`` when installed from an index (no ``direct_url.json``),
+    #: else ``url``, ``git``, ``directory`` or ``editable`` (PEP 610).
+    source_kind: str
+    commit: str | None
+    path: Path
+
+
+def _direct_url_kind(dist_info: Path) -> tuple[str, str | None]:
+    try:
+        data = json.loads((dist_info / "direct_url.json").read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return "registry", None
+    except (OSError, ValueError):
+        return "url", None
+    if not isinstance(data, dict):
+        return "url", None
+    if isinstance(data.get("vcs_info"), dict):
+        commit = data["vcs_info"].get("commit_id")
+        return "git", commit if isinstance(commit, str) else None
+    if isinstance(data.get("dir_info"), dict):
+        return ("editable" if data["dir_info"].get("editable") else "directory"), None
+    return "url", None
+
+
+def _metadata_name_version(dist_info: Path) -> tuple[str, str] | None:
+    try:
+        with (dist_info / "METADATA").open(encoding="utf-8", errors="replace") as fh:
+            headers = HeaderParser().parse(fh)
+    except OSError:
+        return None
+    name, version = headers.get("Name"), headers.get("Version")
+    return (str(name), str(version)) if name and version else None
+
+
+def scan_installed(paths: Iterable[Path]) -> dict[str, InstalledDist]:
+    """Find the distributions installed in ``paths``; the first path holding a name wins.
+
+    Names and versions come from the ``*.dist-info`` directory names (the
+    wheel spec makes them exact), which is fast enough for every session;
+    odd names fall back to reading ``METADATA``.
+    """
+    found: dict[str, InstalledDist] = {}
+    for base in paths:
+        try:
+            entries = sorted(os.listdir(base))
+        except OSError:
+            continue
+        for entry in entries:
+            if not entry.endswith(".dist-info"):
+                continue
+            dist_info = Path(base) / entry
+            stem = entry[: -len(".dist-info")]
+            name, _, version = stem.rpartition("-")
+            if not name or not version:
+                parsed = _metadata_name_version(dist_info)
+                if parsed is None:
+                    continue
+                name, version = parsed
+            key = canonicalize_name(name)
+            if key in found:
+                continue
+            kind, commit = _direct_url_kind(dist_info)
+            found[key] = InstalledDist(key, version, kind, commit, dist_info)
+    return found
+
+
+def read_license(dist_info: Path) -> tuple[str, str] | None:
+    """The license of an installed distribution as ``(text, kind)``, from its core metadata.
+
+    ``License-Expression`` (PEP 639, kind ``expression``) wins, then the
+    first line of ``License``, then the ``License ::`` classifiers (kind
+    ``name``).
+    """
+    try:
+        with (dist_info / "METADATA").open(encoding="utf-8", errors="replace") as fh:
+            headers = HeaderParser().parse(fh)
+    except OSError:
+        return None
+    expression = headers.get("License-Expression")
+    if expression and str(expression).strip():
+        return str(expression).strip(), "expression"
+    text = headers.get("License")
+    if text and str(text).strip() and str(text).strip().upper() != "UNKNOWN":
+        first = str(text).strip().splitlines()[0].strip()
+        return first[:120], "name"
+    classifiers = [
+        str(c).split("::")[-1].strip()
+        for c in headers.get_all("Classifier") or []
+        if str(c).startswith("License ::") and str(c).count("::") >= 2
+    ]
+    return (" AND ".join(sorted(set(classifiers))), "name") if classifiers else None
+
+
+# -- the lock's view ---------------------------------------------------------
+
+
+def _versions_equal(a: str, b: str) -> bool:
+    try:
+        return Version(a) == Version(b)
+    except InvalidVersion:
+        return a == b
+
+
+def lock_packages(
+    graph: LockGraph,
+    *,
+    project: str | None,
+    groups: Sequence[str],
+    extras: Sequence[str],
+    only_groups: bool,
+    environment: Mapping[str, str],
+    install_mode: str,
+    licenses: Mapping[str, tuple[str, str] | None],
+) -> list[dict[str, Any]]:
+    """The selection's packages as ``audit.json`` lists them (deterministic for a build id).
+
+    ``expected`` says what the env should hold: ``true`` (installed),
+    ``false`` (its markers exclude this interpreter, or it is not installed
+    in this install mode) or ``null`` (a marker could not be evaluated, so
+    it is neither required nor reported as extra).
+    """
+    selected = graph.select(
+        project,
+        groups=groups,
+        extras=extras,
+        only_groups=only_groups,
+        environment=environment,
+    )
+    rows = []
+    for ref, entry in selected.items():
+        package = entry.package
+        kind = source_kind(package.source)
+        is_root = project is not None and package.name == canonicalize_name(project)
+        expected: bool | None = entry.in_env
+        if kind == "virtual":
+            expected = False  # a virtual project is never installed
+        elif package.is_local and (install_mode == "source" or (is_root and install_mode == "no")):
+            # Not a distribution in the env: in source mode local packages are
+            # import roots on sys.path, and "no" leaves the project out.
+            expected = None
+        rows.append(
+            {
+                "name": package.name,
+                "version": package.version,
+                "ref": ref,
+                "source": package.source,
+                "root": is_root,
+                "local": package.is_local,
+                "direct": entry.direct,
+                "via": sorted(entry.via),
+                "expected": expected,
+                "license": (licenses.get(package.name) or (None, None))[0],
+                "license_kind": (licenses.get(package.name) or (None, None))[1],
+                "hashes": sorted({a.hash for a in package.artifacts if a.hash}),
+                "artifacts": [
+                    {"filename": a.filename, "url": a.url, "hash": a.hash}
+                    for a in package.artifacts
+                ],
+            }
+        )
+    return rows
+
+
+# -- drift and host ----------------------------------------------------------
+
+
+def compute_drift(
+    packages: Sequence[Mapping[str, Any]], installed: Mapping[str, InstalledDist]
+) -> list[dict[str, Any]]:
+    """Differences between the lock's expectation and the env: one row per package."""
+    drift: list[dict[str, Any]] = []
+    by_name: dict[str, list[Mapping[str, Any]]] = {}
+    for row in packages:
+        by_name.setdefault(str(row["name"]), []).append(row)
+    for name, rows in sorted(by_name.items()):
+        expected = [r for r in rows if r["expected"] is True]
+        unknown = any(r["expected"] is None for r in rows)
+        dist = installed.get(name)
+        if not expected:
+            if dist is not None and not unknown:
+                drift.append({"name": name, "problem": "extra", "lock": None, "env": dist.version})
+            continue
+        want = expected[0]
+        if dist is None:
+            drift.append({"name": name, "problem": "missing", "lock": want["version"], "env": None})
+            continue
+        if want["version"] is not None and not _versions_equal(str(want["version"]), dist.version):
+            drift.append(
+                {"name": name, "problem": "version", "lock": want["version"], "env": dist.version}
+            )
+            continue
+        if not want["local"]:
+            lock_kind = source_kind(str(want["source"]))
+            lock_kind = {"path": "url"}.get(lock_kind, lock_kind)
+            commit_ok = lock_kind != "git" or (
+                dist.commit is not None and str(want["source"]).endswith(dist.commit)
+            )
+            if lock_kind != dist.source_kind or not commit_ok:
+                drift.append(
+                    {
+                        "name": name,
+                        "problem": "source",
+                        "lock": f"{want['version']} from {want['source']}",
+                        "env": f"{dist.version} from {dist.source_kind}"
+                        + (f" {dist.commit}" if dist.commit else ""),
+                    }
+                )
+    for name, dist in sorted(installed.items()):
+        if name not in by_name:
+            drift.append({"name": name, "problem": "extra", "lock": None, "env": dist.version})
+    return sorted(drift, key=lambda d: (d["name"], d["problem"]))
+
+
+def compute_host_differences(
+    packages: Sequence[Mapping[str, Any]], host: Mapping[str, InstalledDist]
+) -> list[dict[str, Any]]:
+    """Packages the env holds that the host lacks or has in another version."""
+    found = []
+    seen: set[str] = set()
+    for row in packages:
+        name = str(row["name"])
+        if row["expected"] is not True or row["local"] or name in seen:
+            continue
+        seen.add(name)
+        dist = host.get(name)
+        if dist is None:
+            found.append({"name": name, "problem": "missing", "lock": row["version"], "host": None})
+        elif row["version"] is not None and not _versions_equal(str(row["version"]), dist.version):
+            found.append(
+                {"name": name, "problem": "version", "lock": row["version"], "host": dist.version}
+            )
+    return found
+
+
+# -- baseline ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """What a baseline comparison needs from an earlier build record."""
+
+    origin: str
+    build_id: str | None
+    python: Mapping[str, Any]
+    #: Normalised name to the sorted versions and sources the record lists.
+    packages: Mapping[str, tuple[tuple[str, ...], tuple[str, ...]]]
+
+
+def _packages_view(
+    rows: Iterable[Mapping[str, Any]],
+) -> dict[str, tuple[tuple[str, ...], tuple[str, ...]]]:
+    versions: dict[str, set[str]] = {}
+    sources: dict[str, set[str]] = {}
+    for row in rows:
+        if row.get("root"):
+            continue
+        name = canonicalize_name(str(row["name"]))
+        versions.setdefault(name, set()).add(str(row.get("version")))
+        sources.setdefault(name, set()).add(str(row.get("source")))
+    return {n: (tuple(sorted(versions[n])), tuple(sorted(sources[n]))) for n in sorted(versions)}
+
+
+def baseline_from_json(data: Any, origin: str) -> Baseline:
+    """Read an ``audit.json`` or ``metadata.json`` payload as a baseline."""
+    if not isinstance(data, dict):
+        raise BaselineError(f"{origin} is not a pytest-uvbuild build record (not a JSON object).")
+    schema = data.get("schema")
+    try:
+        if schema == AUDIT_SCHEMA:
+            return Baseline(
+                origin=origin,
+                build_id=data.get("build_id"),
+                python=dict(data["env"]["python"]),
+                packages=_packages_view(data["packages"]),
+            )
+        if schema == RECORD_SCHEMA:
+            rows = [
+                {"name": p["name"], "version": p["version"], "source": p["source"]}
+                for p in data["packages"]
+            ]
+            return Baseline(
+                origin=origin,
+                build_id=data.get("id"),
+                python=dict(data["inputs"]["python"]),
+                packages=_packages_view(rows),
+            )
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise BaselineError(
+            f"{origin} is a pytest-uvbuild record but lacks {exc} "
+            "(damaged, or written by another version). Fix: point --uv-baseline at a build "
+            "directory written by this version, or at its audit.json or metadata.json."
+        ) from None
+    raise BaselineError(
+        f"{origin} is not a pytest-uvbuild audit.json or metadata.json "
+        f"(schema {schema!r}). Fix: point --uv-baseline at a build directory "
+        "(builds/<id>/) or at its audit.json or metadata.json."
+    )
+
+
+def load_baseline(path: Path) -> Baseline:
+    """Load a baseline from a build directory, its ``audit.json`` or its ``metadata.json``."""
+    if path.is_dir():
+        candidates = [path / "audit.json", path / "metadata.json"]
+        chosen = next((c for c in candidates if c.is_file()), None)
+        if chosen is None:
+            raise BaselineError(
+                f"Baseline {path} is a directory without audit.json or metadata.json. "
+                "Fix: point --uv-baseline at a build directory (builds/<id>/) or at its "
+                "audit.json or metadata.json."
+            )
+        path = chosen
+    elif not path.exists():
+        raise BaselineError(
+            f"Baseline {path} does not exist. Fix: point --uv-baseline at an earlier "
+            "build directory (builds/<id>/) or its audit.json or metadata.json."
+        )
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BaselineError(f"Baseline {path} cannot be read ({exc}).") from None
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise BaselineError(
+            f"Baseline {path} is not JSON ({exc}). Fix: point --uv-baseline at a build "
+            "directory (builds/<id>/) or at its audit.json or metadata.json."
+        ) from None
+    return baseline_from_json(data, str(path))
+
+
+def change_kind(old: str, new: str) -> tuple[str, str]:
+    """Classify a version change as (``upgrade``/``downgrade``/``changed``, kind).
+
+    The kind is the first release component that differs: ``major``,
+    ``minor`` or ``patch``; with equal releases, ``pre-release`` when a pre-
+    or dev-release part differs, else ``other`` (post-release, local, or an
+    unparseable version).
+    """
+    try:
+        a, b = Version(old), Version(new)
+    except InvalidVersion:
+        return "changed", "other"
+    direction = "upgrade" if b > a else "downgrade" if b < a else "changed"
+    if a.epoch != b.epoch:
+        return direction, "major"
+    ra = (*a.release, 0, 0, 0)
+    rb = (*b.release, 0, 0, 0)
+    for index, kind in enumerate(("major", "minor", "patch")):
+        if ra[index] != rb[index]:
+            return direction, kind
+    if a.pre != b.pre or a.dev != b.dev:
+        return direction, "pre-release"
+    return direction, "other"
+
+
+def _python_facts(python: Mapping[str, Any]) -> tuple[str, str]:
+    impl = str(python.get("implementation", "?"))
+    return f"{impl} {python.get('version', '?')}", str(python.get("platform", "?"))
+
+
+def baseline_diff(
+    baseline: Baseline, now_packages: Sequence[Mapping[str, Any]], now_python: Mapping[str, Any]
+) -> dict[str, Any]:
+    """Differences between a baseline and this build: what a gate fails on."""
+    now = Baseline(
+        origin="this build", build_id=None, python=now_python, packages=_packages_view(now_packages)
+    )
+    return diff_records(baseline, now)
+
+
+def diff_records(baseline: Baseline, current: Baseline) -> dict[str, Any]:
+    """Differences from ``baseline`` to ``current``: packages, versions, sources, Python."""
+    now = current.packages
+    before = baseline.packages
+    added = [
+        {"name": n, "version": ", ".join(now[n][0]), "source": ", ".join(now[n][1])}
+        for n in sorted(set(now) - set(before))
+    ]
+    removed = [
+        {"name": n, "version": ", ".join(before[n][0]), "source": ", ".join(before[n][1])}
+        for n in sorted(set(before) - set(now))
+    ]
+    changed = []
+    sources = []
+    for name in sorted(set(now) & set(before)):
+        old_versions, old_sources = before[name]
+        new_versions, new_sources = now[name]
+        if old_versions != new_versions:
+            if len(old_versions) == 1 and len(new_versions) == 1:
+                direction, kind = change_kind(old_versions[0], new_versions[0])
+            else:
+                direction, kind = "changed", "other"
+            changed.append(
+                {
+                    "name": name,
+                    "from": ", ".join(old_versions),
+                    "to": ", ".join(new_versions),
+                    "direction": direction,
+                    "kind": kind,
+                }
+            )
+        if old_sources != new_sources:
+            sources.append(
+                {"name": name, "from": ", ".join(old_sources), "to": ", ".join(new_sources)}
+            )
+    old_python, old_platform = _python_facts(baseline.python)
+    new_python, new_platform = _python_facts(current.python)
+    python = {"from": old_python, "to": new_python} if old_python != new_python else None
+    platform = {"from": old_platform, "to": new_platform} if old_platform != new_platform else None
+    count = len(added) + len(removed) + len(changed) + len(sources)
+    count += (python is not None) + (platform is not None)
+    return {
+        "baseline": baseline.origin,
+        "baseline_id": baseline.build_id,
+        "added": added,
+        "removed": removed,
+        "changed": changed,
+        "source_changed": sources,
+        "python": python,
+        "platform": platform,
+        "differences": count,
+    }
+
+
+def baseline_summary(diff: Mapping[str, Any]) -> str:
+    """One line such as ``3 differences: 2 upgraded (1 major), 1 added``."""
+    if not diff["differences"]:
+        return "no differences"
+    parts = []
+    ups = [c for c in diff["changed"] if c["direction"] == "upgrade"]
+    downs = [c for c in diff["changed"] if c["direction"] == "downgrade"]
+    others = [c for c in diff["changed"] if c["direction"] == "changed"]
+    for label, items in (("upgraded", ups), ("downgraded", downs), ("changed", others)):
+        if items:
+            kinds: dict[str, int] = {}
+            for item in items:
+                kinds[item["kind"]] = kinds.get(item["kind"], 0) + 1
+            detail = ", ".join(f"{n} {k}" for k, n in sorted(kinds.items()))
+            parts.append(f"{len(items)} {label} ({detail})")
+    for label, key in (("added", "added"), ("removed", "removed")):
+        if diff[key]:
+            parts.append(f"{len(diff[key])} {label}")
+    if diff["source_changed"]:
+        parts.append(f"{len(diff['source_changed'])} changed source")
+    if diff["python"]:
+        parts.append(f"python {diff['python']['from']} -> {diff['python']['to']}")
+    if diff["platform"]:
+        parts.append(f"platform {diff['platform']['from']} -> {diff['platform']['to']}")
+    noun = "difference" if diff["differences"] == 1 else "differences"
+    return f"{diff['differences']} {noun}: " + ", ".join(parts)
+
+
+def diff_detail_lines(diff: Mapping[str, Any]) -> list[str]:
+    """One indented line per difference of a :func:`diff_records` result."""
+    lines = [
+        f"  {c['name']}: {c['from']} -> {c['to']} ({c['direction']}, {c['kind']})"
+        for c in diff["changed"]
+    ]
+    lines += [f"  {a['name']}: added {a['version']}" for a in diff["added"]]
+    lines += [f"  {r['name']}: removed (was {r['version']})" for r in diff["removed"]]
+    lines += [f"  {s['name']}: source {s['from']} -> {s['to']}" for s in diff["source_changed"]]
+    lines += [
+        f"  {key}: {diff[key]['from']} -> {diff[key]['to']}"
+        for key in ("python", "platform")
+        if diff[key]
+    ]
+    return lines
+
+
+# -- verdict and report ------------------------------------------------------
+
+
+def verdict(
+    *,
+    drift: Sequence[Mapping[str, Any]],
+    baseline: Mapping[str, Any] | None,
+    gate: bool,
+    verify: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    """Decide whether the session fails, and say why in plain sentences."""
+    reasons = []
+    if drift:
+        reasons.append(
+            f"the env differs from uv.lock in {len(drift)} package(s) (drift); "
+            "a hermetic run in a drifted env proves nothing. Fix: rerun with --uv-rebuild."
+        )
+    if gate and baseline is not None and baseline["differences"]:
+        reasons.append(
+            f"--uv-gate: {baseline_summary(baseline)} against baseline {baseline['baseline']}. "
+            "Fix: revert the lock change, or refresh the baseline from this build."
+        )
+    if verify is not None and not verify.get("ok", False):
+        differing = ", ".join(
+            name for name, state in sorted(verify.get("files", {}).items()) if state != "identical"
+        )
+        reasons.append(
+            f"--uv-verify: rebuilding gave different bytes for {differing}; "
+            "the build is not reproducible."
+        )
+    return {
+        "gate": gate,
+        "drift": len(drift),
+        "baseline_differences": None if baseline is None else baseline["differences"],
+        "failed": bool(reasons),
+        "reasons": reasons,
+    }
+
+
+def _cell(value: Any) -> str:
+    if value is None or value == "":
+        return "—"
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def _table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[str]:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
+    return [*lines, ""]
+
+
+def audit_markdown(audit: Mapping[str, Any]) -> str:
+    """Render ``audit.json`` as the Markdown report ``audit.md``."""
+    env = audit["env"]
+    project = audit["project"]
+    out = [
+        f"# uv-build audit: {project.get('name') or 'project'} — build {audit['build_id']}",
+        "",
+        f"- env key: `{env['key']}` ({env['python']['implementation']} "
+        f"{env['python']['version']}, {env['python']['platform']}, install {env['install_mode']})",
+        f"- selection: groups {', '.join(env['groups']) or '—'}; "
+        f"extras {', '.join(env['extras']) or '—'}",
+        f"- host: {audit['host']['python']['implementation']} {audit['host']['python']['version']}",
+        "",
+    ]
+    verdict_ = audit["verdict"]
+    if verdict_["failed"]:
+        out += ["## Verdict: FAILED", ""] + [f"- {r}" for r in verdict_["reasons"]] + [""]
+    else:
+        out += ["## Verdict: passed", ""]
+    out += ["## Lock ↔ env (drift)", ""]
+    if audit["drift"]:
+        out += _table(
+            ("package", "problem", "uv.lock", "env"),
+            ((d["name"], d["problem"], d["lock"], d["env"]) for d in audit["drift"]),
+        )
+    else:
+        out += ["The env matches uv.lock.", ""]
+    out += ["## Baseline ↔ now", ""]
+    diff = audit["baseline"]
+    if diff is None:
+        out += ["No baseline given (`--uv-baseline`).", ""]
+    else:
+        out += [f"Baseline: `{diff['baseline']}` (build {diff['baseline_id']})", ""]
+        out += [baseline_summary(diff) + ".", ""]
+        if diff["changed"]:
+            out += _table(
+                ("package", "from", "to", "change", "kind"),
+                (
+                    (c["name"], c["from"], c["to"], c["direction"], c["kind"])
+                    for c in diff["changed"]
+                ),
+            )
+        for key, title in (("added", "Added"), ("removed", "Removed")):
+            if diff[key]:
+                out += [f"{title}:", ""]
+                out += _table(
+                    ("package", "version", "source"),
+                    ((a["name"], a["version"], a["source"]) for a in diff[key]),
+                )
+        if diff["source_changed"]:
+            out += _table(
+                ("package", "source before", "source now"),
+                ((s["name"], s["from"], s["to"]) for s in diff["source_changed"]),
+            )
+        for key in ("python", "platform"):
+            if diff[key]:
+                out += [f"- {key}: {diff[key]['from']} → {diff[key]['to']}", ""]
+    out += ["## Host ↔ lock (informational)", ""]
+    if audit["host_differences"]:
+        out += _table(
+            ("package", "problem", "uv.lock", "host"),
+            ((h["name"], h["problem"], h["lock"], h["host"]) for h in audit["host_differences"]),
+        )
+    else:
+        out += ["The host has every package of the env at the locked version.", ""]
+    out += ["## Packages", ""]
+    out += _table(
+        ("package", "version", "dependency", "via", "license", "source"),
+        (
+            (
+                p["name"],
+                p["version"],
+                "direct" if p["direct"] else "transitive",
+                ", ".join(p["via"]),
+                p["license"],
+                p["source"],
+            )
+            for p in audit["packages"]
+            if not p["root"]
+        ),
+    )
+    return "\n".join(out)

@@ -1,0 +1,166 @@
+"""Which commit a run came from: commit, branch, dirty flag, a digest of the diff, the remote.
+
+Everything is asked of the real ``git`` binary. Outside a repository (or
+without git) the answer is ``None``. Nothing secret leaves this module: the
+uncommitted diff is reduced to a sha256 digest, and the remote URL loses any
+user name, password, token, query string and fragment (:func:`redact_url`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any, Final
+from urllib.parse import urlsplit, urlunsplit
+
+__all__ = ["git_info", "redact_url"]
+
+_SCP_LIKE: Final = re.compile(r"^(?P<user>[^@/:]+)@(?P<host>[^/:]+):(?P<path>.*)$")
+# git itself forwards these to child processes; a user's GIT_DIR must not make
+# us describe another repository than the project's.
+_GIT_LOCATION_VARS: Final = (
+    "GIT_DIR",
+    "GIT_WORK_TREE",
+    "GIT_INDEX_FILE",
+    "GIT_CEILING_DIRECTORIES",
+)
+
+
+def redact_url(url: str, *, keep_query: bool = False) -> str:
+    """Return ``url`` without credentials, and without query string or fragment.
+
+    ``https://user:token@host/x.git`` and ``https://token@host/x.git`` become
+    ``https://host/x.git``. For ssh a bare user name is kept (``git@host:x``
+    and ``ssh://git@host/x`` name an account, not a secret) but a password is
+    dropped. Local paths come back unchanged. ``keep_query`` keeps the query
+    and fragment, which in a lock's git source are the revision and commit.
+    """
+    text = url.strip()
+    scp = _SCP_LIKE.match(text)
+    if scp and "://" not in text:
+        user = scp.group("user").split(";", 1)[0]
+        return f"{user}@{scp.group('host')}:{scp.group('path')}"
+    if "://" not in text:
+        return text
+    try:
+        parts = urlsplit(text)
+        host = parts.hostname or ""
+        port = parts.port
+    except ValueError:
+        # Unparseable: keep only the scheme, which cannot hold a secret.
+        return text.split("://", 1)[0] + "://<redacted>"
+    netloc = f"[{host}]" if ":" in host else host
+    if port is not None:
+        netloc += f":{port}"
+    scheme = parts.scheme.lower()
+    if parts.username and scheme in ("ssh", "git+ssh", "ssh+git"):
+        netloc = f"{parts.username}@{netloc}"
+    if keep_query:
+        return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def _git_environ() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in _GIT_LOCATION_VARS}
+    env.update(GIT_TERMINAL_PROMPT="0", GIT_OPTIONAL_LOCKS="0", LC_ALL="C")
+    return env
+
+
+def _git(git: str, root: Path, *args: str) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        [git, "-C", str(root), *args],
+        capture_output=True,
+        env=_git_environ(),
+        stdin=subprocess.DEVNULL,
+        check=False,
+        timeout=60,
+    )
+
+
+def _parse_status(output: bytes) -> tuple[str | None, str | None, list[bytes], list[bytes]]:
+    """Split ``git status --porcelain=v2 --branch -z`` into commit, branch, changes, untracked."""
+    commit = branch = None
+    changes: list[bytes] = []
+    untracked: list[bytes] = []
+    records = output.split(b"\0")
+    index = 0
+    while index < len(records):
+        record = records[index]
+        index += 1
+        if record.startswith(b"# branch.oid "):
+            oid = record[len(b"# branch.oid ") :].decode()
+            commit = None if oid == "(initial)" else oid
+        elif record.startswith(b"# branch.head "):
+            head = record[len(b"# branch.head ") :].decode(errors="replace")
+            branch = None if head == "(detached)" else head
+        elif record.startswith(b"? "):
+            untracked.append(record[2:])
+        elif record.startswith(b"2 "):
+            # A rename record is followed by the original path as its own field.
+            changes.append(record)
+            index += 1
+        elif record[:2] in (b"1 ", b"u "):
+            changes.append(record)
+    return commit, branch, changes, untracked
+
+
+def _diff_digest(git: str, top: Path, untracked: list[bytes]) -> str:
+    """Digest of the uncommitted changes: the binary diff against HEAD plus untracked files."""
+    digest = hashlib.sha256()
+    diff = _git(git, top, "diff", "HEAD", "--binary", "--no-ext-diff", "--no-color")
+    digest.update(diff.stdout)
+    for rel in sorted(untracked):
+        digest.update(b"\0untracked\0" + rel + b"\0")
+        path = top / os.fsdecode(rel)
+        try:
+            if path.is_file():
+                digest.update(hashlib.sha256(path.read_bytes()).digest())
+        except OSError:
+            digest.update(b"<unreadable>")
+    return digest.hexdigest()
+
+
+def _remote_url(git: str, top: Path) -> tuple[str | None, str | None]:
+    proc = _git(git, top, "config", "--get-regexp", r"^remote\..*\.url$")
+    remotes: dict[str, str] = {}
+    for line in proc.stdout.decode(errors="replace").splitlines():
+        key, _, value = line.partition(" ")
+        name = key[len("remote.") : -len(".url")]
+        remotes.setdefault(name, value)
+    if not remotes:
+        return None, None
+    name = "origin" if "origin" in remotes else sorted(remotes)[0]
+    return name, redact_url(remotes[name])
+
+
+def git_info(root: Path) -> dict[str, Any] | None:
+    """Describe the git checkout containing ``root``; ``None`` outside one or without git."""
+    git = shutil.which("git")
+    if git is None:
+        return None
+    try:
+        top_proc = _git(git, root, "rev-parse", "--show-toplevel")
+        if top_proc.returncode != 0:
+            return None
+        top = Path(os.fsdecode(top_proc.stdout.strip()))
+        status = _git(git, top, "status", "--porcelain=v2", "--branch", "-z")
+        if status.returncode != 0:
+            return None
+        commit, branch, changes, untracked = _parse_status(status.stdout)
+        dirty = bool(changes or untracked)
+        remote_name, remote_url = _remote_url(git, top)
+        diff_sha = _diff_digest(git, top, untracked) if dirty and commit else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return {
+        "commit": commit,
+        "branch": branch,
+        "dirty": dirty,
+        "diff_sha256": diff_sha,
+        "remote": remote_name,
+        "remote_url": remote_url,
+    }
