@@ -406,6 +406,6 @@ class BuildRecordHooks:
         for line in self.outcome.summary_lines():
             terminalreporter.write_line(line)
         if self.outcome.failed:
-            terminalreporter.write_sep("!", "uv-build gate FAILED", red=True)
+            terminalreporter.write_sep("!", "uv-build audit FAILED", red=True)
             for line in self.outcome.failure_lines():
                 terminalreporter.write_line(line)

@@ -297,7 +297,7 @@ def test_hand_installed_package_is_drift(
     result.stdout.fnmatch_lines(
         [
             "drift: 1 package(s) differ from uv.lock",
-            "*! uv-build gate FAILED !*",
+            "*! uv-build audit FAILED !*",
             "- the env differs from uv.lock in 1 package(s) (drift)*--uv-rebuild*",
             "  package   problem  uv.lock -> env",
             "  toygamma  extra    - -> 1.0",
@@ -327,7 +327,7 @@ def test_lock_bump_against_baseline_and_gate(
     report.assert_outcomes(passed=1)
     assert report.ret == 0
     report.stdout.fnmatch_lines(["baseline *: 1 difference: 1 upgraded (1 major)"])
-    assert "gate FAILED" not in report.stdout.str()
+    assert "audit FAILED" not in report.stdout.str()
     diff = load(only_record(uv_pytester.path / "builds"), "audit.json")["baseline"]
     assert diff["changed"] == [
         {"name": "toyalpha", "from": "1.0", "to": "2.0", "direction": "upgrade", "kind": "major"}
@@ -340,7 +340,7 @@ def test_lock_bump_against_baseline_and_gate(
     assert gated.ret == pytest.ExitCode.TESTS_FAILED
     gated.stdout.fnmatch_lines(
         [
-            "*! uv-build gate FAILED !*",
+            "*! uv-build audit FAILED !*",
             "- --uv-gate: 1 difference: 1 upgraded (1 major) against baseline *metadata.json*",
             "  toyalpha: 1.0 -> 2.0 (upgrade, major)",
         ]
