@@ -188,14 +188,31 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     key = sub.add_parser("key", parents=[common], help="Print the env key (for CI cache keys)")
-    key.add_argument("--project", metavar="DIR", default=None)
-    key.add_argument("--python", metavar="SPEC", default=None)
-    key.add_argument("--group", action="append", default=[])
-    key.add_argument("--only-group", action="append", default=[])
-    key.add_argument("--no-default-groups", action="store_true")
-    key.add_argument("--extra", action="append", default=[])
-    key.add_argument("--all-extras", action="store_true")
-    key.add_argument("--install-project", choices=INSTALL_MODES, default="wheel")
+    # The same choices as the plugin's --uv-* options, so that CI computes the
+    # key the tests will use.
+    key.add_argument(
+        "--project",
+        metavar="DIR",
+        default=None,
+        help="uv project (default: nearest dir at or above the cwd with pyproject.toml and "
+        "uv.lock), like --uv-project",
+    )
+    key.add_argument(
+        "--python", metavar="SPEC", default=None, help="Python version or path, like --uv-python"
+    )
+    key.add_argument("--group", metavar="NAME", action="append", default=[], help="Like --uv-group")
+    key.add_argument(
+        "--only-group", metavar="NAME", action="append", default=[], help="Like --uv-only-group"
+    )
+    key.add_argument("--no-default-groups", action="store_true", help="Like --uv-no-default-groups")
+    key.add_argument("--extra", metavar="NAME", action="append", default=[], help="Like --uv-extra")
+    key.add_argument("--all-extras", action="store_true", help="Like --uv-all-extras")
+    key.add_argument(
+        "--install-project",
+        choices=INSTALL_MODES,
+        default="wheel",
+        help="Like --uv-install-project (default: wheel)",
+    )
     key.add_argument("--json", action="store_true", help="Also print the key's inputs")
     key.set_defaults(func=cmd_key)
 
@@ -204,7 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
     c_dir = cache_sub.add_parser("dir", parents=[common], help="Print the cache location")
     c_dir.set_defaults(func=cmd_cache_dir)
     c_list = cache_sub.add_parser("list", parents=[common], help="List cached envs")
-    c_list.add_argument("--json", action="store_true")
+    c_list.add_argument(
+        "--json", action="store_true", help="Print a JSON list with every field of each env"
+    )
     c_list.set_defaults(func=cmd_cache_list)
     c_prune = cache_sub.add_parser("prune", parents=[common], help="Remove unused envs")
     c_prune.add_argument("--older-than", metavar="AGE", default=None, help="e.g. 30d, 12h")
