@@ -32,6 +32,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -278,7 +279,11 @@ def _iter_source_files(directory: Path, *, flat: bool) -> Iterator[tuple[str, os
                 continue
 
 
-def fingerprint_sources(project_root: Path, sources: Sequence[LocalSource]) -> str:
+def fingerprint_sources(
+    project_root: Path,
+    sources: Sequence[LocalSource],
+    known_pyprojects: Mapping[Path, Mapping[str, Any]] | None = None,
+) -> str:
     """Digest names, sizes and mtimes of what each local package's wheel is built from.
 
     For a directory that is its ``pyproject.toml`` (or ``setup.py``/``setup.cfg``)
@@ -303,7 +308,7 @@ def fingerprint_sources(project_root: Path, sources: Sequence[LocalSource]) -> s
             except OSError:
                 continue
             digest.update(f"{meta}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-        root = import_root(path)
+        root = import_root(path, (known_pyprojects or {}).get(path))
         for rel, st in _iter_source_files(root, flat=root == path):
             digest.update(f"{root}/{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     return digest.hexdigest()[:16]
@@ -331,6 +336,57 @@ def _differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
     if old.get("format") != new.get("format"):
         said.append("pytest-uvbuild's cache format changed")
     return said
+
+
+@dataclass(frozen=True)
+class _LayerPlan:
+    """What goes next to an env for one checkout: import roots and packages to install."""
+
+    root: Path
+    key: str
+    import_roots: tuple[Path, ...]
+    to_install: tuple[LocalSource, ...]
+    digest: str
+
+    @classmethod
+    def make(
+        cls,
+        project: UvProject,
+        key: str,
+        install_mode: InstallMode,
+        only_groups: bool,
+        sources: Sequence[LocalSource],
+    ) -> _LayerPlan:
+        """Split the selected local packages by install mode and fingerprint what is installed."""
+        root = project.root
+        in_selection = any(s.name == project.name for s in sources)
+        if install_mode == "no":
+            sources = [s for s in sources if s.name != project.name]
+        import_roots: list[Path] = []
+        to_install: list[LocalSource] = []
+        for source in sources:
+            if source.kind == "archive" or install_mode != "source":
+                to_install.append(source)
+            else:
+                import_roots.append(import_root(source.path(root)))
+        # uv installs nothing for a project with `package = false`; as
+        # `source` it still puts its import root on the path, unless the
+        # selection leaves the project out (`--only-group`).
+        if (
+            install_mode == "source"
+            and not project.is_package
+            and not in_selection
+            and not only_groups
+        ):
+            import_roots.insert(0, import_root(root, project.pyproject))
+        digest = fingerprint_sources(root, to_install, {root: project.pyproject})
+        return cls(root, key, tuple(dict.fromkeys(import_roots)), tuple(to_install), digest)
+
+    def layer_dir(self, cache_root: Path) -> Path | None:
+        """Where the installed packages live, or ``None`` if nothing is installed."""
+        if not self.to_install:
+            return None
+        return cache_root / "layers" / f"{self.key}-{self.digest}"
 
 
 class EnvCache:
@@ -506,7 +562,9 @@ class EnvCache:
                         f"building env {key} for {project.root} with {interpreter.describe()}, "
                         f"{selection.describe()}, install {inputs['install_mode']}: {reason}"
                     )
-                record = self._build(project, selection, interpreter, key, inputs, request)
+                record = self._build(
+                    project, selection, interpreter, key, inputs, request, rebuild=rebuild
+                )
             else:
                 self._check_lock_fresh(project, interpreter, record, request)
         except BaseException:
@@ -532,11 +590,10 @@ class EnvCache:
             )
             with contextlib.suppress(OSError):
                 os.utime(self.env_dir(key) / RECORD_NAME)
-            # A cold build already said what it builds; the project layer is
-            # announced on its own only when it alone is rebuilt.
-            env.layer = self._project_layer(
-                env, sources, request, announce if hit else None, rebuild=rebuild
-            )
+            plan = _LayerPlan.make(project, key, env.install_mode, selection.only_groups, sources)
+            # A cold build made the layer alongside the env and already said
+            # so; the layer is announced on its own only when it alone is built.
+            env.layer = self._ensure_layer(plan, interpreter, request, announce if hit else None)
         except BaseException:
             _release_lease(lease)
             raise
@@ -615,6 +672,8 @@ class EnvCache:
         key: str,
         inputs: dict[str, Any],
         request: EnvRequest,
+        *,
+        rebuild: bool = False,
     ) -> dict[str, Any]:
         env_dir = self.env_dir(key)
         python_args = ["--python", str(interpreter.path)]
@@ -644,27 +703,37 @@ class EnvCache:
             exported.stdout, project, lock, interpreter.marker_environment()
         )
         lock_dirs = lock_local_dirs(lock)
+        plan = _LayerPlan.make(project, key, inputs["install_mode"], selection.only_groups, sources)
         remove_tree(env_dir)
         began = time.perf_counter()
-        try:
-            self.uv.run(
-                [
-                    "sync",
-                    "--locked",
-                    "--no-install-local",
-                    *python_args,
-                    *selection.uv_args,
-                    *_offline(request),
-                ],
-                what="`uv sync --locked`",
-                cwd=project.root,
-                env={"UV_PROJECT_ENVIRONMENT": str(env_dir)},
+        # The project layer needs only the base interpreter, not the env, so
+        # it is built while uv syncs the dependencies (two cores, half the wait).
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            layer_job = pool.submit(
+                self._ensure_layer, plan, interpreter, request, None, rebuild=rebuild
             )
-        except BaseException:
-            # Leave nothing that looks like an env behind; a later session
-            # would rebuild anyway, but a failed build should not cost disk.
-            remove_tree(env_dir)
-            raise
+            try:
+                self.uv.run(
+                    [
+                        "sync",
+                        "--locked",
+                        "--no-install-local",
+                        *python_args,
+                        *selection.uv_args,
+                        *_offline(request),
+                    ],
+                    what="`uv sync --locked`",
+                    cwd=project.root,
+                    env={"UV_PROJECT_ENVIRONMENT": str(env_dir)},
+                )
+            except BaseException:
+                # Leave nothing that looks like an env behind; a later session
+                # would rebuild anyway, but a failed build should not cost disk.
+                remove_tree(env_dir)
+                with contextlib.suppress(Exception):
+                    layer_job.result()
+                raise
+            layer_job.result()
         python = env_dir / ("Scripts/python.exe" if sys.platform == "win32" else "bin/python")
         if not python.exists():
             remove_tree(env_dir)
@@ -693,16 +762,16 @@ class EnvCache:
 
     # -- the project layer -------------------------------------------------
 
-    def _project_layer(
+    def _ensure_layer(
         self,
-        env: UvEnv,
-        sources: tuple[LocalSource, ...],
+        plan: _LayerPlan,
+        interpreter: Interpreter,
         request: EnvRequest,
         announce: Callable[[str], None] | None,
         *,
         rebuild: bool = False,
     ) -> tuple[Path, ...]:
-        """Put the project and other local packages next to the immutable env.
+        """Return the layer's path entries, building its wheels first if they are missing.
 
         ``wheel`` builds each local package as a wheel of the working tree and
         installs them into ``layers/<key>-<digest>/site``; ``source`` puts
@@ -710,64 +779,42 @@ class EnvCache:
         installed into the layer in every mode. The digest covers every
         source file, so an edit always yields a fresh layer.
         """
-        root = env.project.root
-        project_name = env.project.name
-        in_selection = any(s.name == project_name for s in sources)
-        if env.install_mode == "no":
-            sources = tuple(s for s in sources if s.name != project_name)
-        import_roots: list[Path] = []
-        to_install: list[LocalSource] = []
-        for source in sources:
-            if source.kind == "archive" or env.install_mode != "source":
-                to_install.append(source)
-            else:
-                import_roots.append(import_root(source.path(root)))
-        # uv installs nothing for a project with `package = false`; as
-        # `source` it still puts its import root on the path, unless the
-        # selection leaves the project out (`--only-group`).
-        if (
-            env.install_mode == "source"
-            and not env.project.is_package
-            and not in_selection
-            and not env.selection.only_groups
-        ):
-            import_roots.insert(0, import_root(root, env.project.pyproject))
-        paths = list(dict.fromkeys(import_roots))
-        if not to_install:
-            return tuple(paths)
-        digest = fingerprint_sources(root, to_install)
-        layer = self.root / "layers" / f"{env.key}-{digest}"
+        layer = plan.layer_dir(self.root)
+        if layer is None:
+            return plan.import_roots
         if rebuild or not (layer / LAYER_RECORD_NAME).is_file():
             layer_lock = FileLock(str(self.root / "locks" / f"layer-{layer.name}.lock"))
             self._acquire(layer_lock, f"project layer {layer.name}", announce)
             try:
                 if rebuild or not (layer / LAYER_RECORD_NAME).is_file():
                     if announce:
-                        names = ", ".join(s.name for s in to_install)
+                        names = ", ".join(s.name for s in plan.to_install)
                         announce(
-                            f"building project layer {digest} of env {env.key} ({names}): "
+                            f"building project layer {plan.digest} of env {plan.key} ({names}): "
                             "local sources changed"
                         )
-                    self._build_layer(env, to_install, layer, request)
+                    self._build_layer(plan, layer, interpreter, request)
             finally:
                 layer_lock.release()
         with contextlib.suppress(OSError):
             os.utime(layer / LAYER_RECORD_NAME)
-        return (*paths, layer / "site")
+        return (*plan.import_roots, layer / "site")
 
     def _build_layer(
-        self, env: UvEnv, sources: Sequence[LocalSource], layer: Path, request: EnvRequest
+        self, plan: _LayerPlan, layer: Path, interpreter: Interpreter, request: EnvRequest
     ) -> None:
-        root = env.project.root
         try:
             staging = Path(tempfile.mkdtemp(prefix=f".{layer.name}.", dir=layer.parent))
         except OSError as exc:
             raise self._not_writable(exc) from None
+        # The base interpreter has the env's version and platform, and uv
+        # already knows it; a brand-new venv interpreter would cost uv a probe.
+        python_args = ["--python", str(interpreter.path)]
         try:
             wheels = staging / "wheels"
             installables: list[str] = []
-            for source in sources:
-                path = source.path(root)
+            for source in plan.to_install:
+                path = source.path(plan.root)
                 if source.kind == "archive":
                     installables.append(str(path))
                     continue
@@ -778,8 +825,7 @@ class EnvCache:
                         "--quiet",
                         "--out-dir",
                         str(wheels / source.name),
-                        "--python",
-                        str(env.python),
+                        *python_args,
                         *_offline(request),
                         str(path),
                     ],
@@ -793,21 +839,20 @@ class EnvCache:
                     "install",
                     "--no-deps",
                     "--quiet",
-                    "--python",
-                    str(env.python),
+                    *python_args,
                     "--target",
                     str(staging / "site"),
                     *_offline(request),
                     *installables,
                 ],
                 what="`uv pip install` of the project layer",
-                cwd=root,
+                cwd=plan.root,
             )
             remove_tree(wheels)
             write_atomic(
                 staging / LAYER_RECORD_NAME,
                 json.dumps(
-                    {"key": env.key, "sources": [str(s.path(root)) for s in sources]}
+                    {"key": plan.key, "sources": [str(s.path(plan.root)) for s in plan.to_install]}
                 ).encode(),
             )
             remove_tree(layer)

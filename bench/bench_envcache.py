@@ -1,0 +1,154 @@
+"""The env cache against uv itself, side by side in one run (medians, min, max).
+
+(a) A cache hit inside the plugin (``EnvCache.materialise`` on a warm key,
+    in-process) against uv's own no-op ``uv sync --locked`` of an env that is
+    already in sync (a subprocess, as any tool that delegates to uv pays it).
+(b) A cold env build with a warm uv package cache (a fresh env cache each
+    repeat: ``uv export``, ``uv sync --no-install-local`` and the project
+    wheel layer) against raw ``uv sync --locked`` into a fresh directory.
+    Goal: 1.2x or less.
+(c) A warm ``python -m pytest --uv-build`` of one test that asks for
+    ``uv_env`` against plain ``python -m pytest`` of one trivial test.
+    Goal: 1.10x or less. The same with ``--uv-no-artifacts`` isolates the
+    env cache from the build record that ``--uv-build`` writes by default.
+
+Everything is offline against the toy wheelhouse (``support.wheelhouse``);
+nothing touches the user's caches. Run: ``python bench/bench_envcache.py
+[--repeats N]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import support
+import toys
+from support import row, side_by_side
+
+SUITE = "envcache"
+
+ENV_TEST = "def test_env(uv_env):\n    assert uv_env.packages['toyalpha'] == '1.0'\n"
+TRIVIAL_TEST = "def test_trivial():\n    assert True\n"
+
+
+def _run(argv: Sequence[str], *, cwd: Path, env: dict[str, str]) -> None:
+    proc = subprocess.run(list(argv), cwd=cwd, env=env, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(argv)} failed ({proc.returncode}):\n{proc.stdout}{proc.stderr}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the three comparisons and write ``bench/results/envcache.json``."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--repeats", type=int, default=5, help="Timed runs of each side")
+    args = parser.parse_args(argv)
+    repeats: int = args.repeats
+
+    scratch = support.scratch_dir(SUITE)
+    env = support.isolated_env(scratch)
+    # The in-process side (a) must see the same isolated caches as the subprocesses.
+    os.environ.update({k: env[k] for k in ("UV_CACHE_DIR", "PYTEST_UVBUILD_CACHE_DIR")})
+    os.environ["UV_PYTHON_DOWNLOADS"] = "never"
+    house = support.wheelhouse(scratch)
+    project = toys.write_project(scratch / "project", house)
+    (project / "test_env.py").write_text(ENV_TEST)
+    plain = scratch / "plain"
+    plain.mkdir()
+    (plain / "test_trivial.py").write_text(TRIVIAL_TEST)
+    uv = str(toys.UV)
+    rows: list[dict[str, Any]] = []
+
+    # Warm uv's package cache and our env cache once.
+    _run([sys.executable, "-m", "pytest", "-q", "--uv-build"], cwd=project, env=env)
+
+    # (a) the cache hit against uv's no-op sync.
+    from pytest_uvbuild.envcache import EnvCache, EnvRequest
+
+    cache_root = Path(env["PYTEST_UVBUILD_CACHE_DIR"])
+    request = EnvRequest(project_dir=project, offline=True)
+
+    def hit() -> None:
+        EnvCache(cache_root).materialise(request, start_dir=project).release()
+
+    synced_env = scratch / "synced-venv"
+    sync_env = {**env, "UV_PROJECT_ENVIRONMENT": str(synced_env)}
+    sync = [uv, "sync", "--locked", "--offline", "--python", sys.executable]
+    _run(sync, cwd=project, env=sync_env)
+    ours, base = side_by_side(hit, lambda: _run(sync, cwd=project, env=sync_env), repeats * 10)
+    rows.append(
+        row(
+            SUITE,
+            "cache hit inside the plugin (EnvCache.materialise, warm)",
+            ours,
+            "uv sync --locked (no-op, in sync)",
+            base,
+            goal="5 ms or less",
+            note="ours in-process: no uv call, no lock parse; uv's no-op is a subprocess",
+        )
+    )
+
+    # (b) a cold build with a warm uv package cache.
+    counter = iter(range(1_000_000))
+    fresh: dict[str, Path] = {}
+
+    def new_dirs() -> None:
+        n = next(counter)
+        fresh["cache"] = scratch / "cold" / f"cache-{n}"
+        fresh["venv"] = scratch / "cold" / f"venv-{n}"
+
+    def cold_ours() -> None:
+        EnvCache(fresh["cache"]).materialise(request, start_dir=project).release()
+
+    def cold_uv() -> None:
+        _run(sync, cwd=project, env={**env, "UV_PROJECT_ENVIRONMENT": str(fresh["venv"])})
+
+    ours, base = side_by_side(cold_ours, cold_uv, repeats, setup=new_dirs)
+    shutil.rmtree(scratch / "cold", ignore_errors=True)
+    rows.append(
+        row(
+            SUITE,
+            "cold env build, warm uv package cache",
+            ours,
+            "uv sync --locked into a fresh dir",
+            base,
+            goal="1.2x or less",
+            note="ours = uv export + uv sync --no-install-local + project wheel layer",
+        )
+    )
+
+    # (c) a warm pytest session asking for uv_env against a plain trivial run.
+    pytest_cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
+    for case, extra in (
+        ("warm pytest --uv-build, one test using uv_env", []),
+        ("warm pytest --uv-build --uv-no-artifacts, one test using uv_env", ["--uv-no-artifacts"]),
+    ):
+        ours, base = side_by_side(
+            lambda extra=extra: _run([*pytest_cmd, "--uv-build", *extra], cwd=project, env=env),
+            lambda: _run(pytest_cmd, cwd=plain, env=env),
+            repeats,
+        )
+        rows.append(
+            row(
+                SUITE,
+                case,
+                ours,
+                "python -m pytest, one trivial test",
+                base,
+                goal="1.10x or less",
+            )
+        )
+
+    support.write_results(SUITE, rows, f"python bench/bench_envcache.py --repeats {repeats}")
+    shutil.rmtree(scratch, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
