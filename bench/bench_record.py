@@ -4,8 +4,8 @@
     the deterministic repack, SBOM, audit, manifest), in-process, against
     running ``uv build --sdist`` and ``uv export --frozen`` by hand.
 (b) A warm record (the same id: the record is reused, only ``metadata.json``,
-    ``audit.*`` and ``SHA256SUMS`` are rewritten), in-process, against the
-    same two uv commands. Goal: under 20 ms.
+    ``audit.*`` and ``SHA256SUMS`` are rewritten, and git is asked for the
+    commit), in-process, against the same two uv commands. Goal: under 20 ms.
 (c) A warm ``python -m pytest --uv-build`` session with its record against
     the same session with the record plugin blocked (``-p no:uvbuild-record``):
     what the record adds to a user's session, imports included.
@@ -55,6 +55,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     house = support.wheelhouse(scratch)
     project = toys.write_project(scratch / "project", house)
     (project / "test_env.py").write_text(ENV_TEST)
+    # A real project is a git checkout, and the record asks git about it.
+    (project / ".gitignore").write_text(".pytest_cache/\n__pycache__/\n")
+    identity = ["-c", "user.name=bench", "-c", "user.email=bench@example.invalid"]
+    for git_args in (["init", "-q"], ["add", "-A"], [*identity, "commit", "-q", "-m", "bench"]):
+        _run(["git", "-C", str(project), *git_args], cwd=project, env=env)
 
     from pytest_uvbuild import artifacts
     from pytest_uvbuild.envcache import EnvCache

@@ -23,15 +23,18 @@ import json
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from email.parser import HeaderParser
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
 from pytest_uvbuild.errors import UvBuildError
-from pytest_uvbuild.lockgraph import LockGraph, source_kind
+
+if TYPE_CHECKING:
+    # The lock graph is walked only when a record is built; a warm session
+    # reads the walk's result from the previous record.
+    from pytest_uvbuild.lockgraph import LockGraph
 
 __all__ = [
     "AUDIT_SCHEMA",
@@ -77,6 +80,17 @@ class InstalledDist:
     path: Path
 
 
+def _parse_headers(fh: Any) -> Any:
+    from email.parser import HeaderParser  # only on the cold path
+
+    return HeaderParser().parse(fh)
+
+
+def _source_kind(label: str) -> str:
+    """The kind part of a lock source label (``registry``, ``git``, ``editable``...)."""
+    return label.split("+", 1)[0]
+
+
 def _direct_url_kind(dist_info: Path) -> tuple[str, str | None]:
     try:
         data = json.loads((dist_info / "direct_url.json").read_text(encoding="utf-8"))
@@ -97,7 +111,7 @@ def _direct_url_kind(dist_info: Path) -> tuple[str, str | None]:
 def _metadata_name_version(dist_info: Path) -> tuple[str, str] | None:
     try:
         with (dist_info / "METADATA").open(encoding="utf-8", errors="replace") as fh:
-            headers = HeaderParser().parse(fh)
+            headers = _parse_headers(fh)
     except OSError:
         return None
     name, version = headers.get("Name"), headers.get("Version")
@@ -145,7 +159,7 @@ def read_license(dist_info: Path) -> tuple[str, str] | None:
     """
     try:
         with (dist_info / "METADATA").open(encoding="utf-8", errors="replace") as fh:
-            headers = HeaderParser().parse(fh)
+            headers = _parse_headers(fh)
     except OSError:
         return None
     expression = headers.get("License-Expression")
@@ -201,7 +215,7 @@ def lock_packages(
     rows = []
     for ref, entry in selected.items():
         package = entry.package
-        kind = source_kind(package.source)
+        kind = _source_kind(package.source)
         is_root = project is not None and package.name == canonicalize_name(project)
         expected: bool | None = entry.in_env
         if kind == "virtual":
@@ -262,7 +276,7 @@ def compute_drift(
             )
             continue
         if not want["local"]:
-            lock_kind = source_kind(str(want["source"]))
+            lock_kind = _source_kind(str(want["source"]))
             lock_kind = {"path": "url"}.get(lock_kind, lock_kind)
             commit_ok = lock_kind != "git" or (
                 dist.commit is not None and str(want["source"]).endswith(dist.commit)

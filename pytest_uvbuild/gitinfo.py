@@ -124,10 +124,9 @@ def _diff_digest(git: str, top: Path, untracked: list[bytes]) -> str:
     return digest.hexdigest()
 
 
-def _remote_url(git: str, top: Path) -> tuple[str | None, str | None]:
-    proc = _git(git, top, "config", "--get-regexp", r"^remote\..*\.url$")
+def _remotes(config_output: bytes) -> tuple[str | None, str | None]:
     remotes: dict[str, str] = {}
-    for line in proc.stdout.decode(errors="replace").splitlines():
+    for line in config_output.decode(errors="replace").splitlines():
         key, _, value = line.partition(" ")
         name = key[len("remote.") : -len(".url")]
         remotes.setdefault(name, value)
@@ -137,22 +136,45 @@ def _remote_url(git: str, top: Path) -> tuple[str | None, str | None]:
     return name, redact_url(remotes[name])
 
 
+def _git_parallel(git: str, root: Path, *commands: tuple[str, ...]) -> list[tuple[int, bytes]]:
+    """Run independent git queries at once: each costs milliseconds, mostly start-up."""
+    procs = [
+        subprocess.Popen(
+            [git, "-C", str(root), *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL,
+            env=_git_environ(),
+        )
+        for args in commands
+    ]
+    results = []
+    for proc in procs:
+        out, _ = proc.communicate(timeout=60)
+        results.append((proc.returncode, out))
+    return results
+
+
 def git_info(root: Path) -> dict[str, Any] | None:
     """Describe the git checkout containing ``root``; ``None`` outside one or without git."""
     git = shutil.which("git")
     if git is None:
         return None
     try:
-        top_proc = _git(git, root, "rev-parse", "--show-toplevel")
-        if top_proc.returncode != 0:
+        (top_rc, top_out), (status_rc, status_out), (_, config_out) = _git_parallel(
+            git,
+            root,
+            ("rev-parse", "--show-toplevel"),
+            # Paths in porcelain v2 are relative to the top of the checkout.
+            ("status", "--porcelain=v2", "--branch", "--untracked-files=all", "-z"),
+            ("config", "--get-regexp", r"^remote\..*\.url$"),
+        )
+        if top_rc != 0 or status_rc != 0:
             return None
-        top = Path(os.fsdecode(top_proc.stdout.strip()))
-        status = _git(git, top, "status", "--porcelain=v2", "--branch", "-z")
-        if status.returncode != 0:
-            return None
-        commit, branch, changes, untracked = _parse_status(status.stdout)
+        top = Path(os.fsdecode(top_out.strip()))
+        commit, branch, changes, untracked = _parse_status(status_out)
         dirty = bool(changes or untracked)
-        remote_name, remote_url = _remote_url(git, top)
+        remote_name, remote_url = _remotes(config_out)
         diff_sha = _diff_digest(git, top, untracked) if dirty and commit else None
     except (OSError, subprocess.SubprocessError):
         return None

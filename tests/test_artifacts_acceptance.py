@@ -418,3 +418,27 @@ def test_xdist_controller_writes_once(uv_pytester: pytest.Pytester, tmp_path: Pa
     assert log.read_text() == "controller\n"
     only_record(uv_pytester.path / "builds")
     assert result.stdout.str().count("= uv-build record =") == 1
+
+
+def test_virtual_project_with_hashed_wheel(
+    pytester: pytest.Pytester, make_project: MakeProject, wheelhouse: Path
+) -> None:
+    """A non-package project gets no sdist; lock hashes reach requirements.txt and the SBOM."""
+    wheel = next(wheelhouse.glob("toygamma-1.0-*.whl"))
+    make_project(pytester.path, package=False, dependencies=(f"toygamma @ {wheel.as_uri()}",))
+    pytester.makepyfile(test_pkg="def test_env(uv_env):\n    assert uv_env.packages['toygamma']\n")
+    result = pytester.runpytest_subprocess("--uv-build")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["drift: none (the env matches uv.lock)"])
+    record = only_record(pytester.path / "builds")
+    assert {p.name for p in record.iterdir()} == RECORD_FILES - {"demo-0.1.0.tar.gz"}
+    meta = load(record, "metadata.json")
+    assert meta["files"]["sdist"] is None
+    assert meta["inputs"]["source_files"] == 0
+    digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
+    assert f"--hash=sha256:{digest}" in (record / "requirements.txt").read_text()
+    sbom = load(record, "sbom.cdx.json")
+    validator = JsonStrictValidator(SchemaVersion.from_version(sbom["specVersion"]))
+    assert validator.validate_str(json.dumps(sbom)) is None
+    (toygamma,) = (c for c in sbom["components"] if c["name"] == "toygamma")
+    assert toygamma["hashes"] == [{"alg": "SHA-256", "content": digest}]
