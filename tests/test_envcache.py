@@ -501,3 +501,31 @@ def test_package_false_behaves_as_source(
     assert env.layer == (root.resolve(),)
     record = json.loads((env.path / envcache.RECORD_NAME).read_text())
     assert record["local_sources"] == []
+
+
+def test_groups_and_extras_follow_uv_semantics(
+    tmp_path: Path, wheelhouse: Path, shared_env_cache: Path
+) -> None:
+    """default-groups, --no-default-groups, --group and --all-extras install what uv says."""
+    root = toys.write_project(
+        tmp_path / "p",
+        wheelhouse,
+        groups={"lint": ["toygamma"]},
+        extras={"fast": ["toybeta"]},
+        extra_toml='default-groups = ["lint"]\n',
+    )
+    cache = EnvCache(shared_env_cache)
+
+    def installed(**changes: object) -> set[str]:
+        env = _make(cache, root, **changes)
+        env.release()
+        return {name for name in env.packages if name.startswith(("toy", "pytest"))}
+
+    assert installed() == {"toyalpha", "toygamma"}
+    assert installed(no_default_groups=True) == {"toyalpha"}
+    assert installed(groups=("dev",), all_extras=True) == {
+        "toyalpha",
+        "toybeta",
+        "toygamma",
+        "pytest",
+    }
