@@ -442,3 +442,38 @@ def test_virtual_project_with_hashed_wheel(
     assert validator.validate_str(json.dumps(sbom)) is None
     (toygamma,) = (c for c in sbom["components"] if c["name"] == "toygamma")
     assert toygamma["hashes"] == [{"alg": "SHA-256", "content": digest}]
+
+
+def test_failure_mid_write_leaves_nothing_complete(uv_pytester: pytest.Pytester) -> None:
+    """A record that fails while being written leaves no record and fails the session clearly."""
+    uv_pytester.makeconftest(
+        """
+        import os
+        import pytest_uvbuild.sbom as sbom
+        from pytest_uvbuild.artifacts import RecordError
+
+        def broken(*args, **kwargs):
+            raise RecordError("simulated failure while writing the SBOM")
+
+        if os.environ.get("BREAK_SBOM"):
+            sbom.build_sbom = broken
+        """
+    )
+    uv_pytester.makepyfile(test_pkg=PASSING_TEST)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("BREAK_SBOM", "1")
+        broken = uv_pytester.runpytest_subprocess("--uv-build")
+    broken.assert_outcomes(passed=1)
+    assert broken.ret == pytest.ExitCode.TESTS_FAILED
+    broken.stdout.fnmatch_lines(
+        [
+            "*! uv-build record FAILED !*",
+            "simulated failure while writing the SBOM",
+            "*pass --uv-no-artifacts to run without one.",
+        ]
+    )
+    builds = uv_pytester.path / "builds"
+    assert [p.name for p in builds.iterdir() if not p.name.startswith(".")] == []
+    assert not list(builds.glob(".tmp-*"))
+    uv_pytester.runpytest_subprocess("--uv-build").assert_outcomes(passed=1)
+    assert (only_record(builds) / "SHA256SUMS").is_file()
