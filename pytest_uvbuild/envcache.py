@@ -32,14 +32,12 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Final
 
 from filelock import FileLock, Timeout
-from packaging.utils import canonicalize_name
 
 from pytest_uvbuild.errors import CacheError
 from pytest_uvbuild.fsutil import remove_tree, write_atomic
@@ -143,6 +141,8 @@ class UvEnv:
     def packages(self) -> dict[str, str]:
         """Normalised distribution name to version, as installed (the project layer wins)."""
         from importlib.metadata import distributions
+
+        from packaging.utils import canonicalize_name
 
         found: dict[str, str] = {}
         for dist in distributions(path=[*map(str, self.layer), str(self.site_packages)]):
@@ -708,6 +708,10 @@ class EnvCache:
         began = time.perf_counter()
         # The project layer needs only the base interpreter, not the env, so
         # it is built while uv syncs the dependencies (two cores, half the wait).
+        from concurrent.futures import ThreadPoolExecutor
+
+        layer_dir = plan.layer_dir(self.root)
+        new_layer = layer_dir is not None and not (layer_dir / LAYER_RECORD_NAME).is_file()
         with ThreadPoolExecutor(max_workers=1) as pool:
             layer_job = pool.submit(
                 self._ensure_layer, plan, interpreter, request, None, rebuild=rebuild
@@ -732,6 +736,9 @@ class EnvCache:
                 remove_tree(env_dir)
                 with contextlib.suppress(Exception):
                     layer_job.result()
+                if new_layer and layer_dir is not None:
+                    # A failed build leaves the cache as it was.
+                    remove_tree(layer_dir)
                 raise
             layer_job.result()
         python = env_dir / ("Scripts/python.exe" if sys.platform == "win32" else "bin/python")

@@ -44,6 +44,17 @@ def _envs(cache: Path) -> list[str]:
         return []
 
 
+def _left_behind(cache: Path) -> list[str]:
+    """Envs and project layers in the cache (a failed session must leave none)."""
+    found = []
+    for sub in ("envs", "layers"):
+        try:
+            found += [f"{sub}/{name}" for name in os.listdir(cache / sub)]
+        except OSError:
+            pass
+    return sorted(found)
+
+
 def _inside(result: pytest.RunResult) -> str:
     """What the test printed from inside the env (the INSIDE line)."""
     for line in result.stdout.lines:
@@ -108,9 +119,12 @@ def served_project(tmp_path_factory: pytest.TempPathFactory, wheelhouse: Path) -
             "[project]\n"
             'name = "served"\nversion = "0.1.0"\nrequires-python = ">=3.10"\n'
             'dependencies = ["toygamma==1.0"]\n'
-            "[tool.uv]\npackage = false\nno-index = true\n"
+            '[build-system]\nrequires = ["uv_build>=0.9,<1"]\nbuild-backend = "uv_build"\n'
+            "[tool.uv]\nno-index = true\n"
             f'find-links = ["http://127.0.0.1:{port}/"]\n'
         )
+        (project / "src" / "served").mkdir(parents=True)
+        (project / "src" / "served" / "__init__.py").write_text("")
         old = os.environ.get("UV_CACHE_DIR")
         os.environ["UV_CACHE_DIR"] = str(root / "lock-uv-cache")
         try:
@@ -239,7 +253,7 @@ def test_user_errors_are_one_clear_usage_error(
     for text in [*expected, "Fix: "]:
         assert text in output
     assert "Traceback" not in output
-    assert _envs(cache) == []
+    assert _left_behind(cache) == []
 
 
 @pytest.mark.parametrize(
@@ -278,7 +292,7 @@ def test_network_errors(
     for text in expected:
         assert text in output
     assert "Traceback" not in output
-    assert _envs(cache) == []
+    assert _left_behind(cache) == []
 
 
 def test_python_downloads_are_opt_in(
