@@ -52,10 +52,17 @@ def _hash(value: str | None) -> dict[str, str] | None:
 
 
 def purl(name: str, version: str | None, source: str) -> str | None:
-    """The package URL of a locked package, or ``None`` for a local directory package."""
-    kind, _, location = source.partition("+")
-    if kind in ("editable", "directory", "virtual", "path") or version is None:
+    """The package URL of a locked package (``None`` only when the lock has no version).
+
+    Every package is a ``pypi`` package; a qualifier says where a package
+    that is not on PyPI comes from: ``repository_url`` (another index),
+    ``vcs_url`` (git), ``download_url`` (a URL) or ``file_name`` (a local
+    archive). Packages built from a local directory (the project, path
+    dependencies, workspace members) get the bare ``pkg:pypi/name@version``.
+    """
+    if version is None:
         return None
+    kind, _, location = source.partition("+")
     base = f"pkg:pypi/{quote(name, safe='')}@{quote(version, safe='')}"
     qualifier = None
     if kind == "registry" and location.startswith(("http://", "https://")):
@@ -65,6 +72,9 @@ def purl(name: str, version: str | None, source: str) -> str | None:
         qualifier = f"vcs_url={quote('git+' + location, safe=':/@')}"
     elif kind == "url":
         qualifier = f"download_url={quote(location, safe=':/')}"
+    elif kind == "path":
+        # The file's name, not its path: the path is this machine's.
+        qualifier = f"file_name={quote(location.rstrip('/').rsplit('/', 1)[-1], safe='')}"
     return f"{base}?{qualifier}" if qualifier else base
 
 
@@ -149,6 +159,7 @@ def build_sbom(
     root["name"] = project_name or "project"
     if project_version:
         root["version"] = project_version
+        root["purl"] = purl(root["name"], project_version, "directory+.")
     metadata: dict[str, Any] = {}
     stamp = _timestamp(source_date_epoch)
     if stamp:

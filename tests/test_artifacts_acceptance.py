@@ -442,6 +442,7 @@ def test_virtual_project_with_hashed_wheel(
     assert validator.validate_str(json.dumps(sbom)) is None
     (toygamma,) = (c for c in sbom["components"] if c["name"] == "toygamma")
     assert toygamma["hashes"] == [{"alg": "SHA-256", "content": digest}]
+    assert toygamma["purl"] == f"pkg:pypi/toygamma@1.0?file_name={wheel.name}"
 
 
 def test_failure_mid_write_leaves_nothing_complete(uv_pytester: pytest.Pytester) -> None:

@@ -110,11 +110,12 @@ def test_components_hashes_and_graph() -> None:
     assert beta["hashes"] == [{"alg": "SHA-512", "content": C}]
     assert beta["purl"] == ("pkg:pypi/beta@2.0?repository_url=https://mirror.example/simple")
     assert beta["licenses"] == [{"license": {"name": "BSD License"}}]
-    assert "purl" not in components["local-lib"]
+    assert components["local-lib"]["purl"] == "pkg:pypi/local-lib@0.3"
     graph = {d["ref"]: d["dependsOn"] for d in bom["dependencies"]}
     assert graph["app@1.0"] == ["alpha@1.2.0+local.1", "beta@2.0", "local-lib@0.3"]
     assert graph["beta@2.0"] == ["alpha@1.2.0+local.1"]
     assert bom["metadata"]["component"]["name"] == "app"
+    assert bom["metadata"]["component"]["purl"] == "pkg:pypi/app@1.0"
 
 
 def test_sbom_is_reproducible() -> None:
@@ -136,7 +137,11 @@ def test_sbom_is_reproducible() -> None:
             "pkg:pypi/x@1.0?vcs_url=git%2Bhttps://h/x.git%3Frev%3Dv1%23abc",
         ),
         ("url+https://h/x-1.0.tar.gz", "pkg:pypi/x@1.0?download_url=https://h/x-1.0.tar.gz"),
-        ("editable+.", None),
+        ("editable+.", "pkg:pypi/x@1.0"),
+        (
+            "path+../wheels/x-1.0-py3-none-any.whl",
+            "pkg:pypi/x@1.0?file_name=x-1.0-py3-none-any.whl",
+        ),
     ],
 )
 def test_purl(source: str, expected: str | None) -> None:
