@@ -350,6 +350,13 @@ class BuildRecordHooks:
             artifacts.source_date_epoch()
         except UvBuildError as exc:
             raise pytest.UsageError(str(exc)) from None
+        if config.getoption("uv_gate") and self.baseline is None:
+            # A gate with nothing to compare would pass silently: say so instead.
+            raise pytest.UsageError(
+                "--uv-gate compares with a baseline, but none was given. Fix: pass "
+                "--uv-baseline=PATH (an earlier builds/<id>/ or its audit.json) or set "
+                "uv_baseline in the ini file."
+            )
 
     @pytest.hookimpl(trylast=True)
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:

@@ -380,6 +380,7 @@ def test_no_artifacts(uv_pytester: pytest.Pytester) -> None:
         (("--uv-build", "--uv-baseline=missing"), "*Baseline *missing does not exist. Fix:*"),
         (("--uv-build", "--uv-baseline=blocker"), "*Baseline *blocker is not JSON*Fix:*"),
         (("--uv-gate",), "*--uv-gate needs --uv-build. Fix: add --uv-build*"),
+        (("--uv-build", "--uv-gate"), "*--uv-gate compares with a baseline, but none was given*"),
     ],
 )
 def test_usage_errors(uv_pytester: pytest.Pytester, args: tuple[str, ...], message: str) -> None:
