@@ -205,13 +205,20 @@ def lock_packages(
     in this install mode) or ``null`` (a marker could not be evaluated, so
     it is neither required nor reported as extra).
     """
-    selected = graph.select(
-        project,
-        groups=groups,
-        extras=extras,
-        only_groups=only_groups,
-        environment=environment,
-    )
+    from pytest_uvbuild.lockgraph import SelectedPackage
+
+    if project is not None and graph.find(project):
+        selected = graph.select(
+            project,
+            groups=groups,
+            extras=extras,
+            only_groups=only_groups,
+            environment=environment,
+        )
+    else:
+        # A virtual workspace root is not a package of its lock, so there is
+        # no walk to make: list every package, neither required nor extra.
+        selected = {p.ref: SelectedPackage(p, in_env=None) for p in graph.packages}
     rows = []
     for ref, entry in selected.items():
         package = entry.package

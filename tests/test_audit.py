@@ -141,6 +141,15 @@ def test_source_mode_does_not_expect_local_packages(graph: LockGraph) -> None:
     assert _rows(graph, install_mode="wheel")["app"]["expected"] is True
 
 
+def test_project_missing_from_the_lock(graph: LockGraph) -> None:
+    """Without the project in the lock, every package is listed and none is required."""
+    rows = _rows(graph, project="workspace-root")
+    assert len(rows) == 6
+    assert {r["expected"] for r in rows.values()} == {None}
+    installed = {"alpha": _dist("alpha", "1.2.0"), "stray": _dist("stray", "1.0")}
+    assert [d["name"] for d in compute_drift(list(rows.values()), installed)] == ["stray"]
+
+
 def test_source_label_strips_credentials() -> None:
     """Lock sources become one string, without credentials in URLs."""
     assert source_label({"git": "https://user:pw@example.com/b.git?rev=v1#0123"}) == (
