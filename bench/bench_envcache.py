@@ -9,8 +9,9 @@
     Goal: 1.2x or less.
 (c) A warm ``python -m pytest --uv-build`` of one test that asks for
     ``uv_env`` against plain ``python -m pytest`` of one trivial test.
-    Goal: 1.10x or less. The same with ``--uv-no-artifacts`` isolates the
-    env cache from the build record that ``--uv-build`` writes by default.
+    Goal: 1.10x or less. ``--uv-build`` also writes (or, with
+    ``--uv-no-artifacts``, still audits) a build record; the fixture alone,
+    without ``--uv-build``, measures the env cache by itself.
 
 Everything is offline against the toy wheelhouse (``support.wheelhouse``);
 nothing touches the user's caches. Run: ``python bench/bench_envcache.py
@@ -41,7 +42,8 @@ TRIVIAL_TEST = "def test_trivial():\n    assert True\n"
 def _run(argv: Sequence[str], *, cwd: Path, env: dict[str, str]) -> None:
     proc = subprocess.run(list(argv), cwd=cwd, env=env, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(argv)} failed ({proc.returncode}):\n{proc.stdout}{proc.stderr}")
+        command = " ".join(argv)
+        raise SystemExit(f"{command} failed ({proc.returncode}):\n{proc.stdout}{proc.stderr}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -53,20 +55,23 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     scratch = support.scratch_dir(SUITE)
     env = support.isolated_env(scratch)
+    # Measure what users see: Python keeps compiled bytecode between runs.
+    # (Without it, every run recompiles pytest and the plugin from source.)
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     # The in-process side (a) must see the same isolated caches as the subprocesses.
     os.environ.update({k: env[k] for k in ("UV_CACHE_DIR", "PYTEST_UVBUILD_CACHE_DIR")})
     os.environ["UV_PYTHON_DOWNLOADS"] = "never"
     house = support.wheelhouse(scratch)
     project = toys.write_project(scratch / "project", house)
+    # Both sides of (c) run in the same project dir, with the same config and
+    # one named test file each, so that only the plugin's work differs.
     (project / "test_env.py").write_text(ENV_TEST)
-    plain = scratch / "plain"
-    plain.mkdir()
-    (plain / "test_trivial.py").write_text(TRIVIAL_TEST)
+    (project / "test_trivial.py").write_text(TRIVIAL_TEST)
     uv = str(toys.UV)
     rows: list[dict[str, Any]] = []
 
     # Warm uv's package cache and our env cache once.
-    _run([sys.executable, "-m", "pytest", "-q", "--uv-build"], cwd=project, env=env)
+    _run([sys.executable, "-m", "pytest", "-q", "--uv-build", "test_env.py"], cwd=project, env=env)
 
     # (a) the cache hit against uv's no-op sync.
     from pytest_uvbuild.envcache import EnvCache, EnvRequest
@@ -126,12 +131,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     # (c) a warm pytest session asking for uv_env against a plain trivial run.
     pytest_cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
     for case, extra in (
-        ("warm pytest --uv-build, one test using uv_env", []),
-        ("warm pytest --uv-build --uv-no-artifacts, one test using uv_env", ["--uv-no-artifacts"]),
+        ("warm pytest --uv-build, one test using uv_env", ["--uv-build"]),
+        (
+            "warm pytest --uv-build --uv-no-artifacts, one test using uv_env",
+            ["--uv-build", "--uv-no-artifacts"],
+        ),
+        ("warm pytest (no --uv-build), one test using uv_env", []),
     ):
         ours, base = side_by_side(
-            lambda extra=extra: _run([*pytest_cmd, "--uv-build", *extra], cwd=project, env=env),
-            lambda: _run(pytest_cmd, cwd=plain, env=env),
+            lambda extra=extra: _run([*pytest_cmd, *extra, "test_env.py"], cwd=project, env=env),
+            lambda: _run([*pytest_cmd, "test_trivial.py"], cwd=project, env=env),
             repeats,
         )
         rows.append(
@@ -139,7 +148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 SUITE,
                 case,
                 ours,
-                "python -m pytest, one trivial test",
+                "python -m pytest, one trivial test (same project)",
                 base,
                 goal="1.10x or less",
             )

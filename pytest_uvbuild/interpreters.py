@@ -10,6 +10,7 @@ nothing.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -20,13 +21,16 @@ import sysconfig
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
-
-from packaging.specifiers import InvalidSpecifier, SpecifierSet
-from packaging.version import InvalidVersion, Version
+from typing import TYPE_CHECKING, Any, Final
 
 from pytest_uvbuild.errors import InterpreterNotFoundError
 from pytest_uvbuild.probecache import probe
+
+if TYPE_CHECKING:
+    # packaging costs ~10 ms to import; the cache-hit path avoids it (see
+    # _requires_python_allows), so it is imported where it is needed.
+    from packaging.specifiers import SpecifierSet
+    from packaging.version import Version
 
 __all__ = [
     "Interpreter",
@@ -193,6 +197,8 @@ def _pyenv_root() -> Path:
 
 
 def _version_sort_key(name: str) -> Version:
+    from packaging.version import InvalidVersion, Version
+
     try:
         return Version(name)
     except InvalidVersion:
@@ -270,6 +276,8 @@ class _Request:
 
 def parse_request(text: str) -> _Request:
     """Parse ``3.12``, ``3.12.1``, ``cpython3.12``, ``pypy3.10`` or ``>=3.11,<3.13``."""
+    from packaging.specifiers import InvalidSpecifier, SpecifierSet
+
     text = text.strip()
     m = _REQUEST_RE.match(text)
     if m and m.group("version"):
@@ -410,12 +418,12 @@ def _resolve_local(
     current = current_interpreter()
     if not requires_python:
         return current
-    try:
-        spec = SpecifierSet(requires_python)
-    except InvalidSpecifier:
+    allowed = _requires_python_allows(requires_python, current, probe_dir)
+    if allowed is None or allowed:
         return current
-    if spec.contains(current.version, prereleases=True):
-        return current
+    from packaging.specifiers import SpecifierSet
+
+    spec = SpecifierSet(requires_python)
     found: list[Interpreter] = [current]
     for path in discover():
         interp = inspect(path, probe_dir)
@@ -424,4 +432,31 @@ def _resolve_local(
     matching = [i for i in found if spec.contains(i.version, prereleases=True)]
     if not matching:
         raise _not_found(f"requires-python {requires_python}", found, requires_python)
-    return max(matching, key=lambda i: Version(i.version))
+    return max(matching, key=lambda i: _version_sort_key(i.version))
+
+
+def _requires_python_allows(
+    requires_python: str, interp: Interpreter, probe_dir: Path | None
+) -> bool | None:
+    """Whether ``interp`` satisfies ``requires-python``; ``None`` if the specifier is invalid.
+
+    The answer is kept with the interpreter's other probe facts, so a warm
+    session neither imports packaging nor parses the specifier again.
+    """
+
+    def compute() -> dict[str, Any]:
+        from packaging.specifiers import InvalidSpecifier, SpecifierSet
+
+        try:
+            spec = SpecifierSet(requires_python)
+        except InvalidSpecifier:
+            return {"allowed": None}
+        return {"allowed": spec.contains(interp.version, prereleases=True)}
+
+    digest = hashlib.sha256(f"{requires_python}\0{interp.version}".encode()).hexdigest()[:16]
+    try:
+        answer = probe(probe_dir, f"requires-python-{digest}", interp.path, compute)
+    except OSError:
+        answer = compute()
+    allowed = answer.get("allowed")
+    return allowed if isinstance(allowed, bool) else None

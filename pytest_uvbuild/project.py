@@ -10,15 +10,25 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from packaging.utils import canonicalize_name
-
 from pytest_uvbuild.errors import LockfileError, ProjectNotFoundError, SelectionError
+
+# PEP 503 name normalisation, as packaging.utils.canonicalize_name does it;
+# importing packaging.utils pulls in packaging.tags, which a cache hit can do
+# without.
+_SEPARATORS = re.compile(r"[-_.]+")
+
+
+def canonicalize_name(name: str) -> str:
+    """Normalise a distribution, group or extra name (PEP 503): ``Foo_Bar`` -> ``foo-bar``."""
+    return _SEPARATORS.sub("-", name).lower()
+
 
 if sys.version_info >= (3, 11):
     import tomllib

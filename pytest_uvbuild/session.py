@@ -183,7 +183,7 @@ class UvBuildSession:
             state = "hit" if env.hit else f"miss ({env.reason})"
             lines.append(
                 f"env {env.key} {state} in {env.seconds * 1000:.1f} ms: {env.path}"
-                f" [{env.interpreter.describe()}, {len(env.packages)} packages,"
+                f" [{env.interpreter.describe()}, {env.package_count()} packages,"
                 f" install {env.install_mode}]"
             )
         return lines

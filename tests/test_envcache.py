@@ -188,6 +188,7 @@ def test_env_holds_dependencies_and_the_layer_holds_the_project(
     try:
         assert env.packages["toyalpha"] == "1.0"
         assert env.packages["demo"] == "0.1.0"
+        assert env.package_count() == len(env.packages)
         assert not list(env.site_packages.glob("demo*"))
         out = env.run(
             ["python", "-c", "import demo, toyalpha; print(demo.__file__)"],
@@ -529,3 +530,34 @@ def test_groups_and_extras_follow_uv_semantics(
         "toygamma",
         "pytest",
     }
+
+
+def test_cache_hit_imports_no_packaging_and_runs_no_uv(
+    project: Path, tmp_path: Path, logged: tuple[Uv, Path]
+) -> None:
+    """A warm hit in a fresh process neither imports packaging nor starts uv."""
+    uv, log = logged
+    cache_root = tmp_path / "cache"
+    _make(EnvCache(cache_root, uv), project).release()
+    calls = uv_calls(log)
+    script = textwrap.dedent(
+        f"""\
+        import sys
+        from pathlib import Path
+        from pytest_uvbuild.envcache import EnvCache, EnvRequest
+        p = Path({str(project)!r})
+        cache = EnvCache(Path({str(cache_root)!r}))
+        env = cache.materialise(EnvRequest(project_dir=p), start_dir=p)
+        assert env.hit, env.reason
+        print(sorted(m for m in sys.modules if m.split(".")[0] in ("packaging", "concurrent")))
+        """
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTEST_UVBUILD_UV": str(uv.binary)},
+    )
+    assert proc.stdout.strip() == "[]"
+    assert uv_calls(log) == calls
