@@ -21,6 +21,7 @@ nothing touches the user's caches. Run: ``python bench/bench_envcache.py
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import shutil
 import subprocess
@@ -115,7 +116,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         _run(sync, cwd=project, env={**env, "UV_PROJECT_ENVIRONMENT": str(fresh["venv"])})
 
     ours, base = side_by_side(cold_ours, cold_uv, repeats, setup=new_dirs)
-    shutil.rmtree(scratch / "cold", ignore_errors=True)
     rows.append(
         row(
             SUITE,
@@ -125,6 +125,35 @@ def main(argv: Sequence[str] | None = None) -> int:
             base,
             goal="1.2x or less",
             note="ours = uv export + uv sync --no-install-local + project wheel layer",
+        )
+    )
+
+    # The same work done by hand with uv, one command after the other: what
+    # the cold build costs without our orchestration (and its parallel layer).
+    def cold_by_hand() -> None:
+        venv, layer = fresh["venv"], fresh["cache"] / "layer"
+        common = ["--python", sys.executable, "--offline"]
+        _run([uv, "export", "--locked", "--no-hashes", "-q", *common], cwd=project, env=env)
+        _run(
+            [uv, "sync", "--locked", "--no-install-local", "-q", *common],
+            cwd=project,
+            env={**env, "UV_PROJECT_ENVIRONMENT": str(venv)},
+        )
+        _run([uv, "build", "--wheel", "-q", "-o", str(layer / "w"), *common], cwd=project, env=env)
+        wheels = [str(w) for w in (layer / "w").glob("*.whl")]
+        install = [uv, "pip", "install", "--no-deps", "-q", "--target", str(layer / "site")]
+        _run([*install, *common, *wheels], cwd=project, env=env)
+
+    ours, base = side_by_side(cold_ours, cold_by_hand, repeats, setup=new_dirs)
+    shutil.rmtree(scratch / "cold", ignore_errors=True)
+    rows.append(
+        row(
+            SUITE,
+            "cold env build, warm uv package cache",
+            ours,
+            "the same uv commands run by hand in sequence",
+            base,
+            note="export, sync --no-install-local, build --wheel, pip install --target",
         )
     )
 
@@ -139,8 +168,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         ("warm pytest (no --uv-build), one test using uv_env", []),
     ):
         ours, base = side_by_side(
-            lambda extra=extra: _run([*pytest_cmd, *extra, "test_env.py"], cwd=project, env=env),
-            lambda: _run([*pytest_cmd, "test_trivial.py"], cwd=project, env=env),
+            functools.partial(_run, [*pytest_cmd, *extra, "test_env.py"], cwd=project, env=env),
+            functools.partial(_run, [*pytest_cmd, "test_trivial.py"], cwd=project, env=env),
             repeats,
         )
         rows.append(
