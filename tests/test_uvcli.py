@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -123,3 +124,15 @@ def test_python_download_failure_is_an_interpreter_error(
     with pytest.raises(InterpreterNotFoundError, match="uv could not download one") as info:
         Uv(toys.UV).install_python("3.99", offline=True)
     assert "install that Python yourself" in str(info.value)
+
+
+def test_no_uv_anywhere(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Without the uv package and without uv on PATH, the error lists both and says pip install."""
+    monkeypatch.setitem(sys.modules, "uv", None)  # makes `import uv` raise ImportError
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(UvNotFoundError) as info:
+        find_uv()
+    message = str(info.value)
+    assert "the 'uv' Python package (not installed)" in message
+    assert "'uv' on PATH" in message
+    assert "Fix: `pip install uv`" in message
