@@ -192,7 +192,10 @@ def uv_env(pytestconfig: pytest.Config) -> UvEnv:
     try:
         return uvbuild.main_env
     except UvBuildError as exc:
-        pytest.fail(f"uv_env: {exc}", pytrace=False)
+        message = str(exc)
+    # Failing outside the except block keeps pytest from also printing the
+    # original exception as the "context" of this one.
+    pytest.fail(f"uv_env: {message}", pytrace=False)
 
 
 @pytest.fixture(scope="session")
@@ -239,7 +242,8 @@ def uv_env_factory(
         try:
             return uvbuild.env_for(request, rebuild=rebuild)
         except UvBuildError as exc:
-            pytest.fail(f"uv_env_factory: {exc}", pytrace=False)
+            message = str(exc)
+        pytest.fail(f"uv_env_factory: {message}", pytrace=False)
 
     return factory
 

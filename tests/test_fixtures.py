@@ -97,4 +97,5 @@ def test_errors_inside_fixtures_are_one_message(
         ]
     )
     assert "Traceback" not in output
+    assert "During handling of the above exception" not in output
     assert "envcache.py" not in output
