@@ -21,13 +21,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
-
-from packaging.utils import canonicalize_name
-from packaging.version import InvalidVersion, Version
 
 from pytest_uvbuild.errors import UvBuildError
 
@@ -78,6 +76,18 @@ class InstalledDist:
     source_kind: str
     commit: str | None
     path: Path
+
+
+_NAME_SEPARATORS: Final = re.compile(r"[-_.]+")
+
+
+def _canonical_name(name: str) -> str:
+    """PEP 503 normalisation (as ``packaging.utils.canonicalize_name``, without the import).
+
+    Every session scans dist-info names; importing packaging for this alone
+    would cost a warm session more than the scan itself.
+    """
+    return _NAME_SEPARATORS.sub("-", name).lower()
 
 
 def _parse_headers(fh: Any) -> Any:
@@ -142,7 +152,7 @@ def scan_installed(paths: Iterable[Path]) -> dict[str, InstalledDist]:
                 if parsed is None:
                     continue
                 name, version = parsed
-            key = canonicalize_name(name)
+            key = _canonical_name(name)
             if key in found:
                 continue
             kind, commit = _direct_url_kind(dist_info)
@@ -181,10 +191,14 @@ def read_license(dist_info: Path) -> tuple[str, str] | None:
 
 
 def _versions_equal(a: str, b: str) -> bool:
+    if a == b:
+        return True  # the usual case, decided without importing packaging
+    from packaging.version import InvalidVersion, Version
+
     try:
         return Version(a) == Version(b)
     except InvalidVersion:
-        return a == b
+        return False
 
 
 def lock_packages(
@@ -223,7 +237,7 @@ def lock_packages(
     for ref, entry in selected.items():
         package = entry.package
         kind = _source_kind(package.source)
-        is_root = project is not None and package.name == canonicalize_name(project)
+        is_root = project is not None and package.name == _canonical_name(project)
         expected: bool | None = entry.in_env
         if kind == "virtual":
             expected = False  # a virtual project is never installed
@@ -347,7 +361,7 @@ def _packages_view(
     for row in rows:
         if row.get("root"):
             continue
-        name = canonicalize_name(str(row["name"]))
+        name = _canonical_name(str(row["name"]))
         versions.setdefault(name, set()).add(str(row.get("version")))
         sources.setdefault(name, set()).add(str(row.get("source")))
     return {n: (tuple(sorted(versions[n])), tuple(sorted(sources[n]))) for n in sorted(versions)}
@@ -429,6 +443,8 @@ def change_kind(old: str, new: str) -> tuple[str, str]:
     or dev-release part differs, else ``other`` (post-release, local, or an
     unparseable version).
     """
+    from packaging.version import InvalidVersion, Version
+
     try:
         a, b = Version(old), Version(new)
     except InvalidVersion:
