@@ -561,3 +561,38 @@ def test_cache_hit_imports_no_packaging_and_runs_no_uv(
     )
     assert proc.stdout.strip() == "[]"
     assert uv_calls(log) == calls
+
+
+def test_workspace_member_edits_are_never_stale(
+    tmp_path: Path, wheelhouse: Path, shared_env_cache: Path
+) -> None:
+    """A workspace member is built into the layer from the working tree, edits included."""
+    root = tmp_path / "ws"
+    toys.write_project(
+        root / "packages" / "member", wheelhouse, name="member", with_pytest=False, lock=False
+    )
+    toys.write_project(
+        root,
+        wheelhouse,
+        dependencies=["toyalpha==1.0", "member"],
+        extra_toml=textwrap.dedent(
+            """\
+            [tool.uv.workspace]
+            members = ["packages/*"]
+            [tool.uv.sources]
+            member = { workspace = true }
+            """
+        ),
+    )
+    cache = EnvCache(shared_env_cache)
+    env = _make(cache, root)
+    env.release()
+    assert {"demo", "member", "toyalpha"} <= set(env.packages)
+    (root / "packages" / "member" / "src" / "member" / "__init__.py").write_text('WHERE = "v2"\n')
+    again = _make(cache, root)
+    again.release()
+    assert again.key == env.key
+    out = again.run(
+        ["python", "-c", "import member; print(member.WHERE)"], capture_output=True, text=True
+    )
+    assert out.stdout.strip() == "v2"
