@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import http.server
 import os
@@ -48,10 +49,8 @@ def _left_behind(cache: Path) -> list[str]:
     """Envs and project layers in the cache (a failed session must leave none)."""
     found = []
     for sub in ("envs", "layers"):
-        try:
+        with contextlib.suppress(OSError):
             found += [f"{sub}/{name}" for name in os.listdir(cache / sub)]
-        except OSError:
-            pass
     return sorted(found)
 
 
