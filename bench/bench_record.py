@@ -49,6 +49,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     scratch = support.scratch_dir(SUITE)
     env = support.isolated_env(scratch)
+    # Sessions should import cached bytecode, as they do on a user's machine;
+    # a shell that disables .pyc writing would charge recompiles to the plugin.
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     os.environ.update({k: env[k] for k in ("UV_CACHE_DIR", "PYTEST_UVBUILD_CACHE_DIR")})
     os.environ["UV_PYTHON_DOWNLOADS"] = "never"
     os.environ.pop("SOURCE_DATE_EPOCH", None)
