@@ -139,6 +139,9 @@ def isolated_env(scratch: Path) -> dict[str, str]:
         PYTEST_UVBUILD_CACHE_DIR=str(scratch / "env-cache"),
     )
     env.pop("VIRTUAL_ENV", None)
+    # Some shells (and this project's sandbox) set it; a user's machine keeps
+    # .pyc files, and without them every run recompiles pytest.
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     return env
 
 
