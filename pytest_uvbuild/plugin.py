@@ -121,6 +121,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="How the project itself is installed: wheel (default), source or no",
     )
     parser.addini("uv_install_project", default=None, help="Same as --uv-install-project")
+    _add_hermetic_options(parser, group)
     _add_build_record_options(parser, group)
     group.addoption(
         "--uv-python-downloads",
@@ -142,6 +143,7 @@ def pytest_configure(config: pytest.Config) -> None:
         "when --uv-build is given",
     )
     config.stash[SESSION_KEY] = UvBuildSession(config)
+    _configure_hermetic(config)
     _configure_build_record(config)
 
 
@@ -420,3 +422,53 @@ class BuildRecordHooks:
             terminalreporter.write_sep("!", "uv-build audit FAILED", red=True)
             for line in self.outcome.failure_lines():
                 terminalreporter.write_line(line)
+
+
+# -- hermetic runs: the marker, --hermetic-all, the batched runner ----------
+
+
+def _add_hermetic_options(parser: pytest.Parser, group: Any) -> None:
+    group.addoption(
+        "--hermetic-all",
+        action="store_true",
+        default=False,
+        dest="hermetic_all",
+        help="With --uv-build, treat every test as hermetic: collect and run the whole "
+        "suite inside the locked env, importing nothing of it here",
+    )
+    group.addoption(
+        "--hermetic-timeout",
+        metavar="SECONDS",
+        type=float,
+        default=None,
+        dest="hermetic_timeout",
+        help="Default timeout of each hermetic test (0: none); overrides ini hermetic_timeout",
+    )
+    parser.addini(
+        "hermetic_timeout",
+        default=None,
+        help="Default timeout in seconds of each hermetic test (empty or 0: none)",
+    )
+    parser.addini(
+        "hermetic_passenv",
+        type="args",
+        default=[],
+        help="Environment variables (names or globs such as AWS_*) passed into hermetic tests",
+    )
+
+
+def _configure_hermetic(config: pytest.Config) -> None:
+    """Register the per-run hermetic plugin (it validates the marker even without --uv-build)."""
+    from pytest_uvbuild.hermetic import HermeticPlugin
+
+    config.pluginmanager.register(HermeticPlugin(config), "uvbuild-hermetic")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_load_initial_conftests(early_config: pytest.Config) -> None:
+    """With ``--hermetic-all``, import no conftest.py here: they load inside the env."""
+    namespace = early_config.known_args_namespace
+    if not getattr(namespace, "hermetic_all", False):
+        return
+    if getattr(namespace, "uv_build", False) or early_config.getini("uv_build"):
+        namespace.noconftest = True

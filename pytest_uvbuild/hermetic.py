@@ -1,0 +1,601 @@
+"""Which tests run hermetically, in which env, and how the outer session drives them.
+
+* ``@pytest.mark.hermetic(...)`` on a function, class or module: its
+  arguments are validated (:func:`parse_marker`); a bad one is a collection
+  error naming it. ``python=[...]`` collects the test once per interpreter
+  (``test_x[py3.12]``), each in its own env.
+* ``--hermetic-all``: nothing of the suite is imported here. A worker in the
+  main env collects, and this side builds a :class:`HermeticItem` stand-in
+  per test, so that ``-k``, ``-m``, ``--lf``, ``-x``, junitxml and the
+  terminal behave as in-process.
+* :class:`HermeticPlugin` is the per-run object: it plans every hermetic item
+  (:class:`ItemPlan`), runs it through :mod:`pytest_uvbuild.runner` in
+  ``pytest_runtest_protocol`` and stops the workers at the end.
+
+Without ``--uv-build`` the marker is validated and nothing else happens:
+marked tests run in-process as usual.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+import pytest
+
+from pytest_uvbuild.errors import UvBuildError
+from pytest_uvbuild.outcomes import HERMETIC_OUTCOMES_KEY, HermeticOutcomes
+from pytest_uvbuild.request import EnvRequest
+from pytest_uvbuild.session import SESSION_KEY, is_xdist_worker
+
+if TYPE_CHECKING:
+    from pytest_uvbuild.runner import HermeticRunner, Launch
+
+__all__ = [
+    "MARKER",
+    "PYTHON_PARAM",
+    "HermeticItem",
+    "HermeticOptions",
+    "HermeticPlugin",
+    "ItemPlan",
+    "MarkerError",
+    "parse_marker",
+    "with_python_id",
+    "without_python_id",
+]
+
+MARKER: Final = "hermetic"
+#: The parameter ``python=[...]`` adds; its ids are ``py<version>``.
+PYTHON_PARAM: Final = "uvbuild_python"
+_ARGUMENTS: Final = ("timeout", "env", "python", "groups", "extras", "project", "network")
+
+
+class MarkerError(UvBuildError, ValueError):
+    """A ``hermetic`` marker has an unknown argument or a value of the wrong type."""
+
+
+@dataclass(frozen=True)
+class HermeticOptions:
+    """The merged arguments of every ``hermetic`` marker on a test (closest wins)."""
+
+    timeout: float | None = None
+    timeout_given: bool = False
+    env: tuple[tuple[str, str], ...] = ()
+    pythons: tuple[str, ...] = ()
+    python_matrix: bool = False
+    groups: tuple[str, ...] | None = None
+    extras: tuple[str, ...] | None = None
+    project: str | None = None
+    network: bool = True
+
+
+def _names(value: Any, argument: str, where: str) -> tuple[str, ...]:
+    if isinstance(value, str):
+        return (value,)
+    if isinstance(value, (list, tuple)) and all(isinstance(v, str) and v for v in value):
+        return tuple(value)
+    raise MarkerError(
+        f"{where}: hermetic({argument}=...) must be a string or a list of strings, not {value!r}"
+    )
+
+
+def parse_marker(marks: Iterable[Any], where: str) -> HermeticOptions:
+    """Merge ``hermetic`` marks (closest first) into options; raise :class:`MarkerError`."""
+    merged: dict[str, Any] = {}
+    for mark in marks:
+        if mark.args:
+            raise MarkerError(
+                f"{where}: hermetic takes keyword arguments only "
+                f"({', '.join(_ARGUMENTS)}), got positional {list(mark.args)!r}"
+            )
+        for name, value in mark.kwargs.items():
+            if name not in _ARGUMENTS:
+                raise MarkerError(
+                    f"{where}: hermetic got an unknown argument {name!r}; "
+                    f"valid arguments are {', '.join(_ARGUMENTS)}"
+                )
+            merged.setdefault(name, value)
+    options: dict[str, Any] = {}
+    if "timeout" in merged:
+        timeout = merged["timeout"]
+        if timeout is not None and (
+            isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0
+        ):
+            raise MarkerError(
+                f"{where}: hermetic(timeout=...) must be a positive number of seconds "
+                f"or None, not {timeout!r}"
+            )
+        options["timeout"] = None if timeout is None else float(timeout)
+        options["timeout_given"] = True
+    if "env" in merged:
+        env = merged["env"]
+        if not isinstance(env, Mapping) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in env.items()
+        ):
+            raise MarkerError(
+                f"{where}: hermetic(env=...) must be a dict of strings to strings, not {env!r}"
+            )
+        options["env"] = tuple(sorted(env.items()))
+    if merged.get("python") is not None:
+        python = merged["python"]
+        options["pythons"] = _names(python, "python", where)
+        options["python_matrix"] = not isinstance(python, str)
+        if not options["pythons"]:
+            raise MarkerError(f"{where}: hermetic(python=[]) names no interpreter")
+    for name in ("groups", "extras"):
+        if merged.get(name) is not None:
+            options[name] = _names(merged[name], name, where)
+    if merged.get("project") is not None:
+        project = merged["project"]
+        if not isinstance(project, (str, os.PathLike)):
+            raise MarkerError(f"{where}: hermetic(project=...) must be a path, not {project!r}")
+        options["project"] = os.fspath(project)
+    if "network" in merged:
+        if not isinstance(merged["network"], bool):
+            raise MarkerError(
+                f"{where}: hermetic(network=...) must be True or False, not {merged['network']!r}"
+            )
+        options["network"] = merged["network"]
+    return HermeticOptions(**options)
+
+
+def with_python_id(text: str, version: str) -> str:
+    """``test_x`` -> ``test_x[py3.12]``; ``test_x[1]`` -> ``test_x[1-py3.12]``."""
+    if text.endswith("]") and "[" in text:
+        return f"{text[:-1]}-py{version}]"
+    return f"{text}[py{version}]"
+
+
+def without_python_id(text: str, version: str) -> str:
+    """Undo :func:`with_python_id`."""
+    for suffix, replacement in ((f"[py{version}]", ""), (f"-py{version}]", "]")):
+        if text.endswith(suffix):
+            return text[: -len(suffix)] + replacement
+    return text
+
+
+@dataclass(frozen=True)
+class ItemPlan:
+    """How one outer item runs: its inner node id, its batch, its limits."""
+
+    inner_id: str
+    key: tuple[EnvRequest, tuple[tuple[str, str], ...]] | None
+    timeout: float | None
+    network: bool = True
+    error: str | None = None
+
+
+class HermeticItem(pytest.Item):
+    """The outer stand-in for a test collected inside the locked env (``--hermetic-all``)."""
+
+    def __init__(
+        self,
+        *,
+        inner_id: str,
+        location: Sequence[Any],
+        markers: Sequence[Sequence[Any]],
+        keywords: Iterable[str],
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.inner_id = inner_id
+        self._reportinfo = (self.path, location[1], str(location[2]))
+        for name, args, mark_kwargs in markers:
+            mark = pytest.Mark(str(name), tuple(args), dict(mark_kwargs), _ispytest=True)
+            self.own_markers.append(mark)
+            self.keywords.setdefault(str(name), mark)
+        self.extra_keyword_matches.update(keywords)
+
+    def runtest(self) -> None:
+        """Never called: the test body runs only in the locked env."""
+        raise RuntimeError(f"{self.nodeid} runs only inside the locked environment")
+
+    def reportinfo(self) -> tuple[Path, int | None, str]:
+        """The inner item's location."""
+        return self._reportinfo
+
+
+def _hermetic_timeout(config: pytest.Config) -> float | None:
+    value = config.getoption("hermetic_timeout", None)
+    if value is None:
+        raw = config.getini("hermetic_timeout")
+        if raw in (None, ""):
+            return None
+        try:
+            value = float(str(raw))
+        except ValueError:
+            raise pytest.UsageError(
+                f"hermetic_timeout = {raw!r} is not a number of seconds. "
+                "Fix: set it to e.g. 60, or remove it."
+            ) from None
+    return float(value) if value and float(value) > 0 else None
+
+
+@dataclass
+class _Plans:
+    members: dict[object, list[str]] = field(default_factory=dict)
+    no_network: dict[object, set[str]] = field(default_factory=dict)
+
+
+_PLAN_KEY: Final = pytest.StashKey[ItemPlan]()
+
+
+class HermeticPlugin:
+    """Per-run wiring of hermetic tests; registered by the plugin in ``pytest_configure``."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+        self.uvbuild = config.stash[SESSION_KEY]
+        self.enabled = self.uvbuild.enabled
+        self.hermetic_all = bool(config.getoption("hermetic_all", False)) and self.enabled
+        self.default_timeout = _hermetic_timeout(config)
+        self.passenv = tuple(str(p) for p in config.getini("hermetic_passenv"))
+        self._runner: HermeticRunner | None = None
+        self._scratch: Path | None = None
+        self._plans = _Plans()
+        self._main_key = (self.uvbuild.request, ())
+        if HERMETIC_OUTCOMES_KEY not in config.stash:
+            config.stash[HERMETIC_OUTCOMES_KEY] = HermeticOutcomes()
+
+    # -- scratch space and the runner ------------------------------------
+
+    @property
+    def scratch(self) -> Path:
+        """Per-session scratch: worker specs, logs, capture files and the scrubbed HOME."""
+        if self._scratch is None:
+            self._scratch = Path(tempfile.mkdtemp(prefix="pytest-uvbuild-"))
+            (self._scratch / "home").mkdir()
+        return self._scratch
+
+    @property
+    def runner(self) -> HermeticRunner:
+        """The session's runner, made on first use."""
+        if self._runner is None:
+            from pytest_uvbuild.runner import HermeticRunner
+
+            self._runner = HermeticRunner(self.config, scratch=self.scratch)
+        return self._runner
+
+    def _conftest_option_strings(self) -> list[str]:
+        """Long option strings registered by conftest.py files (forwarded as given)."""
+        found: list[str] = []
+        recorder = _OptionRecorder(found)
+        for plugin in self.config.pluginmanager.get_plugins():
+            path = getattr(plugin, "__file__", None)
+            addoption = getattr(plugin, "pytest_addoption", None)
+            if not path or os.path.basename(path) != "conftest.py" or addoption is None:
+                continue
+            try:
+                addoption(
+                    **{
+                        name: value
+                        for name, value in (
+                            ("parser", recorder),
+                            ("pluginmanager", self.config.pluginmanager),
+                        )
+                        if name in addoption.__code__.co_varnames
+                    }
+                )
+            except Exception:  # noqa: S112 - best effort: the worker registers them anyway
+                continue
+        return found
+
+    def launch_for(self, key: tuple[EnvRequest, tuple[tuple[str, str], ...]]) -> Launch:
+        """Materialise the env of ``key`` and describe how to start its workers."""
+        from pytest_uvbuild.runner import Launch, forwarded_options, scrubbed_environ
+
+        request, env_vars = key
+        env = self.uvbuild.env_for(request)
+        environ = scrubbed_environ(
+            env, home=self.scratch / "home", passenv=self.passenv, extra=dict(env_vars)
+        )
+        options = forwarded_options(
+            self.config,
+            scratch=self.scratch,
+            collecting=self.hermetic_all,
+            extra_option_strings=() if self.hermetic_all else self._conftest_option_strings(),
+        )
+        return Launch(
+            python=env.python,
+            environ=environ,
+            cwd=self.config.invocation_params.dir,
+            options=tuple(options),
+            label=f"{env.key} ({env.interpreter.describe()})",
+            inherit_output=self.config.getoption("capture", "fd") == "no",
+        )
+
+    # -- planning ------------------------------------------------------
+
+    def _key(self, options: HermeticOptions, python: str | None) -> tuple[EnvRequest, Any]:
+        changes: dict[str, Any] = {}
+        if python is not None:
+            changes["python"] = python
+        if options.groups is not None:
+            changes["groups"] = options.groups
+        if options.extras is not None:
+            changes["extras"] = options.extras
+        if options.project is not None:
+            project = Path(options.project)
+            changes["project_dir"] = (
+                project if project.is_absolute() else self.config.rootpath / project
+            ).resolve()
+        request = self.uvbuild.request_with(**changes) if changes else self.uvbuild.request
+        return (request, options.env)
+
+    def plan(self, options: HermeticOptions, inner_id: str, python: str | None) -> ItemPlan:
+        """The plan of one item with these marker options."""
+        timeout = options.timeout if options.timeout_given else self.default_timeout
+        return ItemPlan(
+            inner_id=inner_id,
+            key=self._key(options, python),
+            timeout=timeout,
+            network=options.network,
+        )
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_generate_tests(self, metafunc: pytest.Metafunc) -> None:
+        """Validate hermetic markers; with --uv-build, expand ``python=[...]``."""
+        marks = list(metafunc.definition.iter_markers(MARKER))
+        if not marks:
+            return
+        try:
+            options = parse_marker(marks, metafunc.definition.nodeid)
+        except MarkerError as exc:
+            raise pytest.Collector.CollectError(str(exc)) from None
+        if not (self.enabled and options.python_matrix):
+            return
+        if PYTHON_PARAM not in metafunc.fixturenames:
+            metafunc.fixturenames.append(PYTHON_PARAM)
+        metafunc.parametrize(
+            PYTHON_PARAM,
+            list(options.pythons),
+            ids=[f"py{p}" for p in options.pythons],
+        )
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
+        """Plan every hermetic item that has no plan yet (the marker mode)."""
+        if not self.enabled:
+            return
+        for item in items:
+            if _PLAN_KEY in item.stash:
+                continue
+            marks = list(item.iter_markers(MARKER))
+            if not marks and not self.hermetic_all:
+                continue
+            callspec = getattr(item, "callspec", None)
+            python = callspec.params.get(PYTHON_PARAM) if callspec is not None else None
+            inner_id = item.nodeid if python is None else without_python_id(item.nodeid, python)
+            try:
+                options = parse_marker(marks, item.nodeid)
+            except MarkerError as exc:
+                item.stash[_PLAN_KEY] = ItemPlan(inner_id, None, None, error=str(exc))
+                continue
+            if python is None and options.pythons:
+                python = options.pythons[0]
+            item.stash[_PLAN_KEY] = self.plan(options, inner_id, python)
+
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        """Group the selected hermetic items into batches; refuse --pdb and --trace."""
+        if not self.enabled:
+            return
+        plans = _Plans()
+        for item in session.items:
+            plan = item.stash.get(_PLAN_KEY, None)
+            if plan is None or plan.key is None:
+                continue
+            plans.members.setdefault(plan.key, []).append(plan.inner_id)
+            if not plan.network:
+                plans.no_network.setdefault(plan.key, set()).add(plan.inner_id)
+        self._plans = plans
+        if plans.members and (
+            self.config.getoption("usepdb", False) or self.config.getoption("trace", False)
+        ):
+            raise pytest.UsageError(
+                "--pdb and --trace cannot reach hermetic tests: they run in another process, "
+                "inside the locked environment. Fix: run the test without --uv-build "
+                "(in-process) to debug it, or deselect the hermetic tests."
+            )
+
+    # -- --hermetic-all collection -------------------------------------
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_collection(self, session: pytest.Session) -> bool | None:
+        """With --hermetic-all, collect inside the locked env and build stand-ins here."""
+        if not self.hermetic_all or self.config.pluginmanager.has_plugin("dsession"):
+            return None
+        from pytest_uvbuild.runner import HermeticRunError
+
+        hook = self.config.hook
+        batch = self.runner.batch(
+            self._main_key,
+            lambda: self.launch_for(self._main_key),
+            members=(),
+            no_network=(),
+            preplanned=not is_xdist_worker(self.config),
+        )
+        try:
+            batch.start_worker(None, collect=list(self.config.args), report_items=True)
+            batch.wait_collected()
+        except UvBuildError as exc:
+            raise pytest.UsageError(str(exc)) from None
+        except HermeticRunError as exc:  # pragma: no cover - subclass of UvBuildError
+            raise pytest.UsageError(str(exc)) from None
+        # Markers that the suite's conftest.py files register exist only inside;
+        # -m and --strict-markers need them here too.
+        known = set(self.config.getini("markers"))
+        for line in batch.collected_markers:
+            if line not in known:
+                self.config.addinivalue_line("markers", line)
+        items: list[pytest.Item] = []
+        for report in batch.collect_errors:
+            hook.pytest_collectreport(report=report)
+        for data in batch.collected_items or ():
+            items.extend(self._stand_ins(session, data))
+        hook.pytest_collectreport(report=pytest.CollectReport("", "passed", None, list(items)))
+        for item in items:
+            item.ihook.pytest_itemcollected(item=item)
+        session.items = items
+        try:
+            hook.pytest_collection_modifyitems(session=session, config=self.config, items=items)
+        finally:
+            hook.pytest_collection_finish(session=session)
+        session.testscollected = len(items)
+        return True
+
+    def _stand_ins(self, session: pytest.Session, data: Mapping[str, Any]) -> Iterator[pytest.Item]:
+        inner_id = str(data["nodeid"])
+        marks = [
+            pytest.Mark(str(n), tuple(a), dict(k), _ispytest=True)
+            for n, a, k in data["markers"]
+            if n == MARKER
+        ]
+        try:
+            options = parse_marker(marks, inner_id)
+        except MarkerError as exc:
+            session.config.hook.pytest_collectreport(
+                report=pytest.CollectReport(inner_id, "failed", str(exc), [])
+            )
+            return
+        variants: Sequence[str | None] = options.pythons if options.python_matrix else [None]
+        for python in variants:
+            nodeid, name = inner_id, str(data["name"])
+            location = list(data["location"])
+            keywords = list(data["keywords"])
+            if python is not None:
+                nodeid, name = with_python_id(nodeid, python), with_python_id(name, python)
+                location[2] = with_python_id(str(location[2]), python)
+                keywords += [name, f"py{python}"]
+            item = HermeticItem.from_parent(
+                session,
+                name=name,
+                nodeid=nodeid,
+                path=Path(str(data["path"])),
+                inner_id=inner_id,
+                location=location,
+                markers=data["markers"],
+                keywords=keywords,
+            )
+            chosen = python if python is not None else (options.pythons or (None,))[0]
+            item.stash[_PLAN_KEY] = self.plan(options, inner_id, chosen)
+            yield item
+
+    # -- running ---------------------------------------------------------
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_protocol(
+        self, item: pytest.Item, nextitem: pytest.Item | None
+    ) -> bool | None:
+        """Run a hermetic item in its env's worker and log the streamed reports."""
+        plan = item.stash.get(_PLAN_KEY, None) if self.enabled else None
+        if plan is None:
+            return None
+        from pytest_uvbuild.runner import HermeticRunError
+
+        ihook = item.ihook
+        ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
+        try:
+            for report in self._reports(item, plan, nextitem):
+                self._log(item, report)
+        except HermeticRunError as exc:
+            raise pytest.UsageError(str(exc)) from None
+        self._teardown_outer(item, nextitem)
+        ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
+        return True
+
+    def _reports(
+        self, item: pytest.Item, plan: ItemPlan, nextitem: pytest.Item | None
+    ) -> Iterator[Any]:
+        from pytest_uvbuild.runner import HermeticRunError
+
+        if plan.error is not None or plan.key is None:
+            yield from self._made_error(item, plan.error or "hermetic test without an env")
+            return
+        key = plan.key
+        batch = self.runner.batch(
+            key,
+            lambda: self.launch_for(key),
+            members=self._plans.members.get(key, [plan.inner_id]),
+            no_network=self._plans.no_network.get(key, ()),
+            preplanned=not is_xdist_worker(self.config),
+        )
+        successor = None
+        if nextitem is not None:
+            next_plan = nextitem.stash.get(_PLAN_KEY, None)
+            if next_plan is not None and next_plan.key == key:
+                successor = next_plan.inner_id
+        try:
+            yield from batch.run(plan.inner_id, successor, plan.timeout)
+        except HermeticRunError:
+            raise
+        except UvBuildError as exc:
+            batch.broken = str(exc)
+            yield from self._made_error(item, str(exc))
+
+    def _made_error(self, item: pytest.Item, message: str) -> Iterator[Any]:
+        runner = self.runner
+        yield runner.make_report(item.nodeid, "setup", "failed", message, start=0.0, stop=0.0)
+        yield runner.make_report(item.nodeid, "teardown", "passed", None, start=0.0, stop=0.0)
+
+    def _log(self, item: pytest.Item, report: Any) -> None:
+        report.nodeid = item.nodeid
+        report.location = item.location
+        if not report.keywords:
+            report.keywords = dict.fromkeys(item.keywords, 1)
+        self.config.stash[HERMETIC_OUTCOMES_KEY].record(report)
+        item.ihook.pytest_runtest_logreport(report=report)
+
+    def _teardown_outer(self, item: pytest.Item, nextitem: pytest.Item | None) -> None:
+        # In-process tests before this one may have left module or session
+        # fixtures set up here; tear down what the next item does not share,
+        # as pytest's own protocol would have done.
+        setupstate = getattr(item.session, "_setupstate", None)
+        if setupstate is None or not getattr(setupstate, "stack", None):
+            return
+        call = pytest.CallInfo.from_call(
+            lambda: setupstate.teardown_exact(nextitem), when="teardown"
+        )
+        if call.excinfo is not None:
+            report = item.ihook.pytest_runtest_makereport(item=item, call=call)
+            self._log(item, report)
+
+    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        """Stop every worker: after its current test, or at once when interrupted."""
+        if self._runner is not None:
+            self._runner.stop(interrupt=exitstatus == pytest.ExitCode.INTERRUPTED)
+
+    def pytest_unconfigure(self, config: pytest.Config) -> None:
+        """Kill what is left and remove the scratch directory."""
+        if self._runner is not None:
+            self._runner.stop(interrupt=True)
+            self._runner = None
+        if self._scratch is not None:
+            from pytest_uvbuild.runner import remove_scratch
+
+            remove_scratch(self._scratch)
+            self._scratch = None
+
+
+class _OptionRecorder:
+    """Stands in for pytest's parser to learn which options a conftest.py adds."""
+
+    def __init__(self, found: list[str]) -> None:
+        self._found = found
+
+    def addoption(self, *names: str, **attrs: Any) -> None:
+        self._found.extend(n for n in names if n.startswith("--"))
+
+    _addoption = addoption
+
+    def getgroup(self, *args: Any, **kwargs: Any) -> _OptionRecorder:
+        return self
+
+    def addini(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+    def __getattr__(self, name: str) -> Any:
+        return lambda *args, **kwargs: None

@@ -1,0 +1,511 @@
+"""The inner side of a hermetic run: a pytest session inside the locked env.
+
+This file is executed by path with the env's interpreter
+(``python worker.py SPEC.json``); pytest-uvbuild itself is *not* importable
+here. It imports only the standard library and pytest, and runs on
+Python >= 3.8 with pytest >= 7.
+
+What it does:
+
+* reads its spec (pytest options, what to collect, which node ids to keep,
+  the two pipe descriptors) from the JSON file named on its command line, so
+  that node ids never travel through ``argv``;
+* runs ``pytest.main`` with :class:`WorkerPlugin`, which collects, keeps the
+  requested items and then waits for commands on the *control* pipe:
+  ``["run", {"nodeids": [...], "end": bool}]``, ``["stop", {}]`` and
+  ``["shutdown", {}]`` (end of file counts as shutdown);
+* runs each item only once it knows the next one (or was told the batch
+  ends), so that module and session fixtures are torn down exactly as in
+  one in-process run;
+* streams ``[event, kwargs]`` messages, one JSON document per line, over the
+  dedicated *event* pipe. Reports are serialised with pytest's own
+  ``pytest_report_to_serializable`` hook. Test output on stdout/stderr can
+  therefore never corrupt the protocol.
+
+Events: ``ready``, ``collectreport``, ``collected``, ``logstart``,
+``logreport``, ``logfinish``, ``missing``, ``internalerror``, ``fatal`` and
+``exit``. The outer side (:mod:`pytest_uvbuild.runner`) rejects any other name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+# Python puts this file's directory first on sys.path. It is pytest-uvbuild's
+# package directory, whose module names (session, project, ...) would shadow
+# the project's own top-level modules.
+_HERE = os.path.dirname(os.path.abspath(__file__))
+if sys.path and os.path.abspath(sys.path[0] or os.curdir) == _HERE:
+    del sys.path[0]
+
+import collections  # noqa: E402
+import ipaddress  # noqa: E402
+import select  # noqa: E402
+import socket  # noqa: E402
+import time  # noqa: E402
+from typing import Any  # noqa: E402
+
+PROTOCOL_VERSION = 1
+
+#: Options of the outer session's own bookkeeping. An ini ``addopts`` may
+#: set them inside too; they are reset so that the inner session never writes
+#: junitxml, reorders, deselects, stops early or starts xdist workers.
+_OUTER_ONLY_OPTIONS: tuple[tuple[str, Any], ...] = (
+    ("xmlpath", None),
+    ("lf", False),
+    ("failedfirst", False),
+    ("newfirst", False),
+    ("stepwise", False),
+    ("stepwise_skip", False),
+    ("maxfail", 0),
+    ("keyword", ""),
+    ("markexpr", ""),
+    ("deselect", []),
+    ("durations", None),
+    ("usepdb", False),
+    ("trace", False),
+    ("collectonly", False),
+    ("numprocesses", None),
+    ("dist", "no"),
+    ("looponfail", False),
+    ("report_log", None),
+    ("htmlpath", None),
+    ("cacheshow", False),
+    ("cacheclear", False),
+    ("setupplan", False),
+    ("setuponly", False),
+    ("setupshow", False),
+)
+
+
+def _jsonable(value: Any) -> Any:
+    """Turn a value that JSON cannot carry into something it can (repr as last resort)."""
+    if isinstance(value, (set, frozenset, tuple)):
+        return list(value)
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    return repr(value)
+
+
+class EventChannel:
+    """The write end of the event pipe: one JSON ``[event, kwargs]`` per line."""
+
+    def __init__(self, fd: int) -> None:
+        self._file = os.fdopen(fd, "wb")
+
+    def send(self, event: str, **kwargs: Any) -> None:
+        line = json.dumps([event, kwargs], default=_jsonable, ensure_ascii=True)
+        self._file.write(line.encode("ascii") + b"\n")
+        self._file.flush()
+
+
+class ControlChannel:
+    """The read end of the control pipe; end of file reads as ``shutdown``."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._buffer = b""
+        self._eof = False
+
+    def _line(self) -> Any:
+        if b"\n" in self._buffer:
+            line, self._buffer = self._buffer.split(b"\n", 1)
+            return json.loads(line.decode("utf-8"))
+        return None
+
+    def read(self, block: bool) -> Any:
+        """Return the next command, or None when none is waiting (non-blocking)."""
+        while True:
+            command = self._line()
+            if command is not None:
+                return command
+            if self._eof:
+                return ["shutdown", {}]
+            if not block:
+                ready, _, _ = select.select([self._fd], [], [], 0)
+                if not ready:
+                    return None
+            chunk = os.read(self._fd, 65536)
+            if not chunk:
+                self._eof = True
+            self._buffer += chunk
+
+
+class NetworkBlockedError(ConnectionRefusedError):
+    """A test marked ``hermetic(network=False)`` tried to reach a non-loopback host."""
+
+
+def _is_loopback(host: Any) -> bool:
+    if host is None or host in ("", "localhost", "localhost.localdomain"):
+        return True
+    if isinstance(host, bytes):
+        host = host.decode("ascii", "replace")
+    try:
+        return ipaddress.ip_address(str(host).split("%", 1)[0]).is_loopback
+    except ValueError:
+        return False
+
+
+class NetworkGuard:
+    """Refuse every non-loopback connection and name lookup while installed."""
+
+    def __init__(self) -> None:
+        self._saved: dict[tuple[Any, str], Any] | None = None
+
+    @staticmethod
+    def _refuse(what: str, target: Any) -> None:
+        raise NetworkBlockedError(
+            "network access is blocked for this test by hermetic(network=False): "
+            "%s %r refused (only loopback addresses are allowed)" % (what, target)
+        )
+
+    def install(self) -> None:
+        sock = socket.socket
+        originals: dict[tuple[Any, str], Any] = {
+            (sock, "connect"): sock.connect,
+            (sock, "connect_ex"): sock.connect_ex,
+            (sock, "sendto"): sock.sendto,
+            (socket, "getaddrinfo"): socket.getaddrinfo,
+            (socket, "gethostbyname"): socket.gethostbyname,
+        }
+        guard = self
+
+        def check_address(self: socket.socket, address: Any, what: str) -> None:
+            if (
+                self.family in (socket.AF_INET, socket.AF_INET6)
+                and isinstance(address, tuple)
+                and not _is_loopback(address[0])
+            ):
+                guard._refuse(what, address)
+
+        def guarded_connect(self: socket.socket, address: Any) -> Any:
+            check_address(self, address, "connect to")
+            return originals[sock, "connect"](self, address)
+
+        def guarded_connect_ex(self: socket.socket, address: Any) -> Any:
+            check_address(self, address, "connect to")
+            return originals[sock, "connect_ex"](self, address)
+
+        def guarded_sendto(self: socket.socket, data: Any, *args: Any) -> Any:
+            check_address(self, args[-1], "send to")
+            return originals[sock, "sendto"](self, data, *args)
+
+        def guarded_getaddrinfo(host: Any, *args: Any, **kwargs: Any) -> Any:
+            if not _is_loopback(host):
+                guard._refuse("name lookup of", host)
+            return originals[socket, "getaddrinfo"](host, *args, **kwargs)
+
+        def guarded_gethostbyname(host: Any) -> Any:
+            if not _is_loopback(host):
+                guard._refuse("name lookup of", host)
+            return originals[socket, "gethostbyname"](host)
+
+        replacements = {
+            (sock, "connect"): guarded_connect,
+            (sock, "connect_ex"): guarded_connect_ex,
+            (sock, "sendto"): guarded_sendto,
+            (socket, "getaddrinfo"): guarded_getaddrinfo,
+            (socket, "gethostbyname"): guarded_gethostbyname,
+        }
+        for (owner, name), replacement in replacements.items():
+            setattr(owner, name, replacement)
+        self._saved = originals
+
+    def uninstall(self) -> None:
+        if self._saved is None:
+            return
+        for (owner, name), original in self._saved.items():
+            setattr(owner, name, original)
+        self._saved = None
+
+
+def _keyword_names(item: Any) -> list[str]:
+    """The names ``-k`` matches for ``item``, as this pytest computes them."""
+    try:
+        from _pytest.mark import KeywordMatcher
+
+        return sorted(KeywordMatcher.from_item(item)._names)
+    except Exception:  # private API: fall back to the documented rule
+        names = set()
+        for node in item.listchain()[1:]:
+            names.add(node.name)
+        names.update(item.listextrakeywords())
+        function = getattr(item, "function", None)
+        if function is not None:
+            names.update(getattr(function, "__dict__", {}))
+        names.update(mark.name for mark in item.iter_markers())
+        return sorted(names)
+
+
+def _item_data(item: Any, rootdir: str) -> dict[str, Any]:
+    """What the outer session needs to build a stand-in for ``item``."""
+    relpath, lineno, domain = item.location
+    path = getattr(item, "path", None) or getattr(item, "fspath", None)
+    return {
+        "nodeid": item.nodeid,
+        "name": item.name,
+        "location": [relpath, lineno, domain],
+        "path": os.fspath(path) if path is not None else rootdir,
+        "keywords": _keyword_names(item),
+        "markers": [[m.name, list(m.args), dict(m.kwargs)] for m in item.iter_markers()],
+    }
+
+
+class WorkerPlugin:
+    """Collect, keep the requested items, run them on command, stream every event."""
+
+    def __init__(self, spec: dict[str, Any], events: EventChannel, control: ControlChannel) -> None:
+        self.spec = spec
+        self.events = events
+        self.control = control
+        self.config: Any = None
+        self.items: dict[str, Any] = {}
+        self.missing: list[str] = []
+        self.no_network = set(spec.get("no_network", ()))
+        self.guard = NetworkGuard()
+        self._devnull = None
+
+    # -- configuration ---------------------------------------------------
+
+    def pytest_configure(self, config: Any) -> None:
+        self.config = config
+        # pytest-uvbuild is not installed here, yet --strict-markers must
+        # accept the marker that sent the test here.
+        config.addinivalue_line("markers", "hermetic: runs inside the uv-locked env")
+        for name, value in _OUTER_ONLY_OPTIONS:
+            if hasattr(config.option, name):
+                setattr(config.option, name, value)
+
+    def _serialise(self, report: Any) -> Any:
+        return self.config.hook.pytest_report_to_serializable(config=self.config, report=report)
+
+    # -- collection ------------------------------------------------------
+
+    def pytest_collectreport(self, report: Any) -> None:
+        if report.failed:
+            self.events.send("collectreport", report=self._serialise(report))
+
+    def pytest_collection_modifyitems(self, session: Any, config: Any, items: list[Any]) -> None:
+        wanted = self.spec.get("nodeids")
+        for item in items:
+            self.items.setdefault(item.nodeid, item)
+        if wanted is None:
+            return
+        wanted_set = set(wanted)
+        items[:] = [item for item in items if item.nodeid in wanted_set]
+        self.missing = [nodeid for nodeid in dict.fromkeys(wanted) if nodeid not in self.items]
+
+    # -- running ---------------------------------------------------------
+
+    def pytest_runtestloop(self, session: Any) -> bool:
+        rootdir = str(session.config.rootpath) if hasattr(session.config, "rootpath") else ""
+        item_data = None
+        if self.spec.get("report_items"):
+            item_data = [_item_data(item, rootdir) for item in session.items]
+        markers = None
+        if self.spec.get("report_items"):
+            markers = [str(line) for line in session.config.getini("markers")]
+        self.events.send("collected", missing=self.missing, items=item_data, markers=markers)
+        self._command_loop(session)
+        return True
+
+    def _command_loop(self, session: Any) -> None:
+        queue: collections.deque[str] = collections.deque()
+        ended = False
+        shutdown = False
+        while True:
+            # Take whatever is waiting, then block only if the next item's
+            # successor is still unknown: it decides which fixtures survive.
+            block = False
+            while True:
+                command = self.control.read(block=block)
+                if command is None:
+                    if len(queue) >= 2 or ended or shutdown:
+                        break
+                    block = True
+                    continue
+                name, kwargs = command
+                if name == "run":
+                    queue.extend(kwargs["nodeids"])
+                    self.no_network.update(kwargs.get("no_network", ()))
+                    ended = bool(kwargs.get("end", False))
+                elif name in ("shutdown", "stop"):
+                    shutdown = True
+                    if name == "stop":
+                        queue.clear()
+                        session.shouldstop = "stopped by the outer pytest session"
+                    ended = True
+                    break
+                else:
+                    raise ValueError("unknown control command %r" % (name,))
+                block = False
+            if not queue:
+                if shutdown:
+                    return
+                ended = False
+                continue
+            nodeid = queue.popleft()
+            item = self.items.get(nodeid)
+            if item is None:
+                self.events.send("missing", nodeid=nodeid)
+                continue
+            nextitem = None
+            for candidate in queue:
+                nextitem = self.items.get(candidate)
+                if nextitem is not None:
+                    break
+            self._run_one(item, nextitem)
+
+    def _run_one(self, item: Any, nextitem: Any) -> None:
+        guarded = item.nodeid in self.no_network
+        if guarded:
+            self.guard.install()
+        try:
+            item.config.hook.pytest_runtest_protocol(item=item, nextitem=nextitem)
+        finally:
+            if guarded:
+                self.guard.uninstall()
+
+    def pytest_runtest_logstart(self, nodeid: str, location: Any) -> None:
+        self.events.send("logstart", nodeid=nodeid, started=time.time())
+
+    def pytest_runtest_logreport(self, report: Any) -> None:
+        self.events.send("logreport", report=self._serialise(report))
+
+    def pytest_runtest_logfinish(self, nodeid: str, location: Any) -> None:
+        self.events.send("logfinish", nodeid=nodeid)
+
+    def pytest_warning_recorded(
+        self, warning_message: Any, when: str, nodeid: str, location: Any
+    ) -> None:
+        category = warning_message.category
+        self.events.send(
+            "warning",
+            message=str(warning_message.message),
+            category=category.__name__,
+            module=category.__module__,
+            filename=warning_message.filename,
+            lineno=warning_message.lineno,
+            when=when,
+            nodeid=nodeid,
+        )
+
+    def pytest_internalerror(self, excrepr: Any, excinfo: Any) -> None:
+        self.events.send("internalerror", text=str(excrepr))
+
+
+def _quiet_terminal_plugins(pytest: Any) -> list[Any]:
+    """Two plugins that hand the inner terminal reporter /dev/null while it is made.
+
+    The inner session's progress output is of no use: the outer session
+    reports. The terminal reporter takes ``sys.stdout`` in its
+    ``pytest_configure``; the first plugin swaps in /dev/null before every
+    other ``pytest_configure``, the second restores the real stream after them
+    all, so that the tests' own output (captured, or shown with ``-s``) is
+    untouched. (``pytest_configure`` is historic: it takes no hook wrapper.)
+    """
+    saved: list[Any] = []
+
+    class Silence:
+        @pytest.hookimpl(tryfirst=True)  # type: ignore[untyped-decorator]
+        def pytest_configure(self, config: Any) -> None:
+            saved.append(sys.stdout)
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the reporter
+
+    class Restore:
+        @pytest.hookimpl(trylast=True)  # type: ignore[untyped-decorator]
+        def pytest_configure(self, config: Any) -> None:
+            if saved:
+                sys.stdout = saved.pop()
+
+    return [Silence(), Restore()]
+
+
+def _keep_capture_files(directory: str) -> None:
+    """Make pytest's fd capture write the global stdout/stderr capture to named files.
+
+    After a crash (os._exit, segfault, SIGKILL) the outer side reads them to
+    show what the test had printed so far. Only the first file for each of fd
+    1 and 2 (the session-wide capture) is redirected; capfd's are not.
+    """
+    try:
+        from _pytest import capture
+    except ImportError:  # pragma: no cover - pytest always has it
+        return
+    original = getattr(capture, "TemporaryFile", None)  # pytest imports it by name
+    if original is None:
+        return
+    taken: set[str] = set()
+
+    def temporary_file(*args: Any, **kwargs: Any) -> Any:
+        caller = sys._getframe(1).f_locals
+        target = caller.get("targetfd")
+        label = {1: "stdout", 2: "stderr"}.get(target) if isinstance(target, int) else None
+        if label is None or label in taken:
+            return original(*args, **kwargs)
+        taken.add(label)
+        return open(os.path.join(directory, label), "w+b", buffering=0)
+
+    setattr(capture, "TemporaryFile", temporary_file)  # noqa: B010 - not re-exported
+
+
+def _dump_tracebacks_on_signal() -> Any:
+    """Let the outer side ask for every thread's stack (before a timeout kill)."""
+    try:
+        import faulthandler
+        import signal
+
+        stream = os.fdopen(os.dup(2), "w")
+        faulthandler.register(signal.SIGUSR1, file=stream, all_threads=True)
+        return stream
+    except (ImportError, AttributeError, OSError, ValueError):
+        return None
+
+
+def main(argv: list[str]) -> int:
+    with open(argv[1], encoding="utf-8") as fh:
+        spec = json.load(fh)
+    events = EventChannel(spec["event_fd"])
+    try:
+        import pytest
+    except ImportError as exc:
+        events.send("fatal", kind="no-pytest", message=str(exc), python=sys.executable)
+        return 3
+    control = ControlChannel(spec["control_fd"])
+    version = tuple(int(p) for p in pytest.__version__.split(".")[:2] if p.isdigit())
+    events.send(
+        "ready",
+        protocol=PROTOCOL_VERSION,
+        pid=os.getpid(),
+        python=sys.version.split()[0],
+        pytest=pytest.__version__,
+    )
+    if version < (7, 0):
+        events.send(
+            "fatal",
+            kind="old-pytest",
+            message="pytest %s is too old for hermetic runs (need >= 7)" % pytest.__version__,
+            python=sys.executable,
+        )
+        return 3
+    stack_dump = _dump_tracebacks_on_signal()
+    if spec.get("capture_dir"):
+        _keep_capture_files(spec["capture_dir"])
+    plugin = WorkerPlugin(spec, events, control)
+    args = list(spec["args"]) + list(spec["collect"])
+    try:
+        plugins = [*_quiet_terminal_plugins(pytest), plugin]
+        status = pytest.main(args, plugins=plugins)
+    finally:
+        if stack_dump is not None:
+            stack_dump.close()
+    events.send("exit", status=int(status))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

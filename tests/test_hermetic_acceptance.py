@@ -1,0 +1,600 @@
+"""Acceptance tests for hermetic runs, driven as a user would (``runpytest_subprocess``).
+
+The outer interpreter (this dev env) lacks ``toyalpha``; every test project's
+lock has it. A test that imports ``toyalpha`` therefore passes only inside.
+Most runs use ``--uv-install-project=source`` so that no project wheel is
+built per test; the quickstart example covers the wheel layer.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+HERMETIC = ("--uv-build", "--uv-install-project=source")
+
+
+def run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
+    """Run an outer session with --uv-build in a subprocess."""
+    return pytester.runpytest_subprocess(*HERMETIC, *args)
+
+
+OUTCOMES = """
+import logging
+import sys
+import warnings
+import pytest
+
+pytestmark = pytest.mark.hermetic
+
+@pytest.fixture
+def broken():
+    raise RuntimeError("fixture exploded")
+
+@pytest.fixture
+def bad_teardown():
+    yield
+    raise RuntimeError("teardown exploded")
+
+def test_pass(record_property):
+    record_property("answer", "42")
+    print("to stdout")
+    print("to stderr", file=sys.stderr)
+    logging.getLogger("demo").warning("a log line")
+
+def test_fail():
+    left = {"a": 1, "b": [1, 2, 3]}
+    print("output of a failing test")
+    assert left == {"a": 1, "b": [1, 2, 4]}
+
+def test_error(broken):
+    pass
+
+def test_teardown_error(bad_teardown):
+    pass
+
+def test_warns():
+    warnings.warn(UserWarning("careful"))
+    warnings.warn(pytest.PytestWarning("pytest's own"))
+
+def test_skip():
+    pytest.skip("not today")
+
+@pytest.mark.skipif(True, reason="static reason")
+def test_skipif():
+    pass
+
+@pytest.mark.xfail(reason="known bug")
+def test_xfail():
+    assert 0
+
+@pytest.mark.xfail(reason="fixed already", strict=False)
+def test_xpass():
+    pass
+
+@pytest.mark.xfail(reason="strictly fixed", strict=True)
+def test_xpass_strict():
+    pass
+
+class TestGroup:
+    @pytest.mark.parametrize("n", [1, 2])
+    def test_param(self, n):
+        assert n in (1, 2)
+"""
+
+
+def _terminal_lines(result: pytest.RunResult) -> list[str]:
+    """The lines of a run that depend on test outcomes only."""
+    keep = []
+    skipping = False
+    for line in result.outlines:
+        if re.match(r"^=+ (uv-build|uv-build record) =+$", line):
+            skipping = True
+            continue
+        if re.match(r"^=+ .* =+$", line):
+            skipping = False
+        if skipping or line.startswith(
+            ("platform ", "rootdir:", "configfile:", "plugins:", "cachedir:", "uv-build:")
+        ):
+            continue
+        if "generated xml file" in line:
+            continue
+        keep.append(re.sub(r" in [0-9.]+s", " in Xs", line))
+    return keep
+
+
+def _junit(path: Path) -> list[tuple[str, str, str, str]]:
+    """Testcases of a junitxml file without times: (class, name, outcome tags, messages)."""
+    rows = []
+    for case in ET.parse(path).getroot().iter("testcase"):  # noqa: S314 - our own junitxml
+        children = sorted(
+            f"{child.tag}:{child.get('message', '')}:{(child.text or '').strip()[:400]}"
+            for child in case
+        )
+        rows.append(
+            (
+                case.get("classname", ""),
+                case.get("name", ""),
+                case.get("file", ""),
+                "|".join(children),
+            )
+        )
+    return rows
+
+
+def test_reports_match_an_in_process_run(uv_pytester: pytest.Pytester) -> None:
+    """Terminal lines (-rA -v) and junitxml of a hermetic run equal those of an in-process run."""
+    uv_pytester.makepyfile(test_outcomes=OUTCOMES)
+    uv_pytester.makeini("[pytest]\njunit_logging = all\njunit_family = xunit1\n")
+    plain = uv_pytester.runpytest_subprocess("-rA", "-v", "--junitxml=plain.xml")
+    hermetic = run(uv_pytester, "-rA", "-v", "--junitxml=hermetic.xml")
+    plain.assert_outcomes(passed=5, failed=2, errors=2, skipped=2, xfailed=1, xpassed=1, warnings=2)
+    hermetic.assert_outcomes(
+        passed=5, failed=2, errors=2, skipped=2, xfailed=1, xpassed=1, warnings=2
+    )
+    assert _terminal_lines(hermetic) == _terminal_lines(plain)
+    assert _junit(uv_pytester.path / "hermetic.xml") == _junit(uv_pytester.path / "plain.xml")
+    text = hermetic.stdout.str()
+    # assertion rewriting's detail, captured output and the teardown error survive
+    assert "Differing items:" in text
+    assert "output of a failing test" in text
+    assert "teardown exploded" in text
+    assert 'name="answer" value="42"' in (uv_pytester.path / "hermetic.xml").read_text()
+
+
+def test_tests_run_inside_the_lock_and_without_uv_build_in_process(
+    uv_pytester: pytest.Pytester,
+) -> None:
+    """With --uv-build the body sees the lock's toyalpha; without it, the host (which lacks it)."""
+    uv_pytester.makepyfile(
+        test_where="""
+        import importlib.util, sys
+        import pytest
+
+        @pytest.mark.hermetic
+        def test_inside():
+            import toyalpha
+            assert toyalpha.__version__ == "1.0"
+
+        @pytest.mark.hermetic
+        def test_host_has_no_toyalpha():
+            assert importlib.util.find_spec("toyalpha") is None
+        """
+    )
+    inside = run(uv_pytester)
+    inside.assert_outcomes(passed=1, failed=1)
+    inside.stdout.fnmatch_lines(["FAILED test_where.py::test_host_has_no_toyalpha*"])
+    outside = uv_pytester.runpytest_subprocess()
+    outside.assert_outcomes(passed=1, failed=1)
+    outside.stdout.fnmatch_lines(["FAILED test_where.py::test_inside*ModuleNotFoundError*"])
+
+
+def test_crashes_and_timeouts_fail_only_their_test(uv_pytester: pytest.Pytester) -> None:
+    """os._exit, a segfault, SIGKILL and a timeout each fail their test; the rest still run."""
+    uv_pytester.makepyfile(
+        test_crash="""
+        import os, signal, sys, time
+        import pytest
+
+        pytestmark = pytest.mark.hermetic
+
+        def test_before():
+            pass
+
+        def test_exit():
+            print("printed before exiting")
+            sys.stdout.flush()
+            os._exit(3)
+
+        def test_between():
+            pass
+
+        def test_segfault():
+            import faulthandler
+            print("printed before the segfault")
+            faulthandler._sigsegv()
+
+        def test_sigkill():
+            os.kill(os.getpid(), signal.SIGKILL)
+
+        @pytest.mark.hermetic(timeout=1)
+        def test_timeout():
+            print("waiting forever")
+            time.sleep(60)
+
+        def test_after():
+            import toyalpha
+        """
+    )
+    result = run(uv_pytester, "-v")
+    result.assert_outcomes(passed=3, failed=4)
+    result.stdout.fnmatch_lines(
+        [
+            "*test_before PASSED*",
+            "*test_exit FAILED*",
+            "*test_between PASSED*",
+            "*test_segfault FAILED*",
+            "*test_sigkill FAILED*",
+            "*test_timeout FAILED*",
+            "*test_after PASSED*",
+        ]
+    )
+    text = result.stdout.str()
+    assert "The hermetic worker running this test exited with status 3" in text
+    assert "printed before exiting" in text
+    assert "was killed by signal 11 (SIGSEGV)" in text
+    assert "printed before the segfault" in text
+    assert "Fatal Python error: Segmentation fault" in text
+    assert "was killed by signal 9 (SIGKILL)" in text
+    assert "ran longer than its timeout of 1 s" in text
+    assert "waiting forever" in text
+    assert "Current thread" in text  # the stack dump shows where it hung
+    assert "in test_timeout" in text
+
+
+def test_hermetic_all_imports_nothing_outside(uv_pytester: pytest.Pytester) -> None:
+    """--hermetic-all collects inside: a conftest needing toyalpha works, and -k, -m, --lf apply."""
+    uv_pytester.makeconftest(
+        """
+        import pytest
+        import toyalpha  # only the lock has it
+
+        def pytest_configure(config):
+            config.addinivalue_line("markers", "slow: a slow test")
+
+        @pytest.fixture
+        def alpha():
+            return toyalpha.__version__
+        """
+    )
+    uv_pytester.makepyfile(
+        test_all="""
+        import pytest
+        import toyalpha
+
+        def test_one(alpha):
+            assert alpha == "1.0"
+
+        @pytest.mark.slow
+        def test_two():
+            assert toyalpha
+
+        def test_three():
+            assert False, "three fails"
+        """
+    )
+    uv_pytester.makeini("[pytest]\naddopts = --strict-markers -ra\n")
+    first = run(uv_pytester, "--hermetic-all", "-v")
+    first.assert_outcomes(passed=2, failed=1)
+    first.stdout.fnmatch_lines(
+        [
+            "collected 3 items",
+            "test_all.py::test_one PASSED*",
+            "FAILED test_all.py::test_three - AssertionError: three fails*",
+        ]
+    )
+    by_k = run(uv_pytester, "--hermetic-all", "-k", "two or three")
+    by_k.assert_outcomes(passed=1, failed=1, deselected=1)
+    by_m = run(uv_pytester, "--hermetic-all", "-m", "slow")
+    by_m.assert_outcomes(passed=1, deselected=2)
+    last_failed = run(uv_pytester, "--hermetic-all", "--lf", "-v")
+    last_failed.assert_outcomes(failed=1, deselected=2)
+    last_failed.stdout.fnmatch_lines(["test_all.py::test_three FAILED*"])
+    # Without --hermetic-all the conftest is imported here, and fails.
+    outside = run(uv_pytester)
+    assert outside.ret != 0
+    assert "No module named 'toyalpha'" in outside.stdout.str() + outside.stderr.str()
+
+
+def test_hermetic_all_stops_at_maxfail(uv_pytester: pytest.Pytester) -> None:
+    """-x stops the outer session and the inner one cleanly (its teardown runs)."""
+    marker = uv_pytester.path / "torn-down"
+    uv_pytester.makeconftest(
+        f"""
+        import pytest
+
+        @pytest.fixture(scope="session", autouse=True)
+        def session_resource():
+            yield
+            open({str(marker)!r}, "w").close()
+        """
+    )
+    uv_pytester.makepyfile(
+        test_stop="""
+        def test_a():
+            assert False
+        def test_b():
+            pass
+        def test_c():
+            pass
+        """
+    )
+    result = run(uv_pytester, "--hermetic-all", "-x")
+    result.assert_outcomes(failed=1)
+    assert marker.exists()
+
+
+def test_xdist_workers_each_run_their_share(uv_pytester: pytest.Pytester) -> None:
+    """Under -n 2 every hermetic test runs once, inside, in few worker processes."""
+    pid_dir = uv_pytester.mkdir("pids")
+    uv_pytester.makepyfile(
+        test_xd=f"""
+        import os
+        import pytest
+
+        @pytest.mark.hermetic
+        @pytest.mark.parametrize("n", range(20))
+        def test_inside(n):
+            import toyalpha
+            open(os.path.join({str(pid_dir)!r}, str(n)), "w").write(str(os.getpid()))
+
+        def test_plain():
+            pass
+        """
+    )
+    result = run(uv_pytester, "-n", "2")
+    result.assert_outcomes(passed=21)
+    pids = {p.read_text() for p in pid_dir.iterdir()}
+    assert len(list(pid_dir.iterdir())) == 20
+    assert 1 <= len(pids) <= 2
+
+
+def test_python_matrix_with_a_missing_interpreter(uv_pytester: pytest.Pytester) -> None:
+    """python=[...] runs each version in its own env; a missing one fails only its params."""
+    seen = uv_pytester.mkdir("seen")
+    uv_pytester.makepyfile(
+        test_matrix=f"""
+        import os, sys
+        import pytest
+
+        @pytest.mark.hermetic(python=["3.12", "3.13", "3.99"])
+        def test_version():
+            import toyalpha
+            version = "%d.%d" % sys.version_info[:2]
+            open(os.path.join({str(seen)!r}, version), "w").close()
+        """
+    )
+    result = run(uv_pytester, "-v")
+    result.assert_outcomes(passed=2, errors=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*test_version?py3.12? PASSED*",
+            "*test_version?py3.13? PASSED*",
+            "*test_version?py3.99? ERROR*",
+        ]
+    )
+    assert sorted(p.name for p in seen.iterdir()) == ["3.12", "3.13"]
+    assert "3.99" in result.stdout.str()
+
+
+def test_environment_is_scrubbed(
+    uv_pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Secrets, PYTHONPATH and UV_/PIP_ settings stay outside; passenv and env= get in."""
+    outer_only = uv_pytester.mkdir("outer_only")
+    monkeypatch.setenv("GITHUB_TOKEN", "ghp_secret")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "aws-secret")
+    monkeypatch.setenv("PYTHONPATH", str(outer_only))
+    monkeypatch.setenv("PYTHONSTARTUP", "/nonexistent/startup.py")
+    monkeypatch.setenv("PIP_INDEX_URL", "https://pip.invalid/simple")
+    monkeypatch.setenv("MYAPP_MODE", "passed-through")
+    monkeypatch.setenv("LC_ALL", "C.UTF-8")
+    monkeypatch.delenv("PYTHONHASHSEED", raising=False)
+    monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
+    uv_pytester.makeini("[pytest]\nhermetic_passenv = MYAPP_*\n")
+    uv_pytester.makepyfile(
+        test_env=f"""
+        import os, site, sys
+        import pytest
+
+        @pytest.mark.hermetic(env={{"EXTRA": "from-marker"}})
+        def test_scrubbed():
+            env = os.environ
+            assert "GITHUB_TOKEN" not in env and "AWS_SECRET_ACCESS_KEY" not in env
+            assert "PIP_INDEX_URL" not in env and "PYTHONSTARTUP" not in env
+            assert not any(k.startswith("UV_") for k in env)
+            assert {str(outer_only)!r} not in sys.path
+            assert env["MYAPP_MODE"] == "passed-through"
+            assert env["EXTRA"] == "from-marker"
+            assert env["LC_ALL"] == "C.UTF-8"
+            assert env["TZ"] == "UTC" and env["PYTHONHASHSEED"] == "0"
+            assert env["SOURCE_DATE_EPOCH"] == "315532800"
+            assert env["VIRTUAL_ENV"] == sys.prefix
+            assert env["HOME"] != os.path.expanduser("~root")
+            assert os.path.isdir(env["HOME"])
+            assert sys.flags.no_user_site and not site.ENABLE_USER_SITE
+        """
+    )
+    result = run(uv_pytester)
+    result.assert_outcomes(passed=1)
+    assert "ghp_secret" not in result.stdout.str()
+
+
+def test_network_false_blocks_non_loopback(uv_pytester: pytest.Pytester) -> None:
+    """network=False refuses non-loopback connects and lookups; loopback and other tests work."""
+    uv_pytester.makepyfile(
+        test_net="""
+        import socket
+        import pytest
+
+        @pytest.fixture
+        def server():
+            listener = socket.socket()
+            listener.bind(("127.0.0.1", 0))
+            listener.listen(4)
+            yield listener.getsockname()[1]
+            listener.close()
+
+        @pytest.mark.hermetic(network=False)
+        def test_blocked(server):
+            socket.create_connection(("127.0.0.1", server)).close()
+            # 0.0.0.0 is not loopback to the guard, yet never leaves this machine.
+            with pytest.raises(ConnectionRefusedError, match="hermetic.network=False"):
+                socket.create_connection(("0.0.0.0", server))
+            with pytest.raises(OSError, match="name lookup of '203.0.113.5' refused"):
+                socket.getaddrinfo("203.0.113.5", 80)
+
+        @pytest.mark.hermetic
+        def test_allowed(server):
+            socket.create_connection(("0.0.0.0", server)).close()
+        """
+    )
+    run(uv_pytester).assert_outcomes(passed=2)
+
+
+def test_two_thousand_tests_with_odd_ids_in_one_worker(uv_pytester: pytest.Pytester) -> None:
+    """2000 tests, ids with unicode, brackets, spaces and great length, run in one worker."""
+    uv_pytester.makepyfile(
+        test_many="""
+        import os
+        import pytest
+
+        ODD = ["ünïcødé ✓", "[brackets]", "with spaces", "::colons::", "x" * 300, "new\\nline"]
+        PIDS = set()
+
+        @pytest.mark.hermetic
+        @pytest.mark.parametrize("n", range(1994))
+        def test_many(n):
+            PIDS.add(os.getpid())
+            assert len(PIDS) == 1
+
+        @pytest.mark.hermetic
+        @pytest.mark.parametrize("value", ODD, ids=ODD)
+        def test_odd(value):
+            assert value in ODD
+        """
+    )
+    result = run(uv_pytester, "-q")
+    result.assert_outcomes(passed=2000)
+
+
+def test_missing_and_uncollectable_tests_get_clear_errors(
+    uv_pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A test not found inside, and a module that cannot import inside, each error clearly."""
+    outer_only = uv_pytester.mkdir("outer_only")
+    (outer_only / "outer_helper.py").write_text("VALUE = 1\n")
+    monkeypatch.setenv("PYTHONPATH", str(outer_only))
+    uv_pytester.makepyfile(
+        test_versions="""
+        import importlib.util
+        import pytest
+
+        INSIDE = importlib.util.find_spec("toyalpha") is not None
+
+        @pytest.mark.hermetic
+        @pytest.mark.parametrize("n", [1, 2] if INSIDE else [1, 2, 3])
+        def test_n(n):
+            pass
+        """,
+        test_outer_import="""
+        import outer_helper
+        import pytest
+
+        @pytest.mark.hermetic
+        def test_helper():
+            assert outer_helper.VALUE
+        """,
+    )
+    result = run(uv_pytester, "-rE")
+    result.assert_outcomes(passed=2, errors=2)
+    text = result.stdout.str()
+    assert "test_versions.py::test_n[3] was collected by the outer pytest session but not" in text
+    assert "Collecting test_outer_import.py failed inside the locked environment" in text
+    assert "No module named 'outer_helper'" in text
+
+
+def test_marker_arguments_are_validated(uv_pytester: pytest.Pytester) -> None:
+    """An unknown marker argument or a bad type is a collection error naming it."""
+    uv_pytester.makepyfile(
+        test_bad_name="""
+        import pytest
+
+        @pytest.mark.hermetic(tmeout=3)
+        def test_x():
+            pass
+        """,
+        test_bad_type="""
+        import pytest
+
+        @pytest.mark.hermetic(timeout="x")
+        def test_y():
+            pass
+        """,
+    )
+    result = uv_pytester.runpytest_subprocess()
+    result.assert_outcomes(errors=2)
+    result.stdout.fnmatch_lines(
+        [
+            "*test_x: hermetic got an unknown argument 'tmeout'; valid arguments are timeout,*",
+            "*test_y: hermetic(timeout=...) must be a positive number of seconds*not 'x'*",
+        ]
+    )
+
+
+def test_pdb_is_refused_and_pytest_must_be_locked(
+    uv_pytester: pytest.Pytester, make_project: object
+) -> None:
+    """--pdb with hermetic tests is a usage error; a lock without pytest names the fix."""
+    uv_pytester.makepyfile(
+        test_one="""
+        import pytest
+
+        @pytest.mark.hermetic
+        def test_x():
+            pass
+        """
+    )
+    pdb = run(uv_pytester, "--pdb")
+    assert pdb.ret == pytest.ExitCode.USAGE_ERROR
+    assert "--pdb and --trace cannot reach hermetic tests" in pdb.stderr.str()
+    make_project(uv_pytester.path, with_pytest=False)  # type: ignore[operator]
+    no_pytest = run(uv_pytester)
+    assert no_pytest.ret == pytest.ExitCode.USAGE_ERROR
+    assert "Fix: run `uv add --dev pytest`" in no_pytest.stderr.str()
+
+
+def test_keyboard_interrupt_stops_the_worker_cleanly(uv_pytester: pytest.Pytester) -> None:
+    """Ctrl-C in the outer session interrupts the worker, which tears down and exits."""
+    started = uv_pytester.path / "started"
+    torn_down = uv_pytester.path / "torn-down"
+    uv_pytester.makepyfile(
+        test_long=f"""
+        import os, time
+        import pytest
+
+        @pytest.fixture(scope="session")
+        def resource():
+            yield
+            open({str(torn_down)!r}, "w").write("done")
+
+        @pytest.mark.hermetic
+        def test_long(resource):
+            open({str(started)!r}, "w").write(str(os.getpid()))
+            time.sleep(60)
+        """
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pytest", *HERMETIC, "-p", "no:cacheprovider"],
+        cwd=uv_pytester.path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + 60
+    while not started.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    worker_pid = int(started.read_text())
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == pytest.ExitCode.INTERRUPTED, out.decode()
+    assert torn_down.read_text() == "done"
+    with pytest.raises(ProcessLookupError):
+        os.kill(worker_pid, 0)
