@@ -119,6 +119,7 @@ def scrubbed_environ(
       holds only the project layer, user site-packages are off.
     * ``PYTHONHASHSEED`` is ``0`` and ``SOURCE_DATE_EPOCH`` 1980-01-01 unless
       the user set them; ``TZ`` is ``UTC`` and ``HOME`` is ``home`` unless passed.
+    * ``PYTHONIOENCODING=utf-8`` and ``PYTHONUNBUFFERED=1``: output survives a kill.
     * ``extra`` (the marker's ``env=``) is applied last.
     """
     source = os.environ if source is None else source
@@ -146,6 +147,9 @@ def scrubbed_environ(
     scrubbed.setdefault("TZ", "UTC")
     scrubbed["SOURCE_DATE_EPOCH"] = source.get("SOURCE_DATE_EPOCH") or DEFAULT_SOURCE_DATE_EPOCH
     scrubbed["PYTHONIOENCODING"] = "utf-8"
+    # A worker may be killed (timeout, crash): what a test printed must not
+    # die in a buffer with it.
+    scrubbed["PYTHONUNBUFFERED"] = "1"
     if extra:
         scrubbed.update(extra)
     return scrubbed
@@ -509,10 +513,9 @@ def deserialise(config: pytest.Config, data: Mapping[str, Any]) -> Any:
         value = data.get(key)
         if isinstance(value, list):
             data[key] = tuple(value)
-    if isinstance(data.get("user_properties"), list):
-        data["user_properties"] = [
-            tuple(p) if isinstance(p, list) else p for p in data["user_properties"]
-        ]
+    for key in ("user_properties", "sections"):
+        if isinstance(data.get(key), list):
+            data[key] = [tuple(p) if isinstance(p, list) else p for p in data[key]]
     report = config.hook.pytest_report_from_serializable(config=config, data=data)
     if report is None:
         raise ProtocolError(f"pytest could not rebuild a report of type {data.get('$report_type')}")

@@ -598,3 +598,91 @@ def test_keyboard_interrupt_stops_the_worker_cleanly(uv_pytester: pytest.Pyteste
     assert torn_down.read_text() == "done"
     with pytest.raises(ProcessLookupError):
         os.kill(worker_pid, 0)
+
+
+def test_options_and_conftest_options_reach_the_inner_session(
+    uv_pytester: pytest.Pytester,
+) -> None:
+    """-W, --tb, -s, --hermetic-timeout and a conftest's own option apply inside."""
+    uv_pytester.makeconftest(
+        """
+        def pytest_addoption(parser):
+            parser.addoption("--flavour", default="plain")
+        """
+    )
+    uv_pytester.makepyfile(
+        test_opts="""
+        import time, warnings
+        import pytest
+
+        pytestmark = pytest.mark.hermetic
+
+        def test_flavour(request):
+            print("LIVE-OUTPUT")
+            assert request.config.getoption("flavour") == "spicy"
+
+        def test_warning_is_error():
+            warnings.warn(UserWarning("now an error"))
+
+        def test_short_traceback():
+            assert 1 == 2
+
+        def test_slow():
+            time.sleep(30)
+        """
+    )
+    result = run(
+        uv_pytester,
+        "--flavour",
+        "spicy",
+        "-W",
+        "error::UserWarning",
+        "--tb=line",
+        "-s",
+        "--hermetic-timeout=2",
+    )
+    result.assert_outcomes(passed=1, failed=3)
+    text = result.stdout.str()
+    assert "LIVE-OUTPUT" in text
+    assert "UserWarning: now an error" in text
+    result.stdout.fnmatch_lines(["*test_opts.py:*: assert 1 == 2"])
+    assert "ran longer than its timeout of 2 s" in text
+
+
+def test_marker_on_class_groups_and_interleaved_plain_tests(
+    uv_pytester: pytest.Pytester, make_project: object
+) -> None:
+    """A class marker with groups= gets its own env; plain tests around it keep their fixtures."""
+    make_project(uv_pytester.path, groups={"gamma": ["toygamma==1.0"]})  # type: ignore[operator]
+    log = uv_pytester.path / "fixture.log"
+    uv_pytester.makepyfile(
+        test_a=f"""
+        import pytest
+
+        @pytest.fixture(scope="module")
+        def resource():
+            open({str(log)!r}, "a").write("up ")
+            yield
+            open({str(log)!r}, "a").write("down ")
+
+        def test_plain(resource):
+            pass
+
+        @pytest.mark.hermetic(groups=["gamma"])
+        class TestGamma:
+            def test_gamma(self):
+                import toygamma
+
+        @pytest.mark.hermetic
+        def test_no_gamma():
+            import importlib.util
+            assert importlib.util.find_spec("toygamma") is None
+        """,
+        test_b="""
+        def test_later():
+            pass
+        """,
+    )
+    result = run(uv_pytester, "-v")
+    result.assert_outcomes(passed=4)
+    assert log.read_text() == "up down "
