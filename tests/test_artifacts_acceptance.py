@@ -479,3 +479,37 @@ def test_failure_mid_write_leaves_nothing_complete(uv_pytester: pytest.Pytester)
     assert not list(builds.glob(".tmp-*"))
     uv_pytester.runpytest_subprocess("--uv-build").assert_outcomes(passed=1)
     assert (only_record(builds) / "SHA256SUMS").is_file()
+
+
+def test_hermetic_outcomes_in_run_facts(uv_pytester: pytest.Pytester) -> None:
+    """metadata.json counts the hermetic tests' outcomes and names the failing ones."""
+    uv_pytester.makepyfile(
+        test_inside="""
+        import pytest
+
+        @pytest.mark.hermetic
+        def test_passes():
+            import toyalpha
+
+        @pytest.mark.hermetic
+        def test_fails():
+            assert False
+
+        def test_on_the_host():
+            pass
+        """
+    )
+    result = uv_pytester.runpytest_subprocess("--uv-build")
+    result.assert_outcomes(passed=2, failed=1)
+    run = load(only_record(uv_pytester.path / "builds"), "metadata.json")["run"]
+    assert run["exit_status"] == pytest.ExitCode.TESTS_FAILED
+    assert run["tests_failed"] == 1
+    assert run["hermetic"] == {
+        "passed": 1,
+        "failed": 1,
+        "skipped": 0,
+        "errors": 0,
+        "xfailed": 0,
+        "xpassed": 0,
+        "failing": ["test_inside.py::test_fails"],
+    }
