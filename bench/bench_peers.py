@@ -23,7 +23,6 @@ Run: ``python bench/bench_peers.py [--repeats N] [--quick]``. ``--quick`` (or
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import os
 import shutil
@@ -296,7 +295,6 @@ def bench_lock_sizes(
     from pytest_uvbuild.request import EnvRequest
 
     rows: list[dict[str, Any]] = []
-    counter = itertools.count()
     sources = scratch / "scale-src"
     for i in range(max(sizes)):
         toys.build_toy(sources, f"scalepkg{i:03d}", "1.0", (), house)
@@ -319,19 +317,22 @@ def bench_lock_sizes(
         ) -> None:
             cache.materialise(request, start_dir=project, rebuild=True).release()
 
+        # The same interpreter on both sides: the one the cache resolves.
+        interpreter = cache.resolve(request, project)[2].path
         raw_argv: list[str | Path] = [
             toys.UV,
             "sync",
             "--locked",
             "--no-install-project",
             "--python",
-            sys.executable,
+            interpreter,
         ]
 
         def raw(project: Path = project, argv: list[str | Path] = raw_argv) -> None:
-            target = scratch / "scale-raw" / f"{next(counter)}"
+            # Like a rebuild, this removes the previous env inside the timing.
+            target = scratch / "scale-raw" / "env"
+            shutil.rmtree(target, ignore_errors=True)
             run(argv, cwd=project, env={**env, "UV_PROJECT_ENVIRONMENT": str(target)})
-            shutil.rmtree(target)
 
         print(f"  lock of {size} packages: cold env build vs uv sync --locked", flush=True)
         ours_stats, raw_stats = side_by_side(ours, raw, repeats)
@@ -339,13 +340,13 @@ def bench_lock_sizes(
             case_row(
                 f"cold env build, {size} packages",
                 ours_stats,
-                "uv sync --locked into a fresh dir",
+                "uv sync --locked (fresh env)",
                 raw_stats,
                 commands=(
                     "EnvCache(root).materialise(EnvRequest(install_project='no'), rebuild=True)",
                     "UV_PROJECT_ENVIRONMENT=<fresh dir> " + display(raw_argv, scratch),
                 ),
-                note="warm uv cache; project not installed on either side",
+                note="warm uv cache; project not installed; both sides remove the old env first",
                 series="env build vs lock size",
                 x=size,
             )
