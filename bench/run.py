@@ -204,7 +204,8 @@ def _svg(width: int, height: int, body: list[str], title: str) -> str:
 
 def ratio_plot(rows: Sequence[dict[str, Any]]) -> str:
     """Horizontal bars of ours/baseline on a log axis, with a line at one."""
-    rows = [r for r in rows if r.get("ratio")]
+    # Time rows only: a memory ratio (``unit`` MiB) is in the tables, not on a time axis.
+    rows = [r for r in rows if r.get("ratio") and r.get("unit", "s") == "s"]
     label_w, bar_h, top = 430, 18, 40
     plot_w = PLOT_WIDTH - label_w - 30
     height = top + bar_h * len(rows) + 50
