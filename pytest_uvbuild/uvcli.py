@@ -122,36 +122,40 @@ def _reinstall_hint() -> str:
 def translate_failure(what: str, returncode: int, stderr: str) -> UvCommandError | LockfileError:
     """Map a failed uv call to one error whose message names the fix."""
     detail = _first_error_lines(stderr)
-    if "needs to be updated, but `--locked` was provided" in stderr or (
-        "needs to be updated" in stderr and "--check" in what
+    # uv wraps its messages to the terminal width ($COLUMNS, often 80 in CI),
+    # so a phrase may be split over lines: match on the text with every run
+    # of whitespace made one space.
+    flat = " ".join(stderr.split())
+    if "needs to be updated, but `--locked` was provided" in flat or (
+        "needs to be updated" in flat and "--check" in what
     ):
         return LockfileError(
             "uv.lock is out of date with pyproject.toml. Fix: run `uv lock` and commit uv.lock."
         )
-    if "Unable to find lockfile" in stderr:
+    if "Unable to find lockfile" in flat:
         return LockfileError(
             "uv.lock is missing. Fix: run `uv lock` in the project and commit uv.lock."
         )
-    if "Failed to parse `uv.lock`" in stderr or "unsupported schema version" in stderr:
+    if "Failed to parse `uv.lock`" in flat or "unsupported schema version" in flat:
         return LockfileError(
             "uv.lock cannot be parsed:\n"
             f"{detail}\nFix: regenerate it with `uv lock` (or upgrade uv if the lock is newer)."
         )
-    if "Network connectivity is disabled" in stderr:
+    if "Network connectivity is disabled" in flat:
         return UvCommandError(
             f"{what} needs packages that are not in uv's cache, and offline mode is on:\n"
             f"{detail}\nFix: run once without --uv-offline (or UV_OFFLINE) to fill the cache.",
             returncode=returncode,
             stderr=stderr,
         )
-    if any(p.lower() in stderr.lower() for p in _NETWORK_PATTERNS):
+    if any(p.lower() in flat.lower() for p in _NETWORK_PATTERNS):
         return UvCommandError(
             f"{what} could not reach the package index:\n{detail}\n"
             "Fix: check the network or index URL, or use --uv-offline with a warm uv cache.",
             returncode=returncode,
             stderr=stderr,
         )
-    hash_match = re.search(r"Hash mismatch for `([^`]+)`", stderr)
+    hash_match = re.search(r"Hash mismatch for `([^`]+)`", flat)
     if hash_match:
         return UvCommandError(
             f"{what} refused {hash_match.group(1)}: its hash does not match uv.lock.\n{detail}\n"

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import toys
 
+from conftest import MakeProject
 from pytest_uvbuild.errors import (
     InterpreterNotFoundError,
     LockfileError,
@@ -136,3 +137,21 @@ def test_no_uv_anywhere(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None
     assert "the 'uv' Python package (not installed)" in message
     assert "'uv' on PATH" in message
     assert "Fix: `pip install uv`" in message
+
+
+@pytest.mark.parametrize("columns", ["40", "80"])
+def test_messages_wrapped_to_a_narrow_terminal_are_still_recognised(
+    columns: str, make_project: MakeProject, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """uv wraps its errors to $COLUMNS (80 in many CIs); a stale lock is still named as such."""
+    project = make_project()
+    pyproject = project / "pyproject.toml"
+    pyproject.write_text(pyproject.read_text().replace("toyalpha==1.0", "toyalpha==2.0"))
+    monkeypatch.setenv("COLUMNS", columns)
+    proc = Uv(toys.UV).run(
+        ["export", "--locked", "--offline", "--quiet"], what="x", cwd=project, check=False
+    )
+    assert "--locked` was provided" not in proc.stderr  # uv did wrap it
+    error = translate_failure("`uv export --locked`", proc.returncode, proc.stderr)
+    assert isinstance(error, LockfileError)
+    assert "uv.lock is out of date" in str(error)
