@@ -66,6 +66,9 @@ class SuiteRun:
     #: sha256 of the results file this run wrote, so that a later re-render
     #: can tell when the file was replaced by another run.
     digest: str = ""
+    #: When the suite finished (UTC), and the code it measured.
+    finished: str = ""
+    commit: str = ""
 
 
 def suite_names() -> list[str]:
@@ -79,6 +82,7 @@ def run_suites(names: Sequence[str], repeats: int, *, quick: bool) -> list[Suite
     runs = []
     env = {**os.environ, QUICK_ENV: "1" if quick else "0"}
     for name in names:
+        commit = git_commit()
         script = BENCH / f"bench_{name}.py"
         if not script.exists():
             runs.append(SuiteRun(name, "missing", detail=f"bench/bench_{name}.py does not exist"))
@@ -97,8 +101,22 @@ def run_suites(names: Sequence[str], repeats: int, *, quick: bool) -> list[Suite
             runs.append(SuiteRun(name, "failed", seconds, f"wrote no bench/results/{name}.json"))
         else:
             digest = hashlib.sha256(result.read_bytes()).hexdigest()
-            runs.append(SuiteRun(name, "ok", seconds, digest=digest))
+            finished = time.strftime("%Y-%m-%d %H:%M", time.gmtime())
+            runs.append(SuiteRun(name, "ok", seconds, "", digest, finished, commit))
     return runs
+
+
+def git_commit() -> str:
+    """The checked-out commit, with ``+dirty`` when the working tree has changes."""
+
+    def git(*args: str) -> str:
+        proc = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=False)
+        return proc.stdout.strip() if proc.returncode == 0 else ""
+
+    sha = git("rev-parse", "--short", "HEAD")
+    if not sha:
+        return "unknown"
+    return sha + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
 
 
 def machine_facts() -> dict[str, Any]:
@@ -380,11 +398,15 @@ def render(
         "",
         "## How these were measured",
         "",
+        "To reproduce (`--quick` for fewer repeats and smaller cases):",
+        "",
         "```console",
-        f"$ {argv_shown}",
+        "$ uv run --locked python bench/run.py",
         "```",
         "",
-        f"- Run finished: {facts.get('finished', '?')} (UTC)",
+        f"- Last rendered by `{argv_shown}`, finished {facts.get('finished', '?')} (UTC);",
+        "  the table below says when each suite ran and which commit it measured",
+        "  (`+dirty`: with uncommitted changes in the working tree).",
         f"- Machine: {facts.get('cpu', '?')}, {machine.get('cpus', '?')} CPUs, "
         f"{facts.get('memory', '?')} RAM; load average before the run: "
         f"{facts.get('load_before', '?')}",
@@ -392,14 +414,17 @@ def render(
         f"- Python {machine.get('python', '?')}, pytest {machine.get('pytest', '?')}, "
         f"{machine.get('uv', 'uv ?')}",
         "",
-        "| Suite | Command | Status | Wall time |",
-        "|---|---|---|---|",
+        "| Suite | Command | Status | Wall time | Finished (UTC) | Code measured |",
+        "|---|---|---|---|---|---|",
     ]
     for run in runs:
         command = results.get(run.suite, {}).get("command") or f"python bench/bench_{run.suite}.py"
         status = run.status + (f": {run.detail}" if run.detail else "")
         wall = fmt_time(run.seconds) if run.seconds else "—"
-        lines.append(f"| {run.suite} | `{command}` | {status} | {wall} |")
+        lines.append(
+            f"| {run.suite} | `{command}` | {status} | {wall} | {run.finished or '—'} "
+            f"| {run.commit or '—'} |"
+        )
     missing = [r for r in runs if r.status != "ok"]
     if missing:
         lines += [
