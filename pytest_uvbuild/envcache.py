@@ -24,6 +24,7 @@ layer* that is put on ``sys.path`` via ``PYTHONPATH``.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -39,7 +40,7 @@ from typing import Any, Final
 
 from filelock import FileLock, Timeout
 
-from pytest_uvbuild.errors import CacheError
+from pytest_uvbuild.errors import CacheError, UvBuildError
 from pytest_uvbuild.fsutil import remove_tree, write_atomic
 from pytest_uvbuild.interpreters import Interpreter, resolve_python
 from pytest_uvbuild.project import (
@@ -427,10 +428,26 @@ class EnvCache:
         return self.root / "envs" / key
 
     def _not_writable(self, exc: OSError) -> CacheError:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            return CacheError(
+                f"Cannot write to the cache dir {self.root}: {exc.strerror or exc} (the disk is "
+                "full, or a quota or file size limit stops writes). Fix: free disk space there, "
+                f"or pass --uv-cache-dir=DIR (or set {CACHE_DIR_ENV}) on a disk with room."
+            )
         return CacheError(
             f"The cache dir {self.root} is not writable ({exc.strerror or exc}). "
             f"Fix: pass --uv-cache-dir=DIR or set {CACHE_DIR_ENV} to a writable directory."
         )
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        """Turn an OSError while writing into the cache into one error that names the fix."""
+        try:
+            yield
+        except UvBuildError:
+            raise
+        except OSError as exc:
+            raise self._not_writable(exc) from None
 
     def _ensure_root(self) -> None:
         try:
@@ -576,9 +593,10 @@ class EnvCache:
                         f"building env {key} for {project.root} with {interpreter.describe()}, "
                         f"{selection.describe()}, install {inputs['install_mode']}: {reason}"
                     )
-                record = self._build(
-                    project, selection, interpreter, key, inputs, request, rebuild=rebuild
-                )
+                with self._writing():
+                    record = self._build(
+                        project, selection, interpreter, key, inputs, request, rebuild=rebuild
+                    )
             else:
                 self._check_lock_fresh(project, interpreter, record, request)
         except BaseException:
@@ -607,7 +625,10 @@ class EnvCache:
             plan = _LayerPlan.make(project, key, env.install_mode, selection.only_groups, sources)
             # A cold build made the layer alongside the env and already said
             # so; the layer is announced on its own only when it alone is built.
-            env.layer = self._ensure_layer(plan, interpreter, request, announce if hit else None)
+            with self._writing():
+                env.layer = self._ensure_layer(
+                    plan, interpreter, request, announce if hit else None
+                )
         except BaseException:
             _release_lease(lease)
             raise
@@ -772,7 +793,11 @@ class EnvCache:
             "build_seconds": round(time.perf_counter() - began, 3),
         }
         # The completion record goes last: until it exists, nobody trusts the env.
-        write_atomic(env_dir / RECORD_NAME, json.dumps(record, indent=2).encode())
+        try:
+            write_atomic(env_dir / RECORD_NAME, json.dumps(record, indent=2).encode())
+        except OSError:
+            remove_tree(env_dir)  # a full disk: give back the space, trust nothing
+            raise
         with contextlib.suppress(OSError):
             (self.root / "checks" / self._freshness_token(project, lock_dirs, inputs["uv"])).touch()
             write_atomic(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -24,7 +25,7 @@ from pytest_uvbuild.errors import (
 )
 from pytest_uvbuild.probecache import probe
 
-__all__ = ["UV_BINARY_ENV", "Uv", "find_uv"]
+__all__ = ["UV_BINARY_ENV", "Uv", "exit_description", "find_uv"]
 
 #: Environment variable that points pytest-uvbuild at a specific uv binary.
 UV_BINARY_ENV: Final = "PYTEST_UVBUILD_UV"
@@ -113,6 +114,32 @@ def _first_error_lines(stderr: str, limit: int = 8) -> str:
     return "\n".join("  " + ln for ln in lines[:limit])
 
 
+# What a program sees when the disk (or a quota, or `ulimit -f`) stops a write.
+_DISK_FULL_PATTERNS: Final = (
+    "No space left on device",
+    "Disk quota exceeded",
+    "File too large",
+)
+
+
+def exit_description(returncode: int) -> str:
+    """Say how a process ended: ``exit status 2`` or ``killed by SIGXFSZ (file size limit)``."""
+    if returncode >= 0:
+        return f"exit status {returncode}"
+    try:
+        name = signal.Signals(-returncode).name
+    except ValueError:
+        return f"killed by signal {-returncode}"
+    if name == "SIGXFSZ":
+        return "killed by SIGXFSZ (file size limit exceeded)"
+    return f"killed by {name}"
+
+
+def _disk_full(returncode: int, flat: str) -> bool:
+    xfsz = getattr(signal, "SIGXFSZ", None)
+    return (xfsz is not None and returncode == -xfsz) or any(p in flat for p in _DISK_FULL_PATTERNS)
+
+
 def _reinstall_hint() -> str:
     if os.environ.get(UV_BINARY_ENV):
         return f"Fix: point {UV_BINARY_ENV} at a working uv binary, or unset it."
@@ -155,6 +182,15 @@ def translate_failure(what: str, returncode: int, stderr: str) -> UvCommandError
             returncode=returncode,
             stderr=stderr,
         )
+    if _disk_full(returncode, flat):
+        return UvCommandError(
+            f"{what} could not write its files: the disk is full or a file size limit "
+            f"stopped it (uv {exit_description(returncode)}).\n{detail}\n"
+            "Fix: free disk space where uv's cache (UV_CACHE_DIR) and the env cache "
+            "(--uv-cache-dir) live, or raise the limit (ulimit -f).",
+            returncode=returncode,
+            stderr=stderr,
+        )
     hash_match = re.search(r"Hash mismatch for `([^`]+)`", flat)
     if hash_match:
         return UvCommandError(
@@ -164,7 +200,7 @@ def translate_failure(what: str, returncode: int, stderr: str) -> UvCommandError
             stderr=stderr,
         )
     return UvCommandError(
-        f"{what} failed (uv exit status {returncode}):\n{detail}\n"
+        f"{what} failed (uv {exit_description(returncode)}):\n{detail}\n"
         "Fix: correct what uv reports above; running the same uv command in the project "
         "shows its full output.",
         returncode=returncode,
@@ -202,9 +238,14 @@ class Uv:
                 ) from None
             parts = proc.stdout.split()
             if proc.returncode != 0 or len(parts) < 2 or parts[0] != "uv":
+                ended = (
+                    f"exited {proc.returncode}"
+                    if proc.returncode >= 0
+                    else f"was {exit_description(proc.returncode)}"
+                )
                 raise UvNotFoundError(
-                    f"The uv binary at {self.binary} does not run (`uv --version` exited "
-                    f"{proc.returncode}). " + _reinstall_hint()
+                    f"The uv binary at {self.binary} does not run (`uv --version` {ended}). "
+                    + _reinstall_hint()
                 )
             return {"version": parts[1]}
 

@@ -596,3 +596,27 @@ def test_workspace_member_edits_are_never_stale(
         ["python", "-c", "import member; print(member.WHERE)"], capture_output=True, text=True
     )
     assert out.stdout.strip() == "v2"
+
+
+def test_a_full_disk_while_writing_the_record_is_one_clear_error(
+    project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ENOSPC on the completion record (uv's hard links need no room) is a CacheError, no env."""
+    import errno
+
+    real_write = envcache.write_atomic
+
+    def full_disk(path: Path, data: bytes, **kwargs: int) -> None:
+        if path.name == envcache.RECORD_NAME:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        real_write(path, data, **kwargs)
+
+    monkeypatch.setattr(envcache, "write_atomic", full_disk)
+    cache = EnvCache(tmp_path / "cache")
+    with pytest.raises(CacheError, match=r"No space left on device \(the disk is full.*Fix: free"):
+        _make(cache, project)
+    assert os.listdir(cache.root / "envs") == []
+    monkeypatch.setattr(envcache, "write_atomic", real_write)
+    env = _make(cache, project)
+    assert not env.hit
+    env.release()

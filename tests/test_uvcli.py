@@ -155,3 +155,36 @@ def test_messages_wrapped_to_a_narrow_terminal_are_still_recognised(
     error = translate_failure("`uv export --locked`", proc.returncode, proc.stderr)
     assert isinstance(error, LockfileError)
     assert "uv.lock is out of date" in str(error)
+
+
+@pytest.mark.parametrize(
+    ("returncode", "stderr"),
+    [
+        (-25, "Using CPython 3.11.7\nCreating virtual environment at: /c/envs/k\n"),
+        (
+            2,
+            "error: Failed to install: pygments\n"
+            "  Caused by: No space left on device (os error 28)\n",
+        ),
+        (2, "error: failed to write to file `/c/x`: Disk quota exceeded (os error 122)\n"),
+    ],
+    ids=["sigxfsz", "enospc", "edquot"],
+)
+def test_a_full_disk_is_named_with_the_fix(returncode: int, stderr: str) -> None:
+    """uv stopped by a full disk, a quota or `ulimit -f` (SIGXFSZ) gets a disk-full message."""
+    message = str(translate_failure("`uv sync --locked`", returncode, stderr))
+    assert "the disk is full or a file size limit stopped it" in message
+    assert "Fix: free disk space" in message
+    if returncode < 0:
+        assert "killed by SIGXFSZ (file size limit exceeded)" in message
+
+
+def test_a_uv_killed_by_a_signal_is_named(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A uv that dies of a signal is reported by the signal's name, not a negative status."""
+    killed = tmp_path / "uv"
+    killed.write_text("#!/bin/sh\nkill -TERM $$\n")
+    killed.chmod(0o755)
+    with pytest.raises(UvNotFoundError, match=r"`uv --version` was killed by SIGTERM\)"):
+        Uv(killed).version()
+    error = translate_failure("`uv sync --locked`", -9, "")
+    assert "(uv killed by SIGKILL)" in str(error)
