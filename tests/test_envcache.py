@@ -604,7 +604,7 @@ def test_a_full_disk_while_writing_the_record_is_one_clear_error(
     """ENOSPC on the completion record (uv's hard links need no room) is a CacheError, no env."""
     import errno
 
-    real_write = envcache.write_atomic
+    from pytest_uvbuild.fsutil import write_atomic as real_write
 
     def full_disk(path: Path, data: bytes, **kwargs: int) -> None:
         if path.name == envcache.RECORD_NAME:
