@@ -101,6 +101,52 @@ def cmd_cache_prune(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cache_verify(args: argparse.Namespace) -> int:
+    """Check every cached env file by file; damaged ones are rebuilt by the next session."""
+    results = _cache(args).verify()
+    if args.json:
+        print(
+            json.dumps(
+                [
+                    {
+                        "key": r.key,
+                        "busy": r.busy,
+                        "damaged": r.damaged,
+                        "problems": list(r.problems),
+                        "damaged_layers": list(r.damaged_layers),
+                        "changed_in_place": list(r.changed),
+                    }
+                    for r in results
+                ],
+                indent=2,
+            )
+        )
+    for r in results if not args.json else ():
+        if r.busy:
+            print(f"busy    {r.key}: being built, not checked")
+        elif not r.damaged:
+            print(f"ok      {r.key}")
+        else:
+            shown = [*r.problems[:5], *(f"project layer {n}" for n in r.damaged_layers)]
+            more = len(r.problems) - 5 if len(r.problems) > 5 else 0
+            print(f"DAMAGED {r.key}: {'; '.join(shown)}{f' and {more} more' if more else ''}")
+    damaged = sum(r.damaged for r in results)
+    changed = sorted({name for r in results for name in r.changed})
+    if not args.json:
+        print(
+            f"{len(results)} checked, {damaged} damaged"
+            + (": the next session rebuilds them" if damaged else "")
+        )
+        if changed:
+            # uv hard-links envs from its cache: a file edited in place is
+            # edited there too, and a rebuild would link it again.
+            print(
+                "Files were changed in place, so uv's own cache (which envs are hard-linked "
+                f"from) may hold the same changes. Fix: uv cache clean {' '.join(changed)}"
+            )
+    return 1 if damaged else 0
+
+
 class _Parser(argparse.ArgumentParser):
     """An argument parser whose usage errors are one line on stderr and exit status 2."""
 
@@ -229,6 +275,13 @@ def build_parser() -> argparse.ArgumentParser:
     c_prune.add_argument("--older-than", metavar="AGE", default=None, help="e.g. 30d, 12h")
     c_prune.add_argument("--all", action="store_true", help="Remove every env not in use")
     c_prune.set_defaults(func=cmd_cache_prune)
+    c_verify = cache_sub.add_parser(
+        "verify",
+        parents=[common],
+        help="Check every file of every cached env against its RECORD; exit 1 if any is damaged",
+    )
+    c_verify.add_argument("--json", action="store_true", help="Print a JSON list of results")
+    c_verify.set_defaults(func=cmd_cache_verify)
     _add_record_commands(sub)
     return parser
 

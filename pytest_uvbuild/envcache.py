@@ -12,10 +12,13 @@ Layout under the cache root::
     projects/<digest>.json      inputs of the last env built per project (to say why)
     probes/                     cached facts about interpreters and uv
 
-An env is trusted only if its completion record names its own key and its
-interpreter is still there; anything else is rebuilt under the lock. A hit
-runs no uv command and parses no lock: it hashes ``uv.lock`` and the
-pyproject files, and reads one small record. The
+An env is trusted only if its completion record names its own key, its
+interpreter is still there, and nothing recorded at the top of its
+``site-packages`` is gone (see :mod:`~pytest_uvbuild.integrity`; a file
+removed deeper down is found by ``cache verify``); anything else is rebuilt
+under the lock. A hit runs no uv command and parses no lock: it hashes
+``uv.lock`` and the pyproject files, reads one small record and lists one
+directory. The
 dependency env never contains the project or other local packages, so it is
 immutable and shared by every checkout: those live in a per-content *project
 layer* that is put on ``sys.path`` via ``PYTHONPATH``.
@@ -42,6 +45,7 @@ from filelock import FileLock, Timeout
 
 from pytest_uvbuild.errors import CacheError, UvBuildError
 from pytest_uvbuild.fsutil import remove_tree, write_atomic
+from pytest_uvbuild.integrity import missing_top_level, top_level, verify_site
 from pytest_uvbuild.interpreters import Interpreter, resolve_python
 from pytest_uvbuild.project import (
     LocalSource,
@@ -64,6 +68,7 @@ __all__ = [
     "EnvCache",
     "EnvRequest",
     "UvEnv",
+    "VerifyResult",
     "default_cache_dir",
 ]
 
@@ -73,6 +78,8 @@ FORMAT_VERSION: Final = 2
 CACHE_DIR_ENV: Final = "PYTEST_UVBUILD_CACHE_DIR"
 RECORD_NAME: Final = "pytest-uvbuild.json"
 LAYER_RECORD_NAME: Final = "layer.json"
+#: Left by ``cache verify`` in place of the completion record of a damaged env.
+DAMAGED_NAME: Final = "pytest-uvbuild.damaged.json"
 #: How long a session waits for another process that is building the same env.
 BUILD_WAIT_SECONDS: Final = 1800.0
 
@@ -247,6 +254,41 @@ def compute_key(
     }
     blob = json.dumps(inputs, sort_keys=True, separators=(",", ":")).encode()
     return hashlib.sha256(blob).hexdigest()[:16], inputs
+
+
+def _find_site_packages(env_dir: Path) -> Path | None:
+    if sys.platform == "win32":
+        site = env_dir / "Lib" / "site-packages"
+        return site if site.is_dir() else None
+    found = sorted(env_dir.glob("lib/*/site-packages"))
+    return found[0] if found else None
+
+
+def _layer_intact(layer: Path) -> bool:
+    """Whether a project layer is complete and nothing recorded at its top is gone."""
+    try:
+        data = json.loads((layer / LAYER_RECORD_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    entries = data.get("entries") if isinstance(data, dict) else None
+    return not (isinstance(entries, list) and missing_top_level(layer / "site", entries))
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    """What ``cache verify`` found for one env: problems per checked site directory."""
+
+    key: str
+    busy: bool
+    problems: tuple[str, ...]
+    damaged_layers: tuple[str, ...]
+    #: Distributions with a file changed in place: uv's cache may hold the same change.
+    changed: tuple[str, ...] = ()
+
+    @property
+    def damaged(self) -> bool:
+        """Whether any file of the env or of its project layers is missing or changed."""
+        return bool(self.problems or self.damaged_layers)
 
 
 def _dir_size(path: Path) -> int:
@@ -514,6 +556,8 @@ class EnvCache:
         except FileNotFoundError:
             if not env.exists():
                 return None, ""
+            if (env / DAMAGED_NAME).is_file():
+                return None, "`cache verify` found the cached env damaged"
             return None, "the cached env is incomplete (no completion record: a build was cut off)"
         except (OSError, ValueError):
             return None, "the cached env's completion record is unreadable"
@@ -526,6 +570,13 @@ class EnvCache:
             return None, "the cached env is damaged (its interpreter is gone)"
         if not (env / "pyvenv.cfg").is_file():
             return None, "the cached env is damaged (pyvenv.cfg is gone)"
+        entries = record.get("site_entries")
+        if isinstance(entries, list):
+            gone = missing_top_level(env / str(record.get("site_packages")), entries)
+            if gone:
+                more = f" and {len(gone) - 3} more" if len(gone) > 3 else ""
+                shown = ", ".join(gone[:3]) + more
+                return None, f"the cached env is damaged ({shown} gone from site-packages)"
         return record, ""
 
     def _lock(self, key: str) -> FileLock:
@@ -777,9 +828,12 @@ class EnvCache:
                 raise
             layer_job.result()
         python = env_dir / ("Scripts/python.exe" if sys.platform == "win32" else "bin/python")
-        if not python.exists():
+        site = _find_site_packages(env_dir)
+        if not python.exists() or site is None:
             remove_tree(env_dir)
-            raise CacheError(f"uv sync finished but {python} does not exist; this is a bug.")
+            raise CacheError(
+                f"uv sync finished but {python} or site-packages does not exist; this is a bug."
+            )
         record = {
             "format": FORMAT_VERSION,
             "key": key,
@@ -789,6 +843,9 @@ class EnvCache:
             "interpreter": interpreter.describe(),
             "local_sources": [s.as_json() for s in sources],
             "lock_dirs": list(lock_dirs),
+            # What a hit checks cheaply: these names must still be there.
+            "site_packages": os.path.relpath(site, env_dir),
+            "site_entries": top_level(site),
             "created": time.time(),
             "build_seconds": round(time.perf_counter() - began, 3),
         }
@@ -828,16 +885,17 @@ class EnvCache:
         layer = plan.layer_dir(self.root)
         if layer is None:
             return plan.import_roots
-        if rebuild or not (layer / LAYER_RECORD_NAME).is_file():
+        if rebuild or not _layer_intact(layer):
             layer_lock = FileLock(str(self.root / "locks" / f"layer-{layer.name}.lock"))
             self._acquire(layer_lock, f"project layer {layer.name}", announce)
             try:
-                if rebuild or not (layer / LAYER_RECORD_NAME).is_file():
+                if rebuild or not _layer_intact(layer):
                     if announce:
                         names = ", ".join(s.name for s in plan.to_install)
+                        why = "it is damaged" if layer.exists() else "local sources changed"
                         announce(
                             f"building project layer {plan.digest} of env {plan.key} ({names}): "
-                            "local sources changed"
+                            + why
                         )
                     self._build_layer(plan, layer, interpreter, request)
             finally:
@@ -898,7 +956,11 @@ class EnvCache:
             write_atomic(
                 staging / LAYER_RECORD_NAME,
                 json.dumps(
-                    {"key": plan.key, "sources": [str(s.path(plan.root)) for s in plan.to_install]}
+                    {
+                        "key": plan.key,
+                        "sources": [str(s.path(plan.root)) for s in plan.to_install],
+                        "entries": top_level(staging / "site"),
+                    }
                 ).encode(),
             )
             remove_tree(layer)
@@ -1001,6 +1063,46 @@ class EnvCache:
                 lock.release()
         self._sweep_leftovers(now)
         return removed, busy
+
+    def verify(self) -> list[VerifyResult]:
+        """Check every complete env and its project layers file by file against their RECORDs.
+
+        A damaged env loses its completion record (a note saying why takes
+        its place), and a damaged layer its ``layer.json``, so the next
+        session rebuilds them; the files stay, for any session still using
+        them. An env being built is reported busy and not checked.
+        """
+        results: list[VerifyResult] = []
+        for entry in self.entries():
+            if not entry.complete:
+                continue
+            lock = self._lock(entry.key)
+            try:
+                lock.acquire(timeout=0)
+            except Timeout:
+                results.append(VerifyResult(entry.key, True, (), ()))
+                continue
+            try:
+                results.append(self._verify_env(entry.key))
+            finally:
+                lock.release()
+        return results
+
+    def _verify_env(self, key: str) -> VerifyResult:
+        env = self.env_dir(key)
+        site = _find_site_packages(env)
+        damage = verify_site(site) if site is not None else []
+        problems = [str(d) for d in damage] if site is not None else ["site-packages is gone"]
+        if problems:
+            write_atomic(env / DAMAGED_NAME, json.dumps({"problems": problems}, indent=1).encode())
+            (env / RECORD_NAME).unlink(missing_ok=True)
+        damaged_layers = []
+        for layer in sorted((self.root / "layers").glob(f"{key}-*")):
+            if (layer / LAYER_RECORD_NAME).is_file() and verify_site(layer / "site"):
+                damaged_layers.append(layer.name)
+                (layer / LAYER_RECORD_NAME).unlink(missing_ok=True)
+        changed = sorted({d.distribution for d in damage if d.kind == "changed"})
+        return VerifyResult(key, False, tuple(problems), tuple(damaged_layers), tuple(changed))
 
     def _prune_layers(self, key: str, cutoff: float) -> None:
         for layer in (self.root / "layers").glob(f"{key}-*"):

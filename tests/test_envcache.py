@@ -620,3 +620,73 @@ def test_a_full_disk_while_writing_the_record_is_one_clear_error(
     env = _make(cache, project)
     assert not env.hit
     env.release()
+
+
+def test_a_package_gone_from_site_packages_is_rebuilt(project: Path, tmp_path: Path) -> None:
+    """A hit lists site-packages once: a package or dist-info removed by hand means a rebuild."""
+    cache = EnvCache(tmp_path / "cache")
+    env = _make(cache, project)
+    env.release()
+    shutil.rmtree(env.site_packages / "toyalpha")
+    again = _make(cache, project)
+    assert (again.hit, again.reason) == (
+        False,
+        "the cached env is damaged (toyalpha gone from site-packages)",
+    )
+    assert (again.site_packages / "toyalpha" / "__init__.py").is_file()
+    again.release()
+    (again.layer[-1] / "demo" / "__init__.py").unlink()
+    shutil.rmtree(again.layer[-1] / "demo")
+    messages: list[str] = []
+    third = cache.materialise(
+        EnvRequest(project_dir=project, offline=True), start_dir=project, announce=messages.append
+    )
+    assert third.hit
+    assert [m.rsplit(": ", 1)[1] for m in messages] == ["it is damaged"]
+    assert (third.layer[-1] / "demo" / "__init__.py").is_file()
+    third.release()
+
+
+def test_cache_verify_finds_a_file_removed_or_changed_deep_inside(
+    project: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`cache verify` checks every RECORD file; a damaged env is rebuilt by the next session.
+
+    A file edited in place is edited in uv's cache too (envs are hard-linked
+    from it), so a rebuild alone links it again: verify names the fix.
+    """
+    from pytest_uvbuild.cli import main
+
+    # The edit below reaches uv's cache through the hard link: never the shared one.
+    monkeypatch.setenv("UV_CACHE_DIR", str(tmp_path / "private-uv-cache"))
+    cache = EnvCache(tmp_path / "cache")
+    env = _make(cache, project)
+    env.release()
+    args = ["cache", "verify", f"--uv-cache-dir={cache.root}"]
+    assert main(args) == 0
+    assert capsys.readouterr().out.splitlines() == [f"ok      {env.key}", "1 checked, 0 damaged"]
+    (env.site_packages / "toyalpha" / "__init__.py").unlink()
+    with (env.site_packages / "pluggy" / "__init__.py").open("a") as fh:
+        fh.write("tampered = True\n")
+    assert _make(cache, project).hit  # too deep for the cheap check on a hit
+    _make(cache, project).release()
+    env.release()
+    assert main(args) == 1
+    out = capsys.readouterr().out
+    assert f"DAMAGED {env.key}: " in out
+    assert "missing toyalpha/__init__.py" in out
+    assert "changed pluggy/__init__.py" in out
+    assert "1 checked, 1 damaged: the next session rebuilds them" in out
+    assert "Fix: uv cache clean pluggy" in out
+    again = _make(cache, project)
+    assert (again.hit, again.reason) == (False, "`cache verify` found the cached env damaged")
+    again.release()
+    assert (again.site_packages / "toyalpha" / "__init__.py").is_file()
+    assert main(args) == 1  # the rebuild linked uv's changed copy of pluggy again
+    assert "changed pluggy/__init__.py" in capsys.readouterr().out
+    toys.run_uv("cache", "clean", "pluggy")
+    _make(cache, project).release()
+    assert main(args) == 0
