@@ -1130,7 +1130,25 @@ class EnvCache:
                         if now - path.stat().st_mtime > 86400 or name.startswith(".trash-"):
                             remove_tree(path)
                 elif parent.name == "layers" and not (envs / name.split("-", 1)[0]).is_dir():
-                    remove_tree(path)
+                    self._remove_orphan_layer(path, name.split("-", 1)[0])
+
+    def _remove_orphan_layer(self, layer: Path, key: str) -> None:
+        """Remove a layer whose env is gone, unless that env is being built right now.
+
+        A layer is built alongside its env and may be complete before uv has
+        created the env's directory; removing it then would pull it from
+        under the session that is building both.
+        """
+        lock = self._lock(key)
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            return
+        try:
+            if not self.env_dir(key).is_dir():
+                remove_tree(layer)
+        finally:
+            lock.release()
 
     def _remove_env(self, key: str) -> None:
         env = self.env_dir(key)

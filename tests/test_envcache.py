@@ -370,6 +370,25 @@ def test_prune_older_than_keeps_recent_envs_and_sweeps_leftovers(
     assert [e.key for e in removed] == [env.key]
 
 
+def test_prune_leaves_the_layer_of_an_env_being_built(tmp_path: Path) -> None:
+    """A layer ready before uv created its env dir is kept while the env's build lock is held."""
+    cache = EnvCache(tmp_path / "cache")
+    key = "0123456789abcdef"
+    layer = cache.root / "layers" / f"{key}-fedcba9876543210"
+    (layer / "site").mkdir(parents=True)
+    (layer / envcache.LAYER_RECORD_NAME).write_text("{}")
+    (cache.root / "locks").mkdir()
+    builder = FileLock(str(cache.root / "locks" / f"{key}.lock"))
+    builder.acquire()
+    try:
+        cache.prune(everything=True)
+        assert (layer / envcache.LAYER_RECORD_NAME).is_file()
+    finally:
+        builder.release()
+    cache.prune(everything=True)
+    assert not layer.exists()
+
+
 # -- the project layer -----------------------------------------------------
 
 
