@@ -632,6 +632,14 @@ class EnvCache:
         lease: FileLock | None = None
         try:
             lease = self._take_lease(key)
+            if rebuild and self._lease_in_use(key, mine=lease):
+                # Rebuilding deletes the env first: a session using it would
+                # lose its interpreter and packages mid-run.
+                raise CacheError(
+                    f"--uv-rebuild would replace env {key} while another running session "
+                    "uses it. Fix: let that pytest run end, then rerun with --uv-rebuild "
+                    "(`python -m pytest_uvbuild cache list` marks envs in use)."
+                )
             if rebuild:
                 record, reason = None, "--uv-rebuild was given"
             else:
@@ -971,7 +979,8 @@ class EnvCache:
 
     # -- list and prune ----------------------------------------------------
 
-    def _lease_in_use(self, key: str) -> bool:
+    def _lease_in_use(self, key: str, *, mine: FileLock | None = None) -> bool:
+        """Whether a running session (other than the holder of ``mine``) holds the env."""
         leases = self.root / "leases" / key
         try:
             names = os.listdir(leases)
@@ -979,6 +988,8 @@ class EnvCache:
             return False
         busy = False
         for name in names:
+            if mine is not None and os.path.basename(mine.lock_file) == name:
+                continue
             lease = FileLock(str(leases / name))
             try:
                 lease.acquire(timeout=0)

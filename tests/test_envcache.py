@@ -236,6 +236,21 @@ def test_rebuild_replaces_a_good_env(project: Path, tmp_path: Path) -> None:
     again.release()
 
 
+def test_rebuild_refuses_an_env_another_session_uses(project: Path, tmp_path: Path) -> None:
+    """rebuild=True never deletes an env someone holds; once released, it rebuilds."""
+    cache = EnvCache(tmp_path / "cache")
+    held = _make(cache, project)
+    request = EnvRequest(project_dir=project, offline=True)
+    with pytest.raises(CacheError, match=r"while another running session uses it\. Fix: let"):
+        cache.materialise(request, start_dir=project, rebuild=True)
+    assert held.python.exists()
+    assert (held.path / envcache.RECORD_NAME).is_file()
+    held.release()
+    again = cache.materialise(request, start_dir=project, rebuild=True)
+    assert not again.hit
+    again.release()
+
+
 def test_miss_reason_names_the_changed_input(project: Path, tmp_path: Path) -> None:
     """A miss after a previous build of the project says which key input changed."""
     cache = EnvCache(tmp_path / "cache")
