@@ -18,6 +18,7 @@ marked tests run in-process as usual.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -237,7 +238,12 @@ class HermeticPlugin:
         self._runner: HermeticRunner | None = None
         self._scratch: Path | None = None
         self._plans = _Plans()
-        self._main_key = (self.uvbuild.request, ())
+        self._launches: dict[object, Launch] = {}
+        self._prestarted = False
+        self._main_key: tuple[EnvRequest, tuple[tuple[str, str], ...]] = (
+            self.uvbuild.request,
+            (),
+        )
         if HERMETIC_OUTCOMES_KEY not in config.stash:
             config.stash[HERMETIC_OUTCOMES_KEY] = HermeticOutcomes()
 
@@ -257,7 +263,9 @@ class HermeticPlugin:
         if self._runner is None:
             from pytest_uvbuild.runner import HermeticRunner
 
-            self._runner = HermeticRunner(self.config, scratch=self.scratch)
+            self._runner = HermeticRunner(
+                self.config, scratch=self.scratch, forward_collection_warnings=self.hermetic_all
+            )
         return self._runner
 
     def _conftest_option_strings(self) -> list[str]:
@@ -285,8 +293,19 @@ class HermeticPlugin:
         return found
 
     def launch_for(self, key: tuple[EnvRequest, tuple[tuple[str, str], ...]]) -> Launch:
-        """Materialise the env of ``key`` and describe how to start its workers."""
-        from pytest_uvbuild.runner import Launch, forwarded_options, scrubbed_environ
+        """Materialise the env of ``key`` and describe how to start its workers (once)."""
+        launch = self._launches.get(key)
+        if launch is None:
+            launch = self._launches[key] = self._make_launch(key)
+        return launch
+
+    def _make_launch(self, key: tuple[EnvRequest, tuple[tuple[str, str], ...]]) -> Launch:
+        from pytest_uvbuild.runner import (
+            Launch,
+            collection_options,
+            forwarded_options,
+            scrubbed_environ,
+        )
 
         request, env_vars = key
         env = self.uvbuild.env_for(request)
@@ -296,7 +315,6 @@ class HermeticPlugin:
         options = forwarded_options(
             self.config,
             scratch=self.scratch,
-            collecting=self.hermetic_all,
             extra_option_strings=() if self.hermetic_all else self._conftest_option_strings(),
         )
         return Launch(
@@ -306,7 +324,25 @@ class HermeticPlugin:
             options=tuple(options),
             label=f"{env.key} ({env.interpreter.describe()})",
             inherit_output=self.config.getoption("capture", "fd") == "no",
+            collect_options=tuple(collection_options(self.config)),
         )
+
+    def pytest_itemcollected(self, item: pytest.Item) -> None:
+        """At the first hermetic test, spawn the main env's worker: it imports pytest meanwhile."""
+        if (
+            self._prestarted
+            or not self.enabled
+            or self.hermetic_all
+            or item.get_closest_marker(MARKER) is None
+        ):
+            return
+        self._prestarted = True
+        if self.config.pluginmanager.has_plugin("dsession"):  # an xdist controller runs nothing
+            return
+        try:
+            self.runner.prestart(self._main_key, self.launch_for(self._main_key))
+        except UvBuildError:
+            return  # reported against the tests that need the env
 
     # -- planning ------------------------------------------------------
 
@@ -392,6 +428,10 @@ class HermeticPlugin:
             if not plan.network:
                 plans.no_network.setdefault(plan.key, set()).add(plan.inner_id)
         self._plans = plans
+        if plans.members and not (
+            self.config.getoption("usepdb", False) or self.config.getoption("trace", False)
+        ):
+            self._start_first_batch(session)
         if plans.members and (
             self.config.getoption("usepdb", False) or self.config.getoption("trace", False)
         ):
@@ -400,6 +440,27 @@ class HermeticPlugin:
                 "inside the locked environment. Fix: run the test without --uv-build "
                 "(in-process) to debug it, or deselect the hermetic tests."
             )
+
+    def _start_first_batch(self, session: pytest.Session) -> None:
+        """Start the first hermetic test's worker now: it collects while plain tests run."""
+        for item in session.items:
+            plan = item.stash.get(_PLAN_KEY, None)
+            if plan is None or plan.key is None:
+                continue
+            if plan.key == self._main_key and self.runner.standby:
+                batch = self._batch(plan.key, plan)
+                with contextlib.suppress(UvBuildError):  # reported when the test runs
+                    batch.submit(plan.inner_id, None)
+            return
+
+    def _batch(self, key: Any, plan: ItemPlan) -> Any:
+        return self.runner.batch(
+            key,
+            lambda: self.launch_for(key),
+            members=self._plans.members.get(key, [plan.inner_id]),
+            no_network=self._plans.no_network.get(key, ()),
+            preplanned=not is_xdist_worker(self.config),
+        )
 
     # -- --hermetic-all collection -------------------------------------
 
@@ -516,13 +577,7 @@ class HermeticPlugin:
             yield from self._made_error(item, plan.error or "hermetic test without an env")
             return
         key = plan.key
-        batch = self.runner.batch(
-            key,
-            lambda: self.launch_for(key),
-            members=self._plans.members.get(key, [plan.inner_id]),
-            no_network=self._plans.no_network.get(key, ()),
-            preplanned=not is_xdist_worker(self.config),
-        )
+        batch = self._batch(key, plan)
         successor = None
         if nextitem is not None:
             next_plan = nextitem.stash.get(_PLAN_KEY, None)
@@ -571,7 +626,7 @@ class HermeticPlugin:
     def pytest_unconfigure(self, config: pytest.Config) -> None:
         """Kill what is left and remove the scratch directory."""
         if self._runner is not None:
-            self._runner.stop(interrupt=True)
+            self._runner.reap()
             self._runner = None
         if self._scratch is not None:
             from pytest_uvbuild.runner import remove_scratch

@@ -52,6 +52,7 @@ __all__ = [
     "Launch",
     "WorkerGone",
     "WorkerProcess",
+    "collection_options",
     "describe_exit",
     "forwarded_options",
     "scrubbed_environ",
@@ -198,11 +199,28 @@ _COLLECTION_VALUES: Final[tuple[tuple[str, str, Any], ...]] = (
 )
 
 
+def collection_options(config: pytest.Config) -> list[str]:
+    """Options that shape collection from the user's own arguments (``--ignore``, ...).
+
+    They go to a worker that collects what the outer session was asked to
+    collect, not to one that collects named test files.
+    """
+    args: list[str] = []
+    option = config.option
+    for dest, template, default in _COLLECTION_VALUES:
+        value = getattr(option, dest, default)
+        if value != default and value is not None:
+            args.append(template.format(value) if "{}" in template else template)
+    for dest, flag in _COLLECTION_LISTS:
+        for value in getattr(option, dest, None) or ():
+            args += [flag, str(value)]
+    return args
+
+
 def forwarded_options(
     config: pytest.Config,
     *,
     scratch: Path,
-    collecting: bool = False,
     extra_option_strings: Iterable[str] = (),
 ) -> list[str]:
     """Options for the inner session: rootdir, ini file, and what changes how tests run.
@@ -222,14 +240,12 @@ def forwarded_options(
     verbose = int(getattr(option, "verbose", 0) or 0)
     if verbose:
         args.append("-" + ("v" if verbose > 0 else "q") * abs(verbose))
-    values = _FORWARDED_VALUES + (_COLLECTION_VALUES if collecting else ())
-    for dest, template, default in values:
+    for dest, template, default in _FORWARDED_VALUES:
         value = getattr(option, dest, default)
         if value == default or value is None:
             continue
         args.append(template.format(value) if "{}" in template else template)
-    lists = _FORWARDED_LISTS + (_COLLECTION_LISTS if collecting else ())
-    for dest, flag in lists:
+    for dest, flag in _FORWARDED_LISTS:
         for value in getattr(option, dest, None) or ():
             if dest == "plugins" and str(value).split(":")[-1] in ("uvbuild", "xdist"):
                 continue
@@ -281,22 +297,14 @@ class Launch:
     label: str
     #: With ``-s`` the worker writes straight to the outer terminal.
     inherit_output: bool = False
+    #: Added when the worker collects from the user's own arguments.
+    collect_options: tuple[str, ...] = ()
 
 
 class WorkerProcess:
     """One worker subprocess: its pipes, its log file and its capture files."""
 
-    def __init__(
-        self,
-        launch: Launch,
-        *,
-        scratch: Path,
-        collect: Sequence[str],
-        nodeids: Sequence[str] | None,
-        report_items: bool = False,
-        no_network: Iterable[str] = (),
-        number: int = 0,
-    ) -> None:
+    def __init__(self, launch: Launch, *, scratch: Path, number: int = 0) -> None:
         self.launch = launch
         self.dir = Path(tempfile.mkdtemp(prefix=f"worker{number}-", dir=scratch))
         self.capture_dir = self.dir / "capture"
@@ -305,22 +313,18 @@ class WorkerProcess:
         self._buffer = b""
         self._eof = False
         self.ready: dict[str, Any] | None = None
+        self.started = False
         self.started_tests = 0
         event_read, event_write = os.pipe()
         control_read, control_write = os.pipe()
-        spec = {
+        boot = {
             "protocol": PROTOCOL_VERSION,
             "event_fd": event_write,
             "control_fd": control_read,
-            "args": list(launch.options),
-            "collect": list(collect),
-            "nodeids": None if nodeids is None else list(nodeids),
-            "report_items": report_items,
-            "no_network": sorted(set(no_network)),
             "capture_dir": str(self.capture_dir),
         }
-        spec_path = self.dir / "spec.json"
-        spec_path.write_text(json.dumps(spec), encoding="utf-8")
+        spec_path = self.dir / "boot.json"
+        spec_path.write_text(json.dumps(boot), encoding="utf-8")
         self._log: IO[bytes] | None = None
         if not launch.inherit_output:
             self._log = self.log_path.open("wb")
@@ -355,6 +359,32 @@ class WorkerProcess:
     def pid(self) -> int:
         """The worker's process id (and process group id)."""
         return self.process.pid
+
+    def start(
+        self,
+        *,
+        collect: Sequence[str],
+        nodeids: Sequence[str] | None,
+        report_items: bool = False,
+        no_network: Iterable[str] = (),
+    ) -> None:
+        """Start the inner session: what to collect, which node ids to keep.
+
+        Until then the worker has only imported pytest, so a worker spawned
+        early (while the outer session collects) costs no wait here.
+        """
+        self.started = True
+        options = list(self.launch.options)
+        if nodeids is None:
+            options += self.launch.collect_options
+        self.send(
+            "start",
+            args=options,
+            collect=list(collect),
+            nodeids=None if nodeids is None else list(nodeids),
+            report_items=report_items,
+            no_network=sorted(set(no_network)),
+        )
 
     # -- commands ------------------------------------------------------
 
@@ -475,19 +505,28 @@ class WorkerProcess:
                 continue
         return self.process.poll()
 
-    def stop(self, *, interrupt: bool = False) -> None:
-        """End the worker cleanly: finish (or interrupt) the current test, tear down, exit."""
+    def request_stop(self, *, interrupt: bool = False) -> None:
+        """Ask the worker to end: after its current test (or interrupting it), tear down, exit.
+
+        This does not wait: :meth:`finish` does.
+        """
         if self.process.poll() is None:
             if interrupt:
                 self.signal(signal.SIGINT)
-                grace = INTERRUPT_GRACE_SECONDS
             else:
-                self.send("stop")
-                grace = STOP_GRACE_SECONDS
-            self._close_control()
-            if self.wait(grace) is None:
-                self.kill()
+                self.send("stop" if self.started else "shutdown")
+        self._close_control()
+
+    def finish(self, grace: float = STOP_GRACE_SECONDS) -> None:
+        """Wait up to ``grace`` seconds for the worker to exit, then kill it; release all."""
+        if self.process.poll() is None and self.wait(grace) is None:
+            self.kill()
         self.close()
+
+    def stop(self, *, interrupt: bool = False) -> None:
+        """End the worker cleanly and wait for it."""
+        self.request_stop(interrupt=interrupt)
+        self.finish(INTERRUPT_GRACE_SECONDS if interrupt else STOP_GRACE_SECONDS)
 
     def close(self) -> None:
         """Release the pipes and the log file (the process must have ended)."""
@@ -595,6 +634,7 @@ class Batch:
         self.preplanned = preplanned
         self.worker: WorkerProcess | None = None
         self.queue: deque[str] = deque()
+        self.queued: set[str] = set()
         self.ended = False
         self.done: set[str] = set()
         self.incoming: dict[str, deque[tuple[str, dict[str, Any]]]] = {}
@@ -626,16 +666,13 @@ class Batch:
         if collect is None:
             assert nodeids is not None
             collect = _collection_args(self.runner.config.rootpath, nodeids)
-        self.worker = WorkerProcess(
-            self.launch,
-            scratch=self.runner.scratch,
-            collect=collect,
-            nodeids=nodeids,
-            report_items=report_items,
-            no_network=self.no_network,
-            number=self.runner.next_worker_number(),
+        worker = self.runner.take_standby(self.key) or self.runner.spawn(self.launch)
+        worker.start(
+            collect=collect, nodeids=nodeids, report_items=report_items, no_network=self.no_network
         )
+        self.worker = worker
         self.queue = deque()
+        self.queued = set()
         self.ended = False
         self.collect_errors = []
         self.collected = False
@@ -644,20 +681,25 @@ class Batch:
         return self.worker
 
     def submit(self, nodeid: str, successor: str | None) -> None:
-        """Make sure the worker will run ``nodeid`` next, and knows what follows it."""
+        """Make sure the worker will run ``nodeid`` next, and knows what follows it.
+
+        Preplanned, the worker gets every member from ``nodeid`` on at once
+        and runs ahead; otherwise (xdist) ``nodeid`` and its successor only.
+        """
         if self.worker is None:
             if self.preplanned:
-                start = self.members.index(nodeid) if nodeid in self.members else len(self.members)
-                ids = [n for n in self.members[start:] if n not in self.done]
-                if nodeid not in ids:
-                    ids.insert(0, nodeid)
+                ids = self._members_from(nodeid)
             else:
-                ids = [n for n in self.members if n not in self.done] or [nodeid]
+                ids = [n for n in self.members if n not in self.done]
                 if nodeid not in ids:
                     ids.append(nodeid)
             self.start_worker(ids)
-        if nodeid not in self.queue:
-            self._send_run([nodeid], end=self.preplanned)
+        if nodeid not in self.queued:
+            if self.preplanned:
+                ids = [n for n in self._members_from(nodeid) if n not in self.queued]
+                self._send_run(ids, end=True)
+            else:
+                self._send_run([nodeid], end=False)
         if self.preplanned or self.queue[-1] != nodeid:
             return
         if successor is not None and successor not in self.done:
@@ -665,24 +707,32 @@ class Batch:
         else:
             self._send_run([], end=True)
 
+    def _members_from(self, nodeid: str) -> list[str]:
+        """``nodeid`` and the members after it that have not run."""
+        start = self.members.index(nodeid) if nodeid in self.members else len(self.members)
+        return [nodeid, *(n for n in self.members[start + 1 :] if n not in self.done)]
+
     def _send_run(self, nodeids: list[str], *, end: bool) -> None:
         assert self.worker is not None
         self.queue.extend(nodeids)
+        self.queued.update(nodeids)
         self.ended = end
         guarded = [n for n in nodeids if n in self.no_network]
         self.worker.send("run", nodeids=nodeids, end=end, no_network=guarded)
 
-    def plan_all(self, first: str) -> None:
-        """(Preplanned) send every member from ``first`` on to a worker that has none yet."""
-        if self.worker is not None and not self.queue and first in self.members:
-            start = self.members.index(first)
-            self._send_run([n for n in self.members[start:] if n not in self.done], end=True)
+    def _dequeue(self, nodeid: str) -> None:
+        self.done.add(nodeid)
+        if nodeid in self.queued:
+            self.queued.discard(nodeid)
+            with contextlib.suppress(ValueError):
+                self.queue.remove(nodeid)
 
-    def stop(self, *, interrupt: bool) -> None:
-        """Stop the worker, if any."""
-        if self.worker is not None:
-            self.worker.stop(interrupt=interrupt)
-            self.worker = None
+    def stop(self, *, interrupt: bool) -> WorkerProcess | None:
+        """Ask the worker, if any, to stop; return it so that it can be reaped later."""
+        worker, self.worker = self.worker, None
+        if worker is not None:
+            worker.request_stop(interrupt=interrupt)
+        return worker
 
     # -- events --------------------------------------------------------
 
@@ -746,7 +796,7 @@ class Batch:
         self.collected_items = items
         self.collected_markers = markers or []
 
-    def _worker_logstart(self, nodeid: str, started: float) -> str:
+    def _worker_logstart(self, nodeid: str, started: float, log_offset: int | None = None) -> str:
         self.current = nodeid
         assert self.worker is not None
         self.worker.started_tests += 1
@@ -757,15 +807,11 @@ class Batch:
 
     def _worker_logfinish(self, nodeid: str) -> str:
         self.current = None
-        self.done.add(nodeid)
-        with contextlib.suppress(ValueError):
-            self.queue.remove(nodeid)
+        self._dequeue(nodeid)
         return nodeid
 
     def _worker_missing(self, nodeid: str) -> str:
-        self.done.add(nodeid)
-        with contextlib.suppress(ValueError):
-            self.queue.remove(nodeid)
+        self._dequeue(nodeid)
         return nodeid
 
     def _worker_warning(
@@ -778,6 +824,9 @@ class Batch:
         when: str,
         nodeid: str,
     ) -> None:
+        if when != "runtest" and not self.runner.forward_collection_warnings:
+            # The outer session collected the same modules and warned itself.
+            return
         warning = warnings.WarningMessage(
             message=message,
             category=_warning_category(module, category),
@@ -838,7 +887,10 @@ class Batch:
                     name, kwargs = event
                     if name == "logstart":
                         started = float(kwargs["started"])
-                        offset = worker.log_size()
+                        # The worker runs ahead: the size now may already hold
+                        # this test's crash dump, so its own offset is used.
+                        logged = kwargs.get("log_offset")
+                        offset = logged if isinstance(logged, int) else worker.log_size()
                     elif name == "logreport":
                         report = deserialise(self.runner.config, kwargs["report"])
                         phases.append(report.when)
@@ -990,16 +1042,30 @@ class Batch:
 class HermeticRunner:
     """Every batch of one outer session, and the scratch space of their workers."""
 
-    def __init__(self, config: pytest.Config, *, scratch: Path) -> None:
+    def __init__(
+        self, config: pytest.Config, *, scratch: Path, forward_collection_warnings: bool = False
+    ) -> None:
         self.config = config
         self.scratch = scratch
+        self.forward_collection_warnings = forward_collection_warnings
         self.batches: dict[object, Batch] = {}
+        self.standby: dict[object, WorkerProcess] = {}
+        self.exiting: list[tuple[WorkerProcess, bool]] = []
         self._worker_numbers = 0
 
-    def next_worker_number(self) -> int:
-        """A number for the next worker's scratch directory."""
+    def spawn(self, launch: Launch) -> WorkerProcess:
+        """A new worker process (not started yet)."""
         self._worker_numbers += 1
-        return self._worker_numbers
+        return WorkerProcess(launch, scratch=self.scratch, number=self._worker_numbers)
+
+    def prestart(self, key: object, launch: Launch) -> None:
+        """Spawn a worker for ``key`` now: it imports pytest while we go on collecting."""
+        if key not in self.standby and key not in self.batches:
+            self.standby[key] = self.spawn(launch)
+
+    def take_standby(self, key: object) -> WorkerProcess | None:
+        """The pre-spawned worker for ``key``, if any (each is used once)."""
+        return self.standby.pop(key, None)
 
     def batch(
         self,
@@ -1050,6 +1116,23 @@ class HermeticRunner:
         )
 
     def stop(self, *, interrupt: bool = False) -> None:
-        """Stop every worker: cleanly after the current test, or at once on Ctrl-C."""
+        """Ask every worker to stop: after its current test, or at once on Ctrl-C.
+
+        Workers tear down while the outer session writes its summary;
+        :meth:`reap` waits for them.
+        """
         for batch in self.batches.values():
-            batch.stop(interrupt=interrupt)
+            worker = batch.stop(interrupt=interrupt)
+            if worker is not None:
+                self.exiting.append((worker, interrupt))
+        for worker in self.standby.values():
+            worker.request_stop()
+            self.exiting.append((worker, False))
+        self.standby.clear()
+
+    def reap(self) -> None:
+        """Wait for stopping workers (killing those that overrun their grace time)."""
+        self.stop(interrupt=True)
+        for worker, interrupted in self.exiting:
+            worker.finish(INTERRUPT_GRACE_SECONDS if interrupted else STOP_GRACE_SECONDS)
+        self.exiting.clear()

@@ -7,9 +7,11 @@ Python >= 3.8 with pytest >= 7.
 
 What it does:
 
-* reads its spec (pytest options, what to collect, which node ids to keep,
-  the two pipe descriptors) from the JSON file named on its command line, so
-  that node ids never travel through ``argv``;
+* reads the two pipe descriptors from the JSON file named on its command
+  line, imports pytest, says ``ready``, and waits for a ``start`` command
+  with its spec (pytest options, what to collect, which node ids to keep):
+  node ids never travel through ``argv``, and the outer side may spawn a
+  worker before it knows what it will run;
 * runs ``pytest.main`` with :class:`WorkerPlugin`, which collects, keeps the
   requested items and then waits for commands on the *control* pipe:
   ``["run", {"nodeids": [...], "end": bool}]``, ``["stop", {}]`` and
@@ -371,7 +373,12 @@ class WorkerPlugin:
                 self.guard.uninstall()
 
     def pytest_runtest_logstart(self, nodeid: str, location: Any) -> None:
-        self.events.send("logstart", nodeid=nodeid, started=time.time())
+        # Where this test's own output starts in the worker's log, for a crash report.
+        try:
+            offset = os.lseek(2, 0, os.SEEK_CUR)  # type: int | None
+        except OSError:
+            offset = None
+        self.events.send("logstart", nodeid=nodeid, started=time.time(), log_offset=offset)
 
     def pytest_runtest_logreport(self, report: Any) -> None:
         self.events.send("logreport", report=self._serialise(report))
@@ -468,14 +475,14 @@ def _dump_tracebacks_on_signal() -> Any:
 
 def main(argv: list[str]) -> int:
     with open(argv[1], encoding="utf-8") as fh:
-        spec = json.load(fh)
-    events = EventChannel(spec["event_fd"])
+        boot = json.load(fh)
+    events = EventChannel(boot["event_fd"])
     try:
         import pytest
     except ImportError as exc:
         events.send("fatal", kind="no-pytest", message=str(exc), python=sys.executable)
         return 3
-    control = ControlChannel(spec["control_fd"])
+    control = ControlChannel(boot["control_fd"])
     version = tuple(int(p) for p in pytest.__version__.split(".")[:2] if p.isdigit())
     events.send(
         "ready",
@@ -492,9 +499,14 @@ def main(argv: list[str]) -> int:
             python=sys.executable,
         )
         return 3
+    # The outer side may spawn us before it knows what to run: wait for it.
+    name, spec = control.read(block=True)
+    if name == "shutdown":
+        return 0
+    if name != "start":
+        raise ValueError("expected a start command, got %r" % (name,))
     stack_dump = _dump_tracebacks_on_signal()
-    if spec.get("capture_dir"):
-        _keep_capture_files(spec["capture_dir"])
+    _keep_capture_files(boot["capture_dir"])
     plugin = WorkerPlugin(spec, events, control)
     args = list(spec["args"]) + list(spec["collect"])
     try:

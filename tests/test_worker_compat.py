@@ -169,9 +169,8 @@ def test_worker_runs_on_supported_python_and_pytest(
         "test_suite.py::test_gone",
         "test_suite.py::test_exits",
     ]
-    worker = WorkerProcess(
-        launch,
-        scratch=tmp_path,
+    worker = WorkerProcess(launch, scratch=tmp_path)
+    worker.start(
         collect=[str(pytester.path / "test_suite.py")],
         nodeids=ids,
         no_network=["test_suite.py::test_network"],

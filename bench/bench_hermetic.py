@@ -1,0 +1,221 @@
+"""Hermetic runs side by side with their baselines, in one run (medians, min, max).
+
+(a) 300 trivial ``@pytest.mark.hermetic`` tests under ``python -m pytest
+    --uv-build`` (the outer session in this dev env, the bodies in the locked
+    env's worker, warm env cache) against the same 300 tests under
+    ``uv run --locked pytest`` in-process, in the project's own env.
+    Goal: 1.30x or less.
+(b) The cost of one more test: (time of 120 tests - time of 20 tests) / 100,
+    for ours against pytest-forked (a fork per test) and pytest-isolated (a
+    fresh subprocess per test). Goal: ours 20x cheaper or better.
+(c) Peak memory (``ru_maxrss``) of the outer pytest process with the 300
+    hermetic tests, against plain in-process pytest of the same 300 tests.
+
+pytest-forked and pytest-isolated are installed by uv into a throwaway venv
+in the scratch dir (from the registry), never into this project's lock;
+everything else is offline against the toy wheelhouse. Run:
+``python bench/bench_hermetic.py [--repeats N]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import support
+import toys
+from support import Stats, row, side_by_side, stats
+
+SUITE = "hermetic"
+SMALL, LARGE = 20, 120
+
+#: Prints the outer process's own peak RSS (KiB on Linux) after pytest exits.
+MAXRSS_SHIM = """\
+import atexit, resource, runpy, sys
+out = sys.argv.pop(1)
+def report():
+    with open(out, "w") as fh:
+        fh.write(str(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))
+atexit.register(report)
+sys.argv[0] = "pytest"
+runpy.run_module("pytest", run_name="__main__")
+"""
+
+
+def write_tests(directory: Path, count: int, *, header: str = "", decorator: str = "") -> Path:
+    """A directory with ``count`` trivial tests in modules of 50."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for start in range(0, count, 50):
+        body = ["import pytest", header]
+        for n in range(start, min(count, start + 50)):
+            body += [f"{decorator}def test_{n}():", "    assert True", ""]
+        (directory / f"test_m{start // 50}.py").write_text("\n".join(body) + "\n")
+    return directory
+
+
+def run(argv: Sequence[str | Path], *, cwd: Path, env: dict[str, str], expect: str) -> None:
+    """Run a pytest command; stop the benchmark if it does not report ``expect``."""
+    proc = subprocess.run(
+        [str(a) for a in argv], cwd=cwd, env=env, capture_output=True, text=True, check=False
+    )
+    if expect not in proc.stdout:
+        command = " ".join(map(str, argv))
+        raise SystemExit(f"{command} did not report {expect!r}:\n{proc.stdout}{proc.stderr}")
+
+
+def peer_python(scratch: Path, env: dict[str, str], name: str, *pins: str) -> tuple[Path, str]:
+    """A throwaway venv with the peer ``name``; its python and pinned versions."""
+    venv = scratch / f"{name}-venv"
+    uv_env = {**env, "UV_NO_PROGRESS": "1"}
+    subprocess.run([str(toys.UV), "venv", "-q", str(venv)], env=uv_env, check=True)
+    python = venv / "bin" / "python"
+    subprocess.run(
+        [str(toys.UV), "pip", "install", "-q", "--python", str(python), name, *pins],
+        env=uv_env,
+        check=True,
+    )
+    listing = subprocess.run(
+        [str(toys.UV), "pip", "list", "--python", str(python), "--format", "freeze"],
+        env=uv_env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    versions = ", ".join(
+        line for line in listing.split() if line.startswith(("pytest==", f"{name}=="))
+    )
+    return python, versions
+
+
+def per_test(small: Stats, large: Stats) -> Stats:
+    """The cost of one more test, from runs of SMALL and LARGE tests."""
+    extra = LARGE - SMALL
+    return Stats(
+        (large.median - small.median) / extra,
+        max(0.0, large.min - small.max) / extra,
+        (large.max - small.min) / extra,
+        min(small.samples, large.samples),
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the comparisons and write ``bench/results/hermetic.json``."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--repeats", type=int, default=5, help="Timed runs of each side")
+    args = parser.parse_args(argv)
+    repeats: int = args.repeats
+
+    scratch = support.scratch_dir(SUITE)
+    env = support.isolated_env(scratch)
+    env.pop("PYTHONDONTWRITEBYTECODE", None)  # users keep their bytecode
+    house = support.wheelhouse(scratch)
+    project = toys.write_project(scratch / "project", house)
+    (project / "pyproject.toml").write_text(
+        (project / "pyproject.toml").read_text()
+        + '\n[tool.pytest.ini_options]\nmarkers = ["hermetic: run in the lock"]\n'
+    )
+    toys.run_uv("lock", "--offline", cwd=project)
+    hermetic = "pytestmark = pytest.mark.hermetic\n"
+    for count in (SMALL, LARGE, 300):
+        write_tests(project / f"hermetic_{count}", count, header=hermetic)
+        write_tests(project / f"plain_{count}", count)
+        write_tests(project / f"isolated_{count}", count, decorator="@pytest.mark.isolated\n")
+    ours_cmd = [sys.executable, "-m", "pytest", "--uv-build", "-q", "-p", "no:cacheprovider"]
+    uv_run_cmd = [str(toys.UV), "run", "--locked", "pytest", "-q", "-p", "no:cacheprovider"]
+    call = functools.partial(run, cwd=project, env=env)
+    rows: list[dict[str, Any]] = []
+
+    # (a) 300 tests: ours against uv run pytest.
+    print("(a) 300 hermetic tests vs uv run pytest", flush=True)
+    ours, base = side_by_side(
+        lambda: call([*ours_cmd, "hermetic_300"], expect="300 passed"),
+        lambda: call([*uv_run_cmd, "plain_300"], expect="300 passed"),
+        repeats,
+    )
+    rows.append(
+        row(
+            SUITE,
+            "300 trivial tests, warm env cache",
+            ours,
+            "uv run --locked pytest (in-process)",
+            base,
+            goal="\u2264 1.30\u00d7",
+            note="ours: pytest --uv-build, bodies in one worker in the locked env; "
+            "includes writing the build record",
+        )
+    )
+
+    # (b) the cost of one more test against the peers.
+    print("(b) per-test cost vs pytest-forked and pytest-isolated", flush=True)
+
+    def timed(argv: list[str], count: int, times: int) -> Stats:
+        call(argv, expect=f"{count} passed")  # warm-up
+        return stats(
+            [support.time_call(lambda: call(argv, expect=f"{count} passed")) for _ in range(times)]
+        )
+
+    ours_sizes = {
+        count: timed([*ours_cmd, f"hermetic_{count}"], count, repeats) for count in (SMALL, LARGE)
+    }
+    ours_each = per_test(ours_sizes[SMALL], ours_sizes[LARGE])
+    # pytest-forked moves reports with marshal, which pytest 9's reports break.
+    for name, folder, extra, pins in (
+        ("pytest-forked", "plain", ["--forked"], ["pytest<9"]),
+        ("pytest-isolated", "isolated", [], []),
+    ):
+        python, versions = peer_python(scratch, env, name, *pins)
+        peer_cmd = [str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider", *extra]
+        # A process per test is slow: at most three timed runs of each size.
+        sizes = {
+            count: timed([*peer_cmd, f"{folder}_{count}"], count, min(repeats, 3))
+            for count in (SMALL, LARGE)
+        }
+        rows.append(
+            row(
+                SUITE,
+                "cost of one more test",
+                ours_each,
+                f"{name} (a process per test)",
+                per_test(sizes[SMALL], sizes[LARGE]),
+                goal="\u2264 0.05\u00d7 (20\u00d7 cheaper)",
+                note=f"(t({LARGE}) - t({SMALL})) / {LARGE - SMALL}; {versions}",
+            )
+        )
+
+    # (c) peak memory of the outer process.
+    print("(c) peak memory of the outer process", flush=True)
+    shim = scratch / "maxrss.py"
+    shim.write_text(MAXRSS_SHIM)
+    out = scratch / "maxrss.txt"
+
+    def peak(argv: list[str]) -> float:
+        call([sys.executable, str(shim), str(out), *argv], expect="300 passed")
+        return int(out.read_text()) / 1024  # KiB -> MiB
+
+    ours_mem = [peak(["--uv-build", "-q", "-p", "no:cacheprovider", "hermetic_300"])]
+    base_mem = [peak(["-q", "-p", "no:cacheprovider", "plain_300"])]
+    for _ in range(repeats - 1):
+        ours_mem.append(peak(["--uv-build", "-q", "-p", "no:cacheprovider", "hermetic_300"]))
+        base_mem.append(peak(["-q", "-p", "no:cacheprovider", "plain_300"]))
+    memory = row(
+        SUITE,
+        "peak memory of the outer pytest, 300 tests",
+        stats(ours_mem),
+        "plain pytest, in-process",
+        stats(base_mem),
+        note="ru_maxrss of the outer process only (the worker is a separate process)",
+    )
+    memory["unit"] = "MiB"
+    rows.append(memory)
+
+    support.write_results(SUITE, rows, f"python bench/bench_hermetic.py --repeats {repeats}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
