@@ -629,10 +629,8 @@ class EnvCache:
         project, selection, interpreter, key, inputs = self.resolve(request, start_dir)
         lock = self._lock(key)
         self._acquire(lock, f"env {key}", announce)
-        lease: FileLock | None = None
         try:
-            lease = self._take_lease(key)
-            if rebuild and self._lease_in_use(key, mine=lease):
+            if rebuild and self._lease_in_use(key):
                 # Rebuilding deletes the env first: a session using it would
                 # lose its interpreter and packages mid-run.
                 raise CacheError(
@@ -658,10 +656,9 @@ class EnvCache:
                     )
             else:
                 self._check_lock_fresh(project, interpreter, record, request)
-        except BaseException:
-            if lease is not None:
-                _release_lease(lease)
-            raise
+            # Taken last, still under the lock (so prune cannot slip in): a
+            # session that failed above leaves no trace in leases/.
+            lease = self._take_lease(key)
         finally:
             lock.release()
         try:
@@ -979,8 +976,8 @@ class EnvCache:
 
     # -- list and prune ----------------------------------------------------
 
-    def _lease_in_use(self, key: str, *, mine: FileLock | None = None) -> bool:
-        """Whether a running session (other than the holder of ``mine``) holds the env."""
+    def _lease_in_use(self, key: str) -> bool:
+        """Whether a running session holds a lease on the env."""
         leases = self.root / "leases" / key
         try:
             names = os.listdir(leases)
@@ -988,8 +985,6 @@ class EnvCache:
             return False
         busy = False
         for name in names:
-            if mine is not None and os.path.basename(mine.lock_file) == name:
-                continue
             lease = FileLock(str(leases / name))
             try:
                 lease.acquire(timeout=0)

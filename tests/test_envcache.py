@@ -724,3 +724,13 @@ def test_cache_verify_finds_a_file_removed_or_changed_deep_inside(
     toys.run_uv("cache", "clean", "pluggy")
     _make(cache, project).release()
     assert main(args) == 0
+
+
+def test_a_failed_build_leaves_no_lease_behind(project: Path, tmp_path: Path) -> None:
+    """A session whose env cannot be built leaves leases/ as it was (no directory for its key)."""
+    (project / "uv.lock").write_text("garbage [[[\n")
+    cache = EnvCache(tmp_path / "cache")
+    with pytest.raises(LockfileError, match=r"uv\.lock cannot be parsed"):
+        _make(cache, project)
+    assert os.listdir(cache.root / "leases") == []
+    assert os.listdir(cache.root / "envs") == []
