@@ -190,7 +190,6 @@ _FORWARDED_LISTS: Final = (
 _COLLECTION_LISTS: Final = (
     ("ignore", "--ignore"),
     ("ignore_glob", "--ignore-glob"),
-    ("deselect", "--deselect"),
 )
 _COLLECTION_VALUES: Final[tuple[tuple[str, str, Any], ...]] = (
     ("pyargs", "--pyargs", False),
