@@ -31,6 +31,7 @@ import errno
 import hashlib
 import json
 import os
+import stat
 import subprocess
 import sys
 import tempfile
@@ -262,6 +263,21 @@ def _find_site_packages(env_dir: Path) -> Path | None:
         return site if site.is_dir() else None
     found = sorted(env_dir.glob("lib/*/site-packages"))
     return found[0] if found else None
+
+
+def _drop_world_write(*directories: Path) -> None:
+    """Take write permission for others off the entries directly in ``directories``.
+
+    uv leaves its lock file (``.lock``) in an env and in a ``--target``
+    directory with mode 0o666, whatever the umask; nothing in the cache
+    should be writable by other users.
+    """
+    for directory in directories:
+        with contextlib.suppress(OSError), os.scandir(directory) as entries:
+            for entry in entries:
+                mode = entry.stat(follow_symlinks=False).st_mode
+                if not stat.S_ISLNK(mode) and mode & stat.S_IWOTH:
+                    os.chmod(entry.path, stat.S_IMODE(mode) & ~stat.S_IWOTH)
 
 
 def _layer_intact(layer: Path) -> bool:
@@ -839,6 +855,7 @@ class EnvCache:
             raise CacheError(
                 f"uv sync finished but {python} or site-packages does not exist; this is a bug."
             )
+        _drop_world_write(env_dir, site)
         record = {
             "format": FORMAT_VERSION,
             "key": key,
@@ -958,6 +975,7 @@ class EnvCache:
                 cwd=plan.root,
             )
             remove_tree(wheels)
+            _drop_world_write(staging / "site")
             write_atomic(
                 staging / LAYER_RECORD_NAME,
                 json.dumps(

@@ -734,3 +734,20 @@ def test_a_failed_build_leaves_no_lease_behind(project: Path, tmp_path: Path) ->
         _make(cache, project)
     assert os.listdir(cache.root / "leases") == []
     assert os.listdir(cache.root / "envs") == []
+
+
+def test_nothing_in_the_cache_is_world_writable(project: Path, tmp_path: Path) -> None:
+    """No file or directory of an env or its project layer can be written by other users."""
+    import stat
+
+    cache = EnvCache(tmp_path / "cache")
+    env = _make(cache, project)
+    env.release()
+    writable = [
+        os.path.join(root, name)
+        for root, dirs, files in os.walk(cache.root)
+        for name in [*dirs, *files]
+        if not os.path.islink(os.path.join(root, name))
+        and os.lstat(os.path.join(root, name)).st_mode & stat.S_IWOTH
+    ]
+    assert writable == []
