@@ -428,8 +428,35 @@ def _quiet_terminal_plugins(pytest: Any) -> list[Any]:
         def pytest_configure(self, config: Any) -> None:
             if saved:
                 sys.stdout = saved.pop()
+            _detach_terminal_reporter(config)
 
     return [Silence(), Restore()]
+
+
+class _DetachedReporter:
+    """The inner terminal reporter without its hooks: same attributes, no per-test work.
+
+    Assertion rewriting (``config.get_terminal_writer()``) and plugins that
+    write through the reporter still find it under its name; it just no
+    longer formats every report for a terminal nobody reads.
+    """
+
+    def __init__(self, reporter: Any) -> None:
+        self.__dict__["_reporter"] = reporter
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("pytest_"):
+            raise AttributeError(name)
+        return getattr(self._reporter, name)
+
+
+def _detach_terminal_reporter(config: Any) -> None:
+    manager = config.pluginmanager
+    reporter = manager.get_plugin("terminalreporter")
+    if reporter is None or isinstance(reporter, _DetachedReporter):
+        return
+    manager.unregister(reporter)
+    manager.register(_DetachedReporter(reporter), "terminalreporter")
 
 
 def _keep_capture_files(directory: str) -> None:

@@ -686,3 +686,27 @@ def test_marker_on_class_groups_and_interleaved_plain_tests(
     result = run(uv_pytester, "-v")
     result.assert_outcomes(passed=4)
     assert log.read_text() == "up down "
+
+
+def test_project_argument_uses_another_projects_env(
+    uv_pytester: pytest.Pytester, make_project: object
+) -> None:
+    """hermetic(project=...) runs the test in the other project's locked env."""
+    make_project(  # type: ignore[operator]
+        uv_pytester.path / "other", name="other", dependencies=("toybeta==1.0",)
+    )
+    uv_pytester.makepyfile(
+        test_other="""
+        import importlib.util
+        import pytest
+
+        @pytest.mark.hermetic(project="other")
+        def test_in_other():
+            import toybeta, toyalpha
+
+        @pytest.mark.hermetic
+        def test_in_main():
+            assert importlib.util.find_spec("toybeta") is None
+        """
+    )
+    run(uv_pytester).assert_outcomes(passed=2)
