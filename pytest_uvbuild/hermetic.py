@@ -601,8 +601,19 @@ class HermeticPlugin:
         report.location = item.location
         if not report.keywords:
             report.keywords = dict.fromkeys(item.keywords, 1)
-        self.config.stash[HERMETIC_OUTCOMES_KEY].record(report)
+        # Travels with the report through xdist, so that the controller (which
+        # writes the build record) can count hermetic outcomes too.
+        report.uvbuild_hermetic = True
+        if not is_xdist_worker(self.config):
+            self.config.stash[HERMETIC_OUTCOMES_KEY].record(report)
         item.ihook.pytest_runtest_logreport(report=report)
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        """On an xdist controller, count the hermetic reports its workers send."""
+        if getattr(report, "uvbuild_hermetic", False) and self.config.pluginmanager.has_plugin(
+            "dsession"
+        ):
+            self.config.stash[HERMETIC_OUTCOMES_KEY].record(report)
 
     def _teardown_outer(self, item: pytest.Item, nextitem: pytest.Item | None) -> None:
         # In-process tests before this one may have left module or session

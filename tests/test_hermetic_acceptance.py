@@ -8,6 +8,7 @@ built per test; the quickstart example covers the wheel layer.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -345,6 +346,9 @@ def test_xdist_workers_each_run_their_share(uv_pytester: pytest.Pytester) -> Non
     pids = {p.read_text() for p in pid_dir.iterdir()}
     assert len(list(pid_dir.iterdir())) == 20
     assert 1 <= len(pids) <= 2
+    # The controller counts the hermetic outcomes its workers report.
+    (metadata,) = uv_pytester.path.glob("builds/*/metadata.json")
+    assert json.loads(metadata.read_text())["run"]["hermetic"]["passed"] == 20
 
 
 def test_python_matrix_with_a_missing_interpreter(uv_pytester: pytest.Pytester) -> None:
