@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import contextlib
-import functools
-import http.server
 import os
 import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -104,39 +101,10 @@ def served_project(tmp_path_factory: pytest.TempPathFactory, wheelhouse: Path) -
     Its wheels are then only reachable through uv's cache, which the tests
     keep cold: offline, uv has nothing; online, the index is unreachable.
     """
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(wheelhouse))
-    handler.log_message = lambda *args: None  # type: ignore[attr-defined]
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    root = tmp_path_factory.mktemp("served")
-    port = server.server_address[1]
     try:
-        project = root / "project"
-        project.mkdir()
-        (project / "pyproject.toml").write_text(
-            "[project]\n"
-            'name = "served"\nversion = "0.1.0"\nrequires-python = ">=3.10"\n'
-            'dependencies = ["toygamma==1.0"]\n'
-            '[build-system]\nrequires = ["uv_build>=0.9,<1"]\nbuild-backend = "uv_build"\n'
-            "[tool.uv]\nno-index = true\n"
-            f'find-links = ["http://127.0.0.1:{port}/"]\n'
-        )
-        (project / "src" / "served").mkdir(parents=True)
-        (project / "src" / "served" / "__init__.py").write_text("")
-        old = os.environ.get("UV_CACHE_DIR")
-        os.environ["UV_CACHE_DIR"] = str(root / "lock-uv-cache")
-        try:
-            toys.run_uv("lock", "--python", sys.executable, cwd=project)
-        finally:
-            if old is None:
-                del os.environ["UV_CACHE_DIR"]
-            else:
-                os.environ["UV_CACHE_DIR"] = old
-    finally:
-        server.shutdown()
-        server.server_close()
-    return project
+        return toys.write_served_project(tmp_path_factory.mktemp("served"), wheelhouse)
+    except toys.UvFailed as exc:
+        pytest.fail(str(exc), pytrace=False)
 
 
 def _broken_uv(tmp_path: Path) -> Path:

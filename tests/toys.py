@@ -184,3 +184,57 @@ def write_project(
     if lock:
         run_uv("lock", "--offline", "--python", sys.executable, cwd=root)
     return root
+
+
+def write_served_project(root: Path, wheelhouse: Path) -> Path:
+    """Write and lock a project whose only index is ``wheelhouse`` served over loopback HTTP.
+
+    The server stops once the lock is made, and locking uses its own uv cache
+    (``root/lock-uv-cache``). With any other uv cache the project's wheels
+    are then out of reach: offline, uv has nothing; online, the index is
+    unreachable. Returns ``root/project``.
+    """
+    import functools
+    import http.server
+    import threading
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    handler = functools.partial(Quiet, directory=str(wheelhouse))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    project = root / "project"
+    try:
+        (project / "src" / "served").mkdir(parents=True, exist_ok=True)
+        (project / "src" / "served" / "__init__.py").write_text("")
+        (project / "pyproject.toml").write_text(
+            "[project]\n"
+            'name = "served"\nversion = "0.1.0"\nrequires-python = ">=3.10"\n'
+            'dependencies = ["toygamma==1.0"]\n'
+            '[build-system]\nrequires = ["uv_build>=0.9,<1"]\nbuild-backend = "uv_build"\n'
+            "[tool.uv]\nno-index = true\n"
+            f'find-links = ["http://127.0.0.1:{server.server_address[1]}/"]\n'
+        )
+        env = {
+            **os.environ,
+            "UV_PYTHON_DOWNLOADS": "never",
+            "UV_NO_PROGRESS": "1",
+            "UV_CACHE_DIR": str(root / "lock-uv-cache"),
+        }
+        env.pop("VIRTUAL_ENV", None)
+        proc = subprocess.run(
+            [str(UV), "lock", "--python", sys.executable],
+            cwd=project,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if proc.returncode != 0:
+            raise UvFailed(f"uv lock of the served project failed:\n{proc.stderr}")
+    finally:
+        server.shutdown()
+        server.server_close()
+    return project
