@@ -223,8 +223,8 @@ class Lab:
             env.update(extra)
         return env
 
-    def command(self, cache: Path, *args: str) -> list[str]:
-        """The pytest command line of a ``--uv-build`` session against ``cache``."""
+    def command(self, cache: Path, *args: str, uv_build: bool = True) -> list[str]:
+        """The pytest command line of a session against ``cache`` (in-process without uv_build)."""
         return [
             sys.executable,
             "-m",
@@ -233,7 +233,7 @@ class Lab:
             "no:cacheprovider",
             "-q",
             "-rP",
-            "--uv-build",
+            *(["--uv-build"] if uv_build else []),
             f"--uv-cache-dir={cache}",
             *args,
         ]
@@ -246,14 +246,15 @@ class Lab:
         env: Mapping[str, str] | None = None,
         timeout: float = 300,
         preexec_fn: Callable[[], None] | None = None,
+        uv_build: bool = True,
     ) -> Session:
         """Run one session in ``project`` and wait for it."""
-        proc = self.start(project, cache, *args, env=env, preexec_fn=preexec_fn)
+        proc = self.start(project, cache, *args, env=env, preexec_fn=preexec_fn, uv_build=uv_build)
         try:
             output = proc.communicate(timeout=timeout)[0]
         finally:
             kill_group(proc.pid)
-        return Session(self.command(cache, *args), proc.returncode, output)
+        return Session(self.command(cache, *args, uv_build=uv_build), proc.returncode, output)
 
     def start(
         self,
@@ -262,10 +263,11 @@ class Lab:
         *args: str,
         env: Mapping[str, str] | None = None,
         preexec_fn: Callable[[], None] | None = None,
+        uv_build: bool = True,
     ) -> subprocess.Popen[str]:
         """Start a session in its own process group, its output in a pipe."""
         return subprocess.Popen(
-            self.command(cache, *args),
+            self.command(cache, *args, uv_build=uv_build),
             cwd=project,
             env=self.environ(env),
             stdout=subprocess.PIPE,

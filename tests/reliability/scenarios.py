@@ -1236,3 +1236,459 @@ def _recorded_remote(builds: Path) -> str | None:
         git = json.loads(metadata.read_text()).get("git") or {}
         return str(git.get("remote_url"))
     return None
+
+
+# -- suite 4: the hermetic crash matrix --------------------------------------------
+
+CRASH_CASES_SOURCE = """\
+import ctypes, os, signal, sys, threading, time
+
+import pytest
+
+pytestmark = pytest.mark.hermetic
+
+
+def test_canary_0():
+    pass
+
+
+def test_segfault():
+    print("before the segfault", flush=True)
+    ctypes.string_at(0)
+
+
+def test_canary_1():
+    pass
+
+
+def test_os_exit():
+    print("before os._exit", flush=True)
+    os._exit(3)
+
+
+def test_canary_2():
+    pass
+
+
+def test_sigkill_self():
+    print("before SIGKILL", flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_canary_3():
+    pass
+
+
+@pytest.mark.hermetic(timeout=2)
+def test_hang():
+    print("hanging", flush=True)
+    time.sleep(600)
+
+
+def test_canary_4():
+    pass
+
+
+def test_flood_stdout():
+    chunk = "x" * 1023 + "\\n"
+    for _ in range(STDOUT_KIB):
+        sys.stdout.write(chunk)
+
+
+def test_canary_5():
+    pass
+
+
+def test_non_utf8_output():
+    sys.stdout.flush()
+    os.write(1, b"bad bytes out: \\xff\\xfe\\x80 end\\n")
+    os.write(2, b"bad bytes err: \\xc3\\x28 end\\n")
+
+
+def test_canary_6():
+    pass
+
+
+class ReprRaises(Exception):
+    def __repr__(self):
+        raise RuntimeError("repr is broken")
+
+    __str__ = __repr__
+
+
+def test_exception_repr_raises():
+    raise ReprRaises()
+
+
+def test_canary_7():
+    pass
+
+
+class Unpicklable(Exception):
+    def __init__(self):
+        super().__init__("cannot pickle me")
+        self.lock = threading.Lock()
+
+    def __reduce__(self):
+        raise TypeError("no pickling")
+
+
+def test_unpicklable_exception():
+    raise Unpicklable()
+
+
+def test_canary_8():
+    pass
+
+
+def test_unserialisable_user_properties(record_property):
+    record_property("lock", threading.Lock())
+    record_property("function", lambda: 1)
+    record_property("bytes", b"\\xff")
+
+
+def test_canary_9():
+    pass
+
+
+@pytest.fixture
+def broken_setup():
+    raise RuntimeError("setup went wrong")
+
+
+def test_fixture_setup_error(broken_setup):
+    pass
+
+
+def test_canary_10():
+    pass
+
+
+@pytest.fixture
+def broken_teardown():
+    yield
+    raise RuntimeError("teardown went wrong")
+
+
+def test_fixture_teardown_error(broken_teardown):
+    pass
+
+
+def test_canary_11():
+    pass
+
+
+@pytest.mark.xfail(strict=True, reason="expected to fail")
+def test_strict_xfail_passes():
+    pass
+
+
+def test_canary_12():
+    pass
+
+
+def test_sys_exit_zero():
+    sys.exit(0)
+
+
+def test_canary_13():
+    pass
+"""
+
+CRASH_SKIP_SOURCE = """\
+import pytest
+
+pytest.skip("skipped at module level", allow_module_level=True)
+
+
+@pytest.mark.hermetic
+def test_never_runs():
+    pass
+"""
+
+#: xdist is in the outer environment (the dev tools) and never in the toy lock.
+CRASH_IMPORT_SOURCE = """\
+import pytest
+import xdist
+
+
+@pytest.mark.hermetic
+def test_needs_xdist():
+    assert xdist
+"""
+
+CRASH_INTERRUPT_SOURCE = """\
+import pytest
+
+pytestmark = pytest.mark.hermetic
+
+
+def test_before_interrupt():
+    pass
+
+
+def test_keyboard_interrupt():
+    raise KeyboardInterrupt
+
+
+def test_after_interrupt():
+    pass
+"""
+
+
+@dataclass(frozen=True)
+class Crash:
+    """One case of the matrix: its test, what a hermetic run must report, and in-process."""
+
+    name: str
+    test: str
+    outcomes: frozenset[str]
+    shows: tuple[str, ...]
+    #: Why an in-process run cannot be compared (it would die or hang), or "".
+    not_in_process: str = ""
+
+
+def _crashes(stdout_mib: int) -> tuple[Crash, ...]:
+    m = "test_crash_cases.py::"
+    return (
+        Crash(
+            "segfault (ctypes)",
+            m + "test_segfault",
+            frozenset({"FAILED"}),
+            ("killed by signal 11 (SIGSEGV)", "before the segfault"),
+            "in-process the segfault kills pytest itself",
+        ),
+        Crash(
+            "os._exit(3)",
+            m + "test_os_exit",
+            frozenset({"FAILED"}),
+            ("exited with status 3", "before os._exit"),
+            "in-process os._exit ends pytest itself",
+        ),
+        Crash(
+            "SIGKILL to itself",
+            m + "test_sigkill_self",
+            frozenset({"FAILED"}),
+            ("killed by signal 9 (SIGKILL)", "before SIGKILL"),
+            "in-process the signal kills pytest itself",
+        ),
+        Crash(
+            "a hang under hermetic(timeout=2)",
+            m + "test_hang",
+            frozenset({"FAILED"}),
+            ("ran longer than its timeout of 2 s", "hanging", "in test_hang"),
+            "in-process nothing enforces the timeout: pytest hangs",
+        ),
+        Crash(
+            f"{stdout_mib} MiB written to stdout",
+            m + "test_flood_stdout",
+            frozenset({"PASSED"}),
+            ("x" * 1023,),
+        ),
+        Crash(
+            "bytes that are not UTF-8 on stdout and stderr",
+            m + "test_non_utf8_output",
+            frozenset({"PASSED"}),
+            ("bad bytes out:", "bad bytes err:"),
+        ),
+        Crash(
+            "an exception whose __repr__ raises",
+            m + "test_exception_repr_raises",
+            frozenset({"FAILED"}),
+            ("<exception str() failed>",),
+        ),
+        Crash(
+            "an exception that cannot be pickled",
+            m + "test_unpicklable_exception",
+            frozenset({"FAILED"}),
+            ("Unpicklable: cannot pickle me",),
+        ),
+        Crash(
+            "user_properties that cannot be serialised",
+            m + "test_unserialisable_user_properties",
+            frozenset({"PASSED"}),
+            (),
+        ),
+        Crash(
+            "an error in fixture setup",
+            m + "test_fixture_setup_error",
+            frozenset({"ERROR"}),
+            ("setup went wrong",),
+        ),
+        Crash(
+            "an error in fixture teardown",
+            m + "test_fixture_teardown_error",
+            frozenset({"PASSED", "ERROR"}),
+            ("teardown went wrong",),
+        ),
+        Crash(
+            "strict xfail that passes",
+            m + "test_strict_xfail_passes",
+            frozenset({"FAILED"}),
+            ("[XPASS(strict)] expected to fail",),
+        ),
+        Crash(
+            "a module-level skip",
+            "test_crash_skip.py",
+            frozenset({"SKIPPED"}),
+            ("test_crash_skip.py:3: skipped at module level",),
+        ),
+        Crash(
+            "an import error only inside the env",
+            "test_crash_import.py::test_needs_xdist",
+            frozenset({"ERROR"}),
+            ("failed inside the locked environment", "No module named 'xdist'"),
+            "in-process the import works (the outer env has xdist): that is the point",
+        ),
+        Crash(
+            "sys.exit(0) in a test",
+            m + "test_sys_exit_zero",
+            frozenset({"FAILED"}),
+            ("SystemExit: 0",),
+        ),
+    )
+
+
+def _summary(output: str) -> dict[str, set[str]]:
+    """Outcomes per node id (or skip location) from pytest's ``-rA`` short summary."""
+    found: dict[str, set[str]] = {}
+    in_summary = False
+    for line in output.splitlines():
+        if "short test summary info" in line:
+            in_summary = True
+            continue
+        if not in_summary:
+            continue
+        word, _, rest = line.partition(" ")
+        if word not in ("PASSED", "FAILED", "ERROR", "SKIPPED", "XFAIL", "XPASS"):
+            continue
+        if word == "SKIPPED":
+            # "SKIPPED [1] file.py:3: reason"
+            node = rest.split("] ", 1)[-1].split(":", 1)[0]
+        else:
+            node = rest.split(" - ", 1)[0].strip()
+        found.setdefault(node, set()).add(word)
+    return found
+
+
+def _junit_properties(path: Path) -> dict[str, list[tuple[str, str]]]:
+    import re
+    import xml.etree.ElementTree as ET
+
+    props: dict[str, list[tuple[str, str]]] = {}
+    for case in ET.parse(path).getroot().iter("testcase"):  # noqa: S314 - our own report
+        name = case.get("name", "")
+        for prop in case.iter("property"):
+            value = re.sub(r"0x[0-9a-f]+", "0x…", prop.get("value", ""))
+            props.setdefault(name, []).append((prop.get("name", ""), value))
+    return props
+
+
+def crash_matrix_trials(lab: Lab, project: Path, *, stdout_mib: int = 50) -> list[Trial]:
+    """Run every crash kind in one hermetic batch, with a passing canary after each.
+
+    The same files run in-process too (minus the cases that would kill or
+    hang pytest there). Invariants per case: the hermetic outcome is the
+    expected one and equals the in-process one where that can run; the
+    report shows the expected text (exit status or signal, output so far,
+    the error). Then: every canary passed and every test of the batch got a
+    report; KeyboardInterrupt is reported as pytest reports it in-process.
+    """
+    cases_source = CRASH_CASES_SOURCE.replace("STDOUT_KIB", str(stdout_mib * 1024))
+    (project / "test_crash_cases.py").write_text(cases_source)
+    (project / "test_crash_skip.py").write_text(CRASH_SKIP_SOURCE)
+    (project / "test_crash_import.py").write_text(CRASH_IMPORT_SOURCE)
+    (project / "test_inside.py").unlink(missing_ok=True)
+    cache = lab.root / "crash-cache"
+    hermetic_xml, in_process_xml = lab.root / "hermetic.xml", lab.root / "in-process.xml"
+    import time
+
+    started = time.perf_counter()
+    hermetic = lab.run(project, cache, "-v", "-rA", f"--junitxml={hermetic_xml}")
+    seconds = time.perf_counter() - started
+    crashes = _crashes(stdout_mib)
+    deselect = " or ".join(
+        c.test.rsplit("::", 1)[-1] for c in crashes if c.not_in_process and "::" in c.test
+    )
+    in_process = lab.run(
+        project,
+        cache,
+        "-v",
+        "-rA",
+        f"--junitxml={in_process_xml}",
+        "-k",
+        f"not ({deselect})",
+        uv_build=False,
+    )
+    got, want = _summary(hermetic.output), _summary(in_process.output)
+    flat = hermetic.output
+    trials = []
+    for crash in crashes:
+        problems = []
+        outcome = got.get(crash.test, set())
+        if outcome != crash.outcomes:
+            problems.append(f"hermetic outcome {sorted(outcome)}, want {sorted(crash.outcomes)}")
+        if not crash.not_in_process and want.get(crash.test, set()) != outcome:
+            problems.append(f"in-process outcome {sorted(want.get(crash.test, set()))}")
+        problems += [f"the report lacks {text!r}" for text in crash.shows if text not in flat]
+        if crash.name.startswith("user_properties"):
+            ours = _junit_properties(hermetic_xml).get("test_unserialisable_user_properties")
+            theirs = _junit_properties(in_process_xml).get("test_unserialisable_user_properties")
+            if ours != theirs:
+                problems.append(f"JUnit properties {ours} differ from in-process {theirs}")
+        how = crash.not_in_process or "same as in-process"
+        trials.append(
+            Trial(
+                "crash",
+                crash.name,
+                not problems,
+                "; ".join(problems) or f"{' + '.join(sorted(outcome))} ({how})",
+            )
+        )
+    import re
+
+    expected = {
+        f"test_crash_cases.py::{n}" for n in re.findall(r"^def (test_\w+)", cases_source, re.M)
+    }
+    expected |= {"test_crash_import.py::test_needs_xdist", "test_crash_skip.py"}
+    canaries = sorted(n for n in expected if "test_canary_" in n)
+    missing = sorted(expected - set(got))
+    failed_canaries = [n for n in canaries if got.get(n) != {"PASSED"}]
+    trials.append(
+        Trial(
+            "crash",
+            "every other test in the batch still reports",
+            not missing and not failed_canaries,
+            f"missing reports: {missing}; canaries not passed: {failed_canaries}"
+            if missing or failed_canaries
+            else f"all {len(expected)} tests reported; the {len(canaries)} canaries between "
+            f"the crashes passed; the hermetic batch took {seconds:.1f} s",
+        )
+    )
+    trials.append(_interrupt_trial(lab, project, cache))
+    return trials
+
+
+def _interrupt_trial(lab: Lab, project: Path, cache: Path) -> Trial:
+    """KeyboardInterrupt raised in a test: pytest stops the session and says so (exit 2)."""
+    target = project / "test_crash_interrupt.py"
+    target.write_text(CRASH_INTERRUPT_SOURCE)
+    try:
+        in_process = lab.run(project, cache, "-v", target.name, uv_build=False)
+        hermetic = lab.run(project, cache, "-v", target.name)
+    finally:
+        target.unlink()
+    problems = []
+    if in_process.returncode != 2 or "KeyboardInterrupt" not in in_process.output:
+        problems.append(f"in-process run: exit {in_process.returncode}")
+    if hermetic.returncode != in_process.returncode:
+        problems.append(f"hermetic exit {hermetic.returncode}, in-process {in_process.returncode}")
+    if "KeyboardInterrupt" not in hermetic.output:
+        said = next((ln for ln in hermetic.output.splitlines() if "hermetic worker" in ln), "")
+        problems.append(f"the hermetic report does not name KeyboardInterrupt: {said!r}")
+    return Trial(
+        "crash",
+        "KeyboardInterrupt raised in a test",
+        not problems,
+        "; ".join(problems) or "the session stops with KeyboardInterrupt, as in-process (exit 2)",
+    )
