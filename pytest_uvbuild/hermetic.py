@@ -328,7 +328,7 @@ class HermeticPlugin:
         )
 
     def pytest_itemcollected(self, item: pytest.Item) -> None:
-        """At the first hermetic test, spawn the main env's worker: it imports pytest meanwhile."""
+        """At the first hermetic test, spawn the main env's worker: it configures meanwhile."""
         if (
             self._prestarted
             or not self.enabled
@@ -340,7 +340,9 @@ class HermeticPlugin:
         if self.config.pluginmanager.has_plugin("dsession"):  # an xdist controller runs nothing
             return
         try:
-            self.runner.prestart(self._main_key, self.launch_for(self._main_key))
+            self.runner.prestart(
+                self._main_key, self.launch_for(self._main_key), list(self.config.args)
+            )
         except UvBuildError:
             return  # reported against the tests that need the env
 
@@ -442,7 +444,11 @@ class HermeticPlugin:
             )
 
     def _start_first_batch(self, session: pytest.Session) -> None:
-        """Start the first hermetic test's worker now: it collects while plain tests run."""
+        """Start the first hermetic test's worker now: it collects while plain tests run.
+
+        Without xdist it also gets its tests and runs ahead. An xdist worker
+        only learns its share one test at a time, so its worker just collects.
+        """
         for item in session.items:
             plan = item.stash.get(_PLAN_KEY, None)
             if plan is None or plan.key is None:
@@ -450,7 +456,10 @@ class HermeticPlugin:
             if plan.key == self._main_key and self.runner.standby:
                 batch = self._batch(plan.key, plan)
                 with contextlib.suppress(UvBuildError):  # reported when the test runs
-                    batch.submit(plan.inner_id, None)
+                    if batch.preplanned:
+                        batch.submit(plan.inner_id, None)
+                    else:
+                        batch.start_worker(list(batch.members))
             return
 
     def _batch(self, key: Any, plan: ItemPlan) -> Any:

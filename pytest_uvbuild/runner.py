@@ -48,13 +48,17 @@ if TYPE_CHECKING:
 
 __all__ = [
     "WORKER_SCRIPT",
+    "Batch",
     "HermeticRunError",
+    "HermeticRunner",
     "Launch",
     "WorkerGone",
     "WorkerProcess",
     "collection_options",
     "describe_exit",
+    "deserialise",
     "forwarded_options",
+    "remove_scratch",
     "scrubbed_environ",
 ]
 
@@ -312,6 +316,7 @@ class WorkerProcess:
         self._buffer = b""
         self._eof = False
         self.ready: dict[str, Any] | None = None
+        self.configured = False
         self.started = False
         self.started_tests = 0
         event_read, event_write = os.pipe()
@@ -359,7 +364,21 @@ class WorkerProcess:
         """The worker's process id (and process group id)."""
         return self.process.pid
 
-    def start(
+    def configure(self, initial: Sequence[str], *, collecting_user_args: bool = False) -> None:
+        """Let the worker configure pytest (options, plugins, initial conftests) now.
+
+        ``initial`` are the outer session's own arguments, which decide the
+        initial conftests; what is collected comes later with :meth:`collect`.
+        """
+        if self.configured:
+            return
+        self.configured = True
+        options = list(self.launch.options)
+        if collecting_user_args:
+            options += self.launch.collect_options
+        self.send("configure", args=options, initial=list(initial))
+
+    def collect(
         self,
         *,
         collect: Sequence[str],
@@ -367,18 +386,11 @@ class WorkerProcess:
         report_items: bool = False,
         no_network: Iterable[str] = (),
     ) -> None:
-        """Start the inner session: what to collect, which node ids to keep.
-
-        Until then the worker has only imported pytest, so a worker spawned
-        early (while the outer session collects) costs no wait here.
-        """
+        """Tell the worker what to collect and which node ids to keep (None: all)."""
+        self.configure(collect, collecting_user_args=nodeids is None)
         self.started = True
-        options = list(self.launch.options)
-        if nodeids is None:
-            options += self.launch.collect_options
         self.send(
-            "start",
-            args=options,
+            "collect",
             collect=list(collect),
             nodeids=None if nodeids is None else list(nodeids),
             report_items=report_items,
@@ -666,7 +678,7 @@ class Batch:
             assert nodeids is not None
             collect = _collection_args(self.runner.config.rootpath, nodeids)
         worker = self.runner.take_standby(self.key) or self.runner.spawn(self.launch)
-        worker.start(
+        worker.collect(
             collect=collect, nodeids=nodeids, report_items=report_items, no_network=self.no_network
         )
         self.worker = worker
@@ -1057,10 +1069,16 @@ class HermeticRunner:
         self._worker_numbers += 1
         return WorkerProcess(launch, scratch=self.scratch, number=self._worker_numbers)
 
-    def prestart(self, key: object, launch: Launch) -> None:
-        """Spawn a worker for ``key`` now: it imports pytest while we go on collecting."""
+    def prestart(self, key: object, launch: Launch, initial: Sequence[str]) -> None:
+        """Spawn and configure a worker for ``key`` now, while we go on collecting.
+
+        ``initial`` are this session's own arguments: the worker loads the same
+        initial conftests, then waits to learn what to collect.
+        """
         if key not in self.standby and key not in self.batches:
-            self.standby[key] = self.spawn(launch)
+            worker = self.spawn(launch)
+            worker.configure(initial)
+            self.standby[key] = worker
 
     def take_standby(self, key: object) -> WorkerProcess | None:
         """The pre-spawned worker for ``key``, if any (each is used once)."""

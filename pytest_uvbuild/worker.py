@@ -8,10 +8,12 @@ Python >= 3.8 with pytest >= 7.
 What it does:
 
 * reads the two pipe descriptors from the JSON file named on its command
-  line, imports pytest, says ``ready``, and waits for a ``start`` command
-  with its spec (pytest options, what to collect, which node ids to keep):
-  node ids never travel through ``argv``, and the outer side may spawn a
-  worker before it knows what it will run;
+  line, imports pytest, says ``ready``, and waits for ``configure`` (pytest
+  options and the outer session's own arguments, to configure and load the
+  initial conftests), then, at session start, for ``collect`` (what to
+  collect, which node ids to keep). The outer side can so spawn and
+  configure a worker while it still collects; node ids never travel through
+  ``argv``;
 * runs ``pytest.main`` with :class:`WorkerPlugin`, which collects, keeps the
   requested items and then waits for commands on the *control* pipe:
   ``["run", {"nodeids": [...], "end": bool}]``, ``["stop", {}]`` and
@@ -260,14 +262,14 @@ def _item_data(item: Any, rootdir: str) -> dict[str, Any]:
 class WorkerPlugin:
     """Collect, keep the requested items, run them on command, stream every event."""
 
-    def __init__(self, spec: dict[str, Any], events: EventChannel, control: ControlChannel) -> None:
-        self.spec = spec
+    def __init__(self, events: EventChannel, control: ControlChannel) -> None:
+        self.spec: dict[str, Any] = {}
         self.events = events
         self.control = control
         self.config: Any = None
         self.items: dict[str, Any] = {}
         self.missing: list[str] = []
-        self.no_network = set(spec.get("no_network", ()))
+        self.no_network: set[str] = set()
         self.guard = NetworkGuard()
         self._devnull = None
 
@@ -286,6 +288,20 @@ class WorkerPlugin:
         return self.config.hook.pytest_report_to_serializable(config=self.config, report=report)
 
     # -- collection ------------------------------------------------------
+
+    def pytest_sessionstart(self, session: Any) -> None:
+        # Configured early (while the outer session was still collecting),
+        # the worker learns only now what to collect: set it as the args.
+        name, kwargs = self.control.read(block=True)
+        if name in ("shutdown", "stop"):
+            import pytest
+
+            pytest.exit("the outer session needs no tests from this worker", returncode=0)
+        if name != "collect":
+            raise ValueError("expected a collect command, got %r" % (name,))
+        self.spec = kwargs
+        self.no_network.update(kwargs.get("no_network", ()))
+        session.config.args = list(kwargs["collect"])
 
     def pytest_collectreport(self, report: Any) -> None:
         if report.failed:
@@ -527,15 +543,15 @@ def main(argv: list[str]) -> int:
         )
         return 3
     # The outer side may spawn us before it knows what to run: wait for it.
-    name, spec = control.read(block=True)
+    name, kwargs = control.read(block=True)
     if name == "shutdown":
         return 0
-    if name != "start":
-        raise ValueError("expected a start command, got %r" % (name,))
+    if name != "configure":
+        raise ValueError("expected a configure command, got %r" % (name,))
     stack_dump = _dump_tracebacks_on_signal()
     _keep_capture_files(boot["capture_dir"])
-    plugin = WorkerPlugin(spec, events, control)
-    args = list(spec["args"]) + list(spec["collect"])
+    plugin = WorkerPlugin(events, control)
+    args = list(kwargs["args"]) + list(kwargs["initial"])
     try:
         plugins = [*_quiet_terminal_plugins(pytest), plugin]
         status = pytest.main(args, plugins=plugins)

@@ -324,7 +324,7 @@ def test_hermetic_all_stops_at_maxfail(uv_pytester: pytest.Pytester) -> None:
 
 
 def test_xdist_workers_each_run_their_share(uv_pytester: pytest.Pytester) -> None:
-    """Under -n 2 every hermetic test runs once, inside, in few worker processes."""
+    """Under -n 2 every hermetic test runs exactly once, inside, in few worker processes."""
     pid_dir = uv_pytester.mkdir("pids")
     uv_pytester.makepyfile(
         test_xd=f"""
@@ -335,7 +335,8 @@ def test_xdist_workers_each_run_their_share(uv_pytester: pytest.Pytester) -> Non
         @pytest.mark.parametrize("n", range(20))
         def test_inside(n):
             import toyalpha
-            open(os.path.join({str(pid_dir)!r}, str(n)), "w").write(str(os.getpid()))
+            with open(os.path.join({str(pid_dir)!r}, str(n)), "a") as fh:
+                fh.write(f"{{os.getpid()}}\\n")
 
         def test_plain():
             pass
@@ -343,9 +344,10 @@ def test_xdist_workers_each_run_their_share(uv_pytester: pytest.Pytester) -> Non
     )
     result = run(uv_pytester, "-n", "2")
     result.assert_outcomes(passed=21)
-    pids = {p.read_text() for p in pid_dir.iterdir()}
-    assert len(list(pid_dir.iterdir())) == 20
-    assert 1 <= len(pids) <= 2
+    runs = [p.read_text().split() for p in pid_dir.iterdir()]
+    assert len(runs) == 20
+    assert all(len(pids) == 1 for pids in runs), runs  # each test ran exactly once
+    assert 1 <= len({pids[0] for pids in runs}) <= 2
     # The controller counts the hermetic outcomes its workers report.
     (metadata,) = uv_pytester.path.glob("builds/*/metadata.json")
     assert json.loads(metadata.read_text())["run"]["hermetic"]["passed"] == 20

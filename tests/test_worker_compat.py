@@ -170,7 +170,7 @@ def test_worker_runs_on_supported_python_and_pytest(
         "test_suite.py::test_exits",
     ]
     worker = WorkerProcess(launch, scratch=tmp_path)
-    worker.start(
+    worker.collect(
         collect=[str(pytester.path / "test_suite.py")],
         nodeids=ids,
         no_network=["test_suite.py::test_network"],
