@@ -85,3 +85,16 @@ def test_python_ids_round_trip(plain: str, versioned: str) -> None:
     """The py<version> id part is added last and removed exactly."""
     assert with_python_id(plain, "3.12") == versioned
     assert without_python_id(versioned, "3.12") == plain
+
+
+def test_default_timeout_from_option_then_ini(pytester: pytest.Pytester) -> None:
+    """--hermetic-timeout wins over ini hermetic_timeout; 0 means no limit; junk is refused."""
+    from pytest_uvbuild.hermetic import _hermetic_timeout
+
+    pytester.makeini("[pytest]\nhermetic_timeout = 30\n")
+    assert _hermetic_timeout(pytester.parseconfig()) == 30.0
+    assert _hermetic_timeout(pytester.parseconfig("--hermetic-timeout=5")) == 5.0
+    assert _hermetic_timeout(pytester.parseconfig("--hermetic-timeout=0")) is None
+    pytester.makeini("[pytest]\nhermetic_timeout = soon\n")
+    with pytest.raises(pytest.UsageError, match="hermetic_timeout = 'soon' is not a number"):
+        _hermetic_timeout(pytester.parseconfig())
