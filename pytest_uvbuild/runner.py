@@ -313,7 +313,8 @@ class WorkerProcess:
         self.capture_dir = self.dir / "capture"
         self.capture_dir.mkdir()
         self.log_path = self.dir / "output.log"
-        self._buffer = b""
+        self._buffer = bytearray()
+        self._searched = 0
         self._eof = False
         self.ready: dict[str, Any] | None = None
         self.configured = False
@@ -423,8 +424,13 @@ class WorkerProcess:
         Raises :class:`WorkerGone` once the pipe is closed and drained.
         """
         while True:
-            if b"\n" in self._buffer:
-                line, self._buffer = self._buffer.split(b"\n", 1)
+            # Only bytes not searched yet are searched: a report with 50 MiB
+            # of captured output arrives in hundreds of chunks.
+            end = self._buffer.find(b"\n", self._searched)
+            if end >= 0:
+                line = bytes(self._buffer[:end])
+                del self._buffer[: end + 1]  # cheap: bytearray drops its front in place
+                self._searched = 0
                 message = json.loads(line)
                 if (
                     not isinstance(message, list)
@@ -434,13 +440,14 @@ class WorkerProcess:
                 ):
                     raise ProtocolError(f"malformed worker message: {line[:200]!r}")
                 return message[0], message[1]
+            self._searched = len(self._buffer)
             if self._eof:
                 raise WorkerGone
             timeout = None if deadline is None else max(0.0, deadline - time.time())
             ready, _, _ = select.select([self._events], [], [], timeout)
             if not ready:
                 return None
-            chunk = os.read(self._events, 1 << 16)
+            chunk = os.read(self._events, 1 << 20)
             if chunk:
                 self._buffer += chunk
             else:
@@ -847,6 +854,11 @@ class Batch:
         self.runner.config.hook.pytest_warning_recorded.call_historic(
             kwargs={"warning_message": warning, "when": when, "nodeid": nodeid, "location": None}
         )
+
+    def _worker_interrupted(self, nodeid: str | None, where: str) -> None:
+        # A test raised KeyboardInterrupt: in-process, that ends the session.
+        test = f" in the hermetic test {nodeid}" if nodeid else ""
+        raise KeyboardInterrupt(f"raised{test} at {where}")
 
     def _worker_internalerror(self, text: str) -> None:
         self.internal_errors.append(text)

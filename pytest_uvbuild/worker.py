@@ -85,14 +85,13 @@ _OUTER_ONLY_OPTIONS: tuple[tuple[str, Any], ...] = (
 
 
 def _jsonable(value: Any) -> Any:
-    """Turn a value that JSON cannot carry into something it can (repr as last resort)."""
+    """Turn a value that JSON cannot carry into something it can (str() as last resort)."""
     if isinstance(value, (set, frozenset, tuple)):
         return list(value)
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
     if isinstance(value, os.PathLike):
         return os.fspath(value)
-    return repr(value)
+    # str(), as junitxml writes a user property: bytes stay b'\xff', not U+FFFD.
+    return str(value)
 
 
 class EventChannel:
@@ -270,6 +269,7 @@ class WorkerPlugin:
         self.items: dict[str, Any] = {}
         self.missing: list[str] = []
         self.no_network: set[str] = set()
+        self.current: str | None = None
         self.guard = NetworkGuard()
         self._devnull = None
 
@@ -389,6 +389,7 @@ class WorkerPlugin:
                 self.guard.uninstall()
 
     def pytest_runtest_logstart(self, nodeid: str, location: Any) -> None:
+        self.current = nodeid
         # Where this test's own output starts in the worker's log, for a crash report.
         try:
             offset = os.lseek(2, 0, os.SEEK_CUR)  # type: int | None
@@ -416,6 +417,11 @@ class WorkerPlugin:
             when=when,
             nodeid=nodeid,
         )
+
+    def pytest_keyboard_interrupt(self, excinfo: Any) -> None:
+        crash = getattr(excinfo.getrepr(style="short"), "reprcrash", None)
+        where = "%s:%s" % (crash.path, crash.lineno) if crash is not None else "?"
+        self.events.send("interrupted", nodeid=self.current, where=where)
 
     def pytest_internalerror(self, excrepr: Any, excinfo: Any) -> None:
         self.events.send("internalerror", text=str(excrepr))

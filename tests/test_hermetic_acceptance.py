@@ -47,6 +47,7 @@ def bad_teardown():
 
 def test_pass(record_property):
     record_property("answer", "42")
+    record_property("raw", b"\\xff")
     print("to stdout")
     print("to stderr", file=sys.stderr)
     logging.getLogger("demo").warning("a log line")
@@ -716,3 +717,26 @@ def test_project_argument_uses_another_projects_env(
         """
     )
     run(uv_pytester).assert_outcomes(passed=2)
+
+
+def test_keyboard_interrupt_in_a_test_stops_the_session(uv_pytester: pytest.Pytester) -> None:
+    """A test raising KeyboardInterrupt ends the session with exit 2, as in-process."""
+    uv_pytester.makepyfile(
+        test_interrupt="""
+        import pytest
+
+        pytestmark = pytest.mark.hermetic
+
+        def test_interrupt():
+            raise KeyboardInterrupt
+
+        def test_after():
+            pass
+        """
+    )
+    result = run(uv_pytester, "-v")
+    assert result.ret == pytest.ExitCode.INTERRUPTED
+    result.stdout.fnmatch_lines(
+        ["*KeyboardInterrupt: raised in the hermetic test test_interrupt.py::test_interrupt*"]
+    )
+    assert "test_after" not in result.stdout.str()

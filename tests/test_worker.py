@@ -78,10 +78,10 @@ def test_control_channel_reads_lines_and_eof_as_shutdown(worker: ModuleType) -> 
 
 
 def test_event_channel_writes_one_json_line_per_event(worker: ModuleType) -> None:
-    """Events are [name, kwargs] lines; values JSON lacks are made safe."""
+    """Events are [name, kwargs] lines; values JSON lacks become str() of themselves."""
     read_fd, write_fd = os.pipe()
     channel = worker.EventChannel(write_fd)
-    channel.send("logstart", nodeid="t.py::ü[\n]", extra={1, 2}, obj=object)
+    channel.send("logstart", nodeid="t.py::ü[\n]", extra={1, 2}, obj=object, raw=b"\xff")
     channel._file.close()
     with os.fdopen(read_fd, "rb") as fh:
         lines = fh.read().splitlines()
@@ -90,4 +90,5 @@ def test_event_channel_writes_one_json_line_per_event(worker: ModuleType) -> Non
     assert name == "logstart"
     assert kwargs["nodeid"] == "t.py::ü[\n]"
     assert sorted(kwargs["extra"]) == [1, 2]
-    assert kwargs["obj"] == repr(object)
+    assert kwargs["obj"] == str(object)
+    assert kwargs["raw"] == "b'\\xff'"  # as junitxml writes a bytes user property

@@ -15,12 +15,9 @@ from reliability.scenarios import crash_matrix_trials, summarize
 pytestmark = pytest.mark.reliability
 
 #: Defects in the runner, whose owner fixes them; each has a strict xfail below.
-KNOWN_DEFECTS = {
-    "user_properties that cannot be serialised": "a bytes user property reaches JUnit as "
-    "'\\ufffd' instead of pytest's \"b'\\\\xff'\" (the runner decodes bytes instead of repr())",
-    "KeyboardInterrupt raised in a test": "reported as 'The hermetic worker running this test "
-    "exited with status 0' and the session goes on (exit 1); in-process pytest names "
-    "KeyboardInterrupt and stops the session (exit 2)",
+KNOWN_DEFECTS: dict[str, str] = {
+    # Fixed in the runner: a bytes user property reached JUnit as U+FFFD, and
+    # KeyboardInterrupt raised in a test did not stop the session.
 }
 
 
