@@ -562,7 +562,7 @@ def damage_trials(lab: Lab, project: Path, names: Sequence[str] = tuple(DAMAGES)
     env the previous rebuild left, which is checked whole first.
     """
     trials = []
-    cache = lab.root / "damage"
+    cache = lab.root / "damage-cache"
     shutil.rmtree(cache, ignore_errors=True)
     first = lab.run(project, cache)
     setup_problems = _expect_session(first, "miss")
@@ -909,9 +909,16 @@ SNAPSHOT_IGNORE = ("locks", "probes")
 
 
 def _error_line(output: str) -> str:
-    for line in output.splitlines():
-        if line.startswith(("ERROR:", "E   ", "ERROR ")) and len(line) > 8:
-            return line.strip()
+    """The error a user sees: its first line, and the line naming the fix if that is apart."""
+    lines = output.splitlines()
+    for number, line in enumerate(lines):
+        if line.startswith("ERROR collecting") or " ERROR collecting " in line:
+            return lines[number + 1].strip() if number + 1 < len(lines) else line
+        if line.startswith("ERROR:") and len(line) > 8:
+            if "Fix:" in line:
+                return line.strip()
+            fix = next((ln.strip() for ln in lines[number + 1 :] if ln.startswith("Fix:")), "")
+            return f"{line.strip()} [...] {fix}".strip()
     return ""
 
 

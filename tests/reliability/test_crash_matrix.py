@@ -14,12 +14,6 @@ from reliability.scenarios import crash_matrix_trials, summarize
 
 pytestmark = pytest.mark.reliability
 
-#: Defects in the runner, whose owner fixes them; each has a strict xfail below.
-KNOWN_DEFECTS: dict[str, str] = {
-    # Fixed in the runner: a bytes user property reached JUnit as U+FFFD, and
-    # KeyboardInterrupt raised in a test did not stop the session.
-}
-
 
 @pytest.fixture(scope="module")
 def matrix(
@@ -32,19 +26,11 @@ def matrix(
 
 
 def test_every_crash_is_reported_as_in_process(matrix: dict[str, Trial]) -> None:
-    """Each case gets the outcome and text pytest gives in-process (or says why it cannot)."""
-    trials = [t for name, t in matrix.items() if name not in KNOWN_DEFECTS]
-    assert len(trials) >= 15
+    """Each case gets the outcome and text pytest gives in-process (or says why it cannot).
+
+    Two cases were strict xfails until the runner's owner fixed them
+    (KeyboardInterrupt in a test, a bytes user property): see e24dc6f.
+    """
+    trials = list(matrix.values())
+    assert len(trials) >= 17
     assert all(t.ok for t in trials), summarize(trials)
-
-
-@pytest.mark.parametrize(
-    "name",
-    [
-        pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=reason))
-        for name, reason in sorted(KNOWN_DEFECTS.items())
-    ],
-)
-def test_known_defects(name: str, matrix: dict[str, Trial]) -> None:
-    """The cases the runner gets wrong today (owner told); strict xfail until fixed."""
-    assert matrix[name].ok, matrix[name].detail
