@@ -207,9 +207,14 @@ class Lab:
 
     def environ(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
         """Variables of a session: isolated caches, the wrappers, the call log."""
-        env = dict(os.environ)
-        for name in ("VIRTUAL_ENV", "PYTEST_ADDOPTS", "GITHUB_STEP_SUMMARY", "PYTHONPATH"):
-            env.pop(name, None)
+        # Nothing of the session running this lab (xdist worker ids, addopts)
+        # may leak into the sessions it starts.
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("PYTEST_XDIST_", "PYTEST_CURRENT_TEST"))
+            and k not in ("VIRTUAL_ENV", "PYTEST_ADDOPTS", "GITHUB_STEP_SUMMARY", "PYTHONPATH")
+        }
         env.update(
             UV_PYTHON_DOWNLOADS="never",
             UV_NO_PROGRESS="1",

@@ -368,7 +368,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="+", choices=list(SUITES), default=[])
     parser.add_argument(
-        "--kill-repeats", type=int, default=2, help="Runs of each kill moment (default 2)"
+        "--kill-repeats", type=int, default=3, help="Runs of each kill moment (default 3)"
     )
     parser.add_argument("--render-only", action="store_true", help="Only render the page")
     args = parser.parse_args(argv)
