@@ -224,8 +224,8 @@ def ratio_plot(rows: Sequence[dict[str, Any]]) -> str:
     """Horizontal bars of ours/baseline on a log axis, with a line at one."""
     # Time rows only: a memory ratio (``unit`` MiB) is in the tables, not on a time axis.
     rows = [r for r in rows if r.get("ratio") and r.get("unit", "s") == "s"]
-    label_w, bar_h, top = 430, 18, 40
-    plot_w = PLOT_WIDTH - label_w - 30
+    width, label_w, bar_h, top = 960, 520, 18, 40
+    plot_w = width - label_w - 60
     height = top + bar_h * len(rows) + 50
     ratios = [r["ratio"] for r in rows] or [1.0]
     lo = 10 ** math.floor(math.log10(min(*ratios, 1.0)))
@@ -237,7 +237,7 @@ def ratio_plot(rows: Sequence[dict[str, Any]]) -> str:
         return label_w + plot_w * (math.log10(value) - math.log10(lo)) / math.log10(hi / lo)
 
     body = [
-        f'<text x="{PLOT_WIDTH / 2}" y="20" text-anchor="middle" {FONT} font-weight="bold">'
+        f'<text x="{width / 2}" y="20" text-anchor="middle" {FONT} font-weight="bold">'
         f"Time ratio, ours {DIVIDE} baseline (medians; log scale; "
         f"left of 1{TIMES} means we are faster)</text>"
     ]
@@ -255,27 +255,28 @@ def ratio_plot(rows: Sequence[dict[str, Any]]) -> str:
     for i, r in enumerate(rows):
         y = top + i * bar_h
         label = f"{r['suite']}: {r['case']} vs {r['baseline_name']}"
+        label = label if len(label) <= 72 else label[:71] + "\u2026"
         x0, x1 = sorted((x(1.0), x(r["ratio"])))
         body.append(
             f'<text x="{label_w - 6}" y="{y + bar_h * 0.7:.1f}" text-anchor="end" {FONT}>'
-            f"{escape(label[:70])}</text>"
+            f"{escape(label)}</text>"
         )
         body.append(
             f'<rect x="{x0:.1f}" y="{y + 3}" width="{max(x1 - x0, 1):.1f}" height="{bar_h - 6}" '
             f'fill="{OURS_COLOUR}"/>'
         )
-        # The value sits past the bar's far end: right of a slower bar, left of a faster one.
-        anchor = (x1 + 4, "start") if r["ratio"] >= 1 else (x0 - 4, "end")
+        # The value sits right of the bar's end, or right of the 1x line for a
+        # faster bar, where it cannot run into the labels.
         body.append(
-            f'<text x="{anchor[0]:.1f}" y="{y + bar_h * 0.7:.1f}" text-anchor="{anchor[1]}" '
-            f"{FONT}>{fmt_ratio(r['ratio'])}</text>"
+            f'<text x="{x1 + 4:.1f}" y="{y + bar_h * 0.7:.1f}" {FONT}>'
+            f"{fmt_ratio(r['ratio'])}</text>"
         )
     one = x(1.0)
     body.append(
         f'<line x1="{one:.1f}" y1="{top - 5}" x2="{one:.1f}" y2="{height - 40}" '
         'stroke="black" stroke-width="1.5"/>'
     )
-    return _svg(PLOT_WIDTH, height, body, "Ratio of medians, ours over baseline")
+    return _svg(width, height, body, "Ratio of medians, ours over baseline")
 
 
 def _panel(
@@ -455,7 +456,7 @@ def render(
             "",
             f"From `{results[run.suite]['command']}`.",
             "",
-            "| Case | Ours | Baseline | Baseline time | Ratio | Goal | Note |",
+            "| Case | Ours | Baseline | Baseline's result | Ratio | Goal | Note |",
             "|---|---|---|---|---|---|---|",
         ]
         for r in rows:
