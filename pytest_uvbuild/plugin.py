@@ -121,8 +121,6 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="How the project itself is installed: wheel (default), source or no",
     )
     parser.addini("uv_install_project", default=None, help="Same as --uv-install-project")
-    _add_hermetic_options(parser, group)
-    _add_build_record_options(parser, group)
     group.addoption(
         "--uv-python-downloads",
         choices=("never", "automatic"),
@@ -132,6 +130,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "unless UV_PYTHON_DOWNLOADS=automatic is set) or automatic",
     )
     parser.addini("uv_python_downloads", default=None, help="Same as --uv-python-downloads")
+    _add_build_record_options(parser, group)
+    _add_hermetic_options(parser, group)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -143,8 +143,8 @@ def pytest_configure(config: pytest.Config) -> None:
         "when --uv-build is given",
     )
     config.stash[SESSION_KEY] = UvBuildSession(config)
-    _configure_hermetic(config)
     _configure_build_record(config)
+    _configure_hermetic(config)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
