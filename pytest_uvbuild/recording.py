@@ -1,0 +1,129 @@
+"""The per-session build-record plugin: check inputs early, write the record at the end.
+
+Registered by :mod:`~pytest_uvbuild.plugin` on the controller of a
+``--uv-build`` session only (never on an xdist worker). At session start it
+validates the build dir, the baseline and ``SOURCE_DATE_EPOCH`` so that bad
+input fails before any test runs; at session finish it audits the env,
+writes ``builds/<id>/`` through :mod:`~pytest_uvbuild.artifacts`, and turns
+drift, a failed gate or a failed verify into a failing exit status.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pytest_uvbuild.errors import UvBuildError
+from pytest_uvbuild.session import SESSION_KEY
+
+__all__ = ["BuildRecordPlugin"]
+
+
+def _path_option(config: pytest.Config, option: str, ini: str) -> Path | None:
+    """An option is relative to the cwd, its ini twin to the rootdir (as pytest does)."""
+    value = config.getoption(option)
+    if value:
+        return Path(value).expanduser().absolute()
+    value = config.getini(ini)
+    if value:
+        path = Path(str(value)).expanduser()
+        return path if path.is_absolute() else config.rootpath / path
+    return None
+
+
+class BuildRecordPlugin:
+    """Writes the session's build record and applies drift, gate and verify results."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+        self.builds_root: Path | None = None
+        self.baseline: Any = None
+        self.outcome: Any = None
+        self.error: str | None = None
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_sessionstart(self, session: pytest.Session) -> None:
+        """Check the build dir, the baseline and SOURCE_DATE_EPOCH before any test runs."""
+        from pytest_uvbuild import artifacts, audit
+
+        config = self.config
+        try:
+            if not config.getoption("uv_no_artifacts"):
+                self.builds_root = _path_option(config, "uv_build_dir", "uv_build_dir") or (
+                    config.rootpath / "builds"
+                )
+                artifacts.check_builds_root(self.builds_root)
+            baseline = _path_option(config, "uv_baseline", "uv_baseline")
+            if baseline is not None:
+                self.baseline = audit.load_baseline(baseline)
+            artifacts.source_date_epoch()
+        except UvBuildError as exc:
+            raise pytest.UsageError(str(exc)) from None
+        if config.getoption("uv_gate") and self.baseline is None:
+            # A gate with nothing to compare would pass silently: say so instead.
+            raise pytest.UsageError(
+                "--uv-gate compares with a baseline, but none was given. Fix: pass "
+                "--uv-baseline=PATH (an earlier builds/<id>/ or its audit.json) or set "
+                "uv_baseline in the ini file."
+            )
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        """Audit the env, write the record, and fail the session on drift or a gate."""
+        if exitstatus in (
+            pytest.ExitCode.INTERRUPTED,
+            pytest.ExitCode.INTERNAL_ERROR,
+            pytest.ExitCode.USAGE_ERROR,
+        ) or self.config.getoption("collectonly"):
+            return
+        uvbuild = self.config.stash[SESSION_KEY]
+        env = uvbuild.main_env_if_ready()
+        if env is None:
+            return
+        from pytest_uvbuild import artifacts
+
+        try:
+            self.outcome = artifacts.record_session(
+                env,
+                uvbuild.cache.uv,
+                builds_root=self.builds_root,
+                index_dir=uvbuild.cache.root / "sdist-sources",
+                baseline=self.baseline,
+                gate=bool(self.config.getoption("uv_gate")),
+                verify=bool(self.config.getoption("uv_verify")),
+                offline=uvbuild.request.offline,
+                run=artifacts.run_facts(self.config, session, env, uvbuild.started, exitstatus),
+            )
+        except UvBuildError as exc:
+            self.error = str(exc)
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+            return
+        artifacts.append_step_summary(self.outcome.markdown)
+        if self.outcome.failed and session.exitstatus in (
+            pytest.ExitCode.OK,
+            pytest.ExitCode.NO_TESTS_COLLECTED,
+        ):
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        """Report the record (key, id, path, drift, baseline) and, in one block, any failure."""
+        if self.error is not None:
+            terminalreporter.write_sep("!", "uv-build record FAILED", red=True)
+            terminalreporter.write_line(self.error)
+            terminalreporter.write_line(
+                "The session fails because the build record could not be made; "
+                "pass --uv-no-artifacts to run without one."
+            )
+            return
+        if self.outcome is None:
+            return
+        terminalreporter.section("uv-build record")
+        for line in self.outcome.summary_lines():
+            terminalreporter.write_line(line)
+        if self.outcome.failed:
+            terminalreporter.write_sep("!", "uv-build audit FAILED", red=True)
+            for line in self.outcome.failure_lines():
+                terminalreporter.write_line(line)
