@@ -9,6 +9,7 @@ from __future__ import annotations
 
 __all__ = [
     "CacheError",
+    "HermeticRunError",
     "InterpreterNotFoundError",
     "LockfileError",
     "ProjectNotFoundError",
@@ -57,3 +58,7 @@ class UvCommandError(UvBuildError, RuntimeError):
 
 class CacheError(UvBuildError, RuntimeError):
     """The environment cache cannot be used (not writable, damaged beyond repair)."""
+
+
+class HermeticRunError(UvBuildError, RuntimeError):
+    """A hermetic run cannot go on (for example pytest is not in the locked env)."""

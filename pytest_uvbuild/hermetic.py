@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import pytest
 
-from pytest_uvbuild.errors import UvBuildError
+from pytest_uvbuild.errors import HermeticRunError, UvBuildError
 from pytest_uvbuild.outcomes import HERMETIC_OUTCOMES_KEY, HermeticOutcomes
 from pytest_uvbuild.request import EnvRequest
 from pytest_uvbuild.session import SESSION_KEY, is_xdist_worker
@@ -478,8 +478,6 @@ class HermeticPlugin:
         """With --hermetic-all, collect inside the locked env and build stand-ins here."""
         if not self.hermetic_all or self.config.pluginmanager.has_plugin("dsession"):
             return None
-        from pytest_uvbuild.runner import HermeticRunError
-
         hook = self.config.hook
         batch = self.runner.batch(
             self._main_key,
@@ -492,8 +490,6 @@ class HermeticPlugin:
             batch.start_worker(None, collect=list(self.config.args), report_items=True)
             batch.wait_collected()
         except UvBuildError as exc:
-            raise pytest.UsageError(str(exc)) from None
-        except HermeticRunError as exc:  # pragma: no cover - subclass of UvBuildError
             raise pytest.UsageError(str(exc)) from None
         # Markers that the suite's conftest.py files register exist only inside;
         # -m and --strict-markers need them here too.
@@ -564,8 +560,6 @@ class HermeticPlugin:
         plan = item.stash.get(_PLAN_KEY, None) if self.enabled else None
         if plan is None:
             return None
-        from pytest_uvbuild.runner import HermeticRunError
-
         ihook = item.ihook
         ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
         try:
@@ -580,8 +574,6 @@ class HermeticPlugin:
     def _reports(
         self, item: pytest.Item, plan: ItemPlan, nextitem: pytest.Item | None
     ) -> Iterator[Any]:
-        from pytest_uvbuild.runner import HermeticRunError
-
         if plan.error is not None or plan.key is None:
             yield from self._made_error(item, plan.error or "hermetic test without an env")
             return

@@ -121,8 +121,10 @@ def show_lines(record_dir: Path) -> list[str]:
     git = meta.get("git")
     if git:
         state = "dirty" if git.get("dirty") else "clean"
+        # A repository with no commit yet has a branch but no commit.
+        commit = git.get("commit") or "no commit yet"
         lines.append(
-            f"git       {git.get('commit')} ({git.get('branch') or 'detached'}, {state})"
+            f"git       {commit} ({git.get('branch') or 'detached'}, {state})"
             + (f" {git.get('remote_url')}" if git.get("remote_url") else "")
         )
     else:

@@ -41,7 +41,7 @@ from typing import IO, TYPE_CHECKING, Any, Final
 
 import pytest
 
-from pytest_uvbuild.errors import UvBuildError
+from pytest_uvbuild.errors import HermeticRunError
 
 if TYPE_CHECKING:
     from pytest_uvbuild.envcache import UvEnv
@@ -49,7 +49,6 @@ if TYPE_CHECKING:
 __all__ = [
     "WORKER_SCRIPT",
     "Batch",
-    "HermeticRunError",
     "HermeticRunner",
     "Launch",
     "WorkerGone",
@@ -94,10 +93,6 @@ STOP_GRACE_SECONDS: Final = 10.0
 INTERRUPT_GRACE_SECONDS: Final = 5.0
 #: How much of a dead worker's own output goes into the crash report.
 OUTPUT_LIMIT_BYTES: Final = 16000
-
-
-class HermeticRunError(UvBuildError, RuntimeError):
-    """A hermetic run cannot go on (for example pytest is not in the locked env)."""
 
 
 class WorkerGone(Exception):

@@ -106,3 +106,17 @@ def test_verify(uv_pytester: pytest.Pytester, tmp_path: Path) -> None:
     relocked = cli("verify", record)
     assert relocked.returncode == 2
     assert "is not the uv.lock this record was built from" in relocked.stderr
+
+
+def test_show_names_a_repository_without_commits(
+    uv_pytester: pytest.Pytester, tmp_path: Path
+) -> None:
+    """show says "no commit yet" for a record made in a git repository with no commit."""
+    subprocess.run(["git", "init", "-q", str(uv_pytester.path)], check=True)
+    uv_pytester.makepyfile(test_ok=PASSING_TEST)
+    record = make_record(uv_pytester, tmp_path / "builds")
+    shown = cli("show", record)
+    assert shown.returncode == 0, shown.stderr
+    git_line = next(line for line in shown.stdout.splitlines() if line.startswith("git "))
+    assert git_line.startswith("git       no commit yet (")
+    assert "None" not in git_line
