@@ -775,10 +775,23 @@ def record_session(
         if builds_root is None:
             return _audit_only(env, uv, plan, baseline, gate, verify, offline, started)
         record_dir = builds_root / plan.build_id
-        with FileLock(str(builds_root / ".locks" / f"{plan.build_id}.lock")):
-            return _write_record(
-                env, uv, plan, record_dir, baseline, gate, verify, offline, run, started
-            )
+        try:
+            with FileLock(str(builds_root / ".locks" / f"{plan.build_id}.lock")):
+                return _write_record(
+                    env, uv, plan, record_dir, baseline, gate, verify, offline, run, started
+                )
+        except RecordError:
+            raise
+        except OSError as exc:
+            # A full disk or a file-size limit surfaces here as a plain OSError;
+            # the record is written aside and renamed, so nothing half-written
+            # is left looking complete, and the user gets one message.
+            raise RecordError(
+                f"Could not write the build record under {builds_root} "
+                f"({exc.strerror or exc}). Fix: free disk space or make it writable, "
+                "pass --uv-build-dir=DIR on another disk, or --uv-no-artifacts to run "
+                "without a record."
+            ) from None
     finally:
         plan.cleanup()
 

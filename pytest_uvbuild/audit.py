@@ -423,8 +423,16 @@ def load_baseline(path: Path) -> Baseline:
         )
     try:
         text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise BaselineError(f"Baseline {path} cannot be read ({exc}).") from None
+    except UnicodeDecodeError:
+        raise BaselineError(
+            f"Baseline {path} is not a text file, let alone JSON. Fix: point --uv-baseline "
+            "at a build directory (builds/<id>/) or at its audit.json or metadata.json."
+        ) from None
+    except OSError as exc:
+        raise BaselineError(
+            f"Baseline {path} cannot be read ({exc.strerror or exc}). Fix: make it readable, "
+            "or point --uv-baseline at another build directory or its audit.json."
+        ) from None
     try:
         data = json.loads(text)
     except ValueError as exc:

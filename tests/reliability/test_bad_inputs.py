@@ -9,13 +9,6 @@ from reliability.scenarios import BAD_INPUTS, bad_input_trials, served_project, 
 
 pytestmark = pytest.mark.reliability
 
-#: Defects in files this suite's owner may not change; each is routed to its owner.
-KNOWN_DEFECTS = {
-    "baseline holds binary garbage": "audit.load_baseline reports a baseline that is not "
-    "UTF-8 as 'cannot be read (...)' without naming the fix",
-}
-
-
 #: One case of each kind the issue lists (a read-only cache is in test_damaged_cache);
 #: bench/reliability.py runs every case in BAD_INPUTS.
 CI_CASES = (
@@ -31,6 +24,7 @@ CI_CASES = (
     "hermetic marker: timeout='x'",
     "baseline path does not exist",
     "baseline holds text garbage",
+    "baseline holds binary garbage",
     "build dir is a file",
     "uv binary missing",
     "uv binary broken",
@@ -45,17 +39,3 @@ def test_bad_inputs_are_one_clear_error_and_change_nothing(lab: Lab) -> None:
     assert len(cases) == len(CI_CASES) >= 15
     trials = bad_input_trials(lab, lab.project(git=True), lab.root / "cache", cases, served)
     assert all(t.ok for t in trials), summarize(trials)
-
-
-@pytest.mark.parametrize(
-    "name",
-    [
-        pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=reason))
-        for name, reason in sorted(KNOWN_DEFECTS.items())
-    ],
-)
-def test_known_defects(name: str, lab: Lab) -> None:
-    """The bad inputs whose message is wrong today (owners told); strict xfail until fixed."""
-    (case,) = [c for c in BAD_INPUTS if c.name == name]
-    (trial,) = bad_input_trials(lab, lab.project(git=True), lab.root / "cache", [case])
-    assert trial.ok, trial.detail

@@ -47,11 +47,6 @@ def test_a_full_disk_during_a_build_is_one_clear_error(lab: Lab) -> None:
     assert all("exit 4" in t.detail for t in trials), summarize(trials)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="artifacts._write_record lets OSError (EFBIG/ENOSPC) from writing the record "
-    "escape as an INTERNALERROR with a traceback instead of a RecordError naming the fix",
-)
 def test_a_full_disk_while_writing_the_record_is_one_clear_error(lab: Lab) -> None:
     """RLIMIT_FSIZE that lets the env hit but not the record: a message, not a traceback."""
     trials = disk_full_trials(lab, lab.project(git=True), (3_000,), warm=True)
