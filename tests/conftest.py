@@ -66,7 +66,17 @@ def _isolated_environment(
     monkeypatch.setenv("UV_PYTHON_DOWNLOADS", "never")
     monkeypatch.setenv("PYTEST_UVBUILD_CACHE_DIR", str(shared_env_cache))
     monkeypatch.setenv("UV_CACHE_DIR", str(uv_cache))
-    for name in ("VIRTUAL_ENV", "PYTEST_ADDOPTS", "GITHUB_STEP_SUMMARY", "PYTEST_UVBUILD_UV"):
+    # The xdist variables matter when this suite itself runs under -n: a
+    # pytester session must not believe it is one of our xdist workers.
+    for name in (
+        "VIRTUAL_ENV",
+        "PYTEST_ADDOPTS",
+        "GITHUB_STEP_SUMMARY",
+        "PYTEST_UVBUILD_UV",
+        "PYTEST_XDIST_WORKER",
+        "PYTEST_XDIST_WORKER_COUNT",
+        "PYTEST_XDIST_TESTRUNUID",
+    ):
         monkeypatch.delenv(name, raising=False)
 
 
