@@ -79,6 +79,11 @@ ALLOWED_VARIABLES: Final = (
     "NO_COLOR",
     "FORCE_COLOR",
     "PY_COLORS",
+    # pytest reads these to decide how much of an assertion diff to show (it
+    # never truncates on CI); without them a hermetic report would differ
+    # from the in-process one exactly where it matters, in CI.
+    "CI",
+    "BUILD_NUMBER",
     # Windows cannot start a process without these.
     "SYSTEMROOT",
     "COMSPEC",

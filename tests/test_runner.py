@@ -31,6 +31,7 @@ def test_scrubbed_environ_keeps_only_the_allow_list(tmp_path: Path) -> None:
         "LANG": "C.UTF-8",
         "LC_ALL": "C",
         "TERM": "xterm",
+        "CI": "true",
         "GITHUB_TOKEN": "secret",
         "PYTHONPATH": "/outer",
         "PYTHONSTARTUP": "/x.py",
@@ -50,6 +51,7 @@ def test_scrubbed_environ_keeps_only_the_allow_list(tmp_path: Path) -> None:
         source=source,
     )
     assert env["PATH"] == f"{tmp_path / 'env' / 'bin'}:/usr/bin"
+    assert env["CI"] == "true"
     assert env["VIRTUAL_ENV"] == str(tmp_path / "env")
     assert env["PYTHONPATH"] == str(tmp_path / "layer")
     assert env["HOME"] == str(tmp_path / "home")
