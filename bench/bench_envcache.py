@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import argparse
 import functools
-import os
 import shutil
-import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -40,13 +38,6 @@ ENV_TEST = "def test_env(uv_env):\n    assert uv_env.packages['toyalpha'] == '1.
 TRIVIAL_TEST = "def test_trivial():\n    assert True\n"
 
 
-def _run(argv: Sequence[str], *, cwd: Path, env: dict[str, str]) -> None:
-    proc = subprocess.run(list(argv), cwd=cwd, env=env, capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        command = " ".join(argv)
-        raise SystemExit(f"{command} failed ({proc.returncode}):\n{proc.stdout}{proc.stderr}")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the three comparisons and write ``bench/results/envcache.json``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
@@ -56,12 +47,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     scratch = support.scratch_dir(SUITE)
     env = support.isolated_env(scratch)
-    # Measure what users see: Python keeps compiled bytecode between runs.
-    # (Without it, every run recompiles pytest and the plugin from source.)
-    env.pop("PYTHONDONTWRITEBYTECODE", None)
     # The in-process side (a) must see the same isolated caches as the subprocesses.
-    os.environ.update({k: env[k] for k in ("UV_CACHE_DIR", "PYTEST_UVBUILD_CACHE_DIR")})
-    os.environ["UV_PYTHON_DOWNLOADS"] = "never"
+    support.share_caches_in_process(env)
     house = support.wheelhouse(scratch)
     project = toys.write_project(scratch / "project", house)
     # Both sides of (c) run in the same project dir, with the same config and
@@ -72,7 +59,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows: list[dict[str, Any]] = []
 
     # Warm uv's package cache and our env cache once.
-    _run([sys.executable, "-m", "pytest", "-q", "--uv-build", "test_env.py"], cwd=project, env=env)
+    support.run_checked(
+        [sys.executable, "-m", "pytest", "-q", "--uv-build", "test_env.py"], cwd=project, env=env
+    )
 
     # (a) the cache hit against uv's no-op sync.
     from pytest_uvbuild.envcache import EnvCache, EnvRequest
@@ -86,8 +75,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     synced_env = scratch / "synced-venv"
     sync_env = {**env, "UV_PROJECT_ENVIRONMENT": str(synced_env)}
     sync = [uv, "sync", "--locked", "--offline", "--python", sys.executable]
-    _run(sync, cwd=project, env=sync_env)
-    ours, base = side_by_side(hit, lambda: _run(sync, cwd=project, env=sync_env), repeats * 10)
+    support.run_checked(sync, cwd=project, env=sync_env)
+    ours, base = side_by_side(
+        hit, lambda: support.run_checked(sync, cwd=project, env=sync_env), repeats * 10
+    )
     rows.append(
         row(
             SUITE,
@@ -113,7 +104,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         EnvCache(fresh["cache"]).materialise(request, start_dir=project).release()
 
     def cold_uv() -> None:
-        _run(sync, cwd=project, env={**env, "UV_PROJECT_ENVIRONMENT": str(fresh["venv"])})
+        support.run_checked(
+            sync, cwd=project, env={**env, "UV_PROJECT_ENVIRONMENT": str(fresh["venv"])}
+        )
 
     ours, base = side_by_side(cold_ours, cold_uv, repeats, setup=new_dirs)
     rows.append(
@@ -133,16 +126,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     def cold_by_hand() -> None:
         venv, layer = fresh["venv"], fresh["cache"] / "layer"
         common = ["--python", sys.executable, "--offline"]
-        _run([uv, "export", "--locked", "--no-hashes", "-q", *common], cwd=project, env=env)
-        _run(
+        support.run_checked(
+            [uv, "export", "--locked", "--no-hashes", "-q", *common], cwd=project, env=env
+        )
+        support.run_checked(
             [uv, "sync", "--locked", "--no-install-local", "-q", *common],
             cwd=project,
             env={**env, "UV_PROJECT_ENVIRONMENT": str(venv)},
         )
-        _run([uv, "build", "--wheel", "-q", "-o", str(layer / "w"), *common], cwd=project, env=env)
+        support.run_checked(
+            [uv, "build", "--wheel", "-q", "-o", str(layer / "w"), *common], cwd=project, env=env
+        )
         wheels = [str(w) for w in (layer / "w").glob("*.whl")]
         install = [uv, "pip", "install", "--no-deps", "-q", "--target", str(layer / "site")]
-        _run([*install, *common, *wheels], cwd=project, env=env)
+        support.run_checked([*install, *common, *wheels], cwd=project, env=env)
 
     ours, base = side_by_side(cold_ours, cold_by_hand, repeats, setup=new_dirs)
     shutil.rmtree(scratch / "cold", ignore_errors=True)
@@ -168,8 +165,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         ("warm pytest (no --uv-build), one test using uv_env", []),
     ):
         ours, base = side_by_side(
-            functools.partial(_run, [*pytest_cmd, *extra, "test_env.py"], cwd=project, env=env),
-            functools.partial(_run, [*pytest_cmd, "test_trivial.py"], cwd=project, env=env),
+            functools.partial(
+                support.run_checked, [*pytest_cmd, *extra, "test_env.py"], cwd=project, env=env
+            ),
+            functools.partial(
+                support.run_checked, [*pytest_cmd, "test_trivial.py"], cwd=project, env=env
+            ),
             repeats,
         )
         rows.append(

@@ -64,16 +64,6 @@ def write_tests(directory: Path, count: int, *, header: str = "", decorator: str
     return directory
 
 
-def run(argv: Sequence[str | Path], *, cwd: Path, env: dict[str, str], expect: str) -> None:
-    """Run a pytest command; stop the benchmark if it does not report ``expect``."""
-    proc = subprocess.run(
-        [str(a) for a in argv], cwd=cwd, env=env, capture_output=True, text=True, check=False
-    )
-    if expect not in proc.stdout:
-        command = " ".join(map(str, argv))
-        raise SystemExit(f"{command} did not report {expect!r}:\n{proc.stdout}{proc.stderr}")
-
-
 def peer_python(scratch: Path, env: dict[str, str], name: str, *pins: str) -> tuple[Path, str]:
     """A throwaway venv with the peer ``name``; its python and pinned versions."""
     venv = scratch / f"{name}-venv"
@@ -120,7 +110,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     scratch = support.scratch_dir(SUITE)
     env = support.isolated_env(scratch)
-    env.pop("PYTHONDONTWRITEBYTECODE", None)  # users keep their bytecode
     house = support.wheelhouse(scratch)
     project = toys.write_project(scratch / "project", house)
     (project / "pyproject.toml").write_text(
@@ -135,7 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         write_tests(project / f"isolated_{count}", count, decorator="@pytest.mark.isolated\n")
     ours_cmd = [sys.executable, "-m", "pytest", "--uv-build", "-q", "-p", "no:cacheprovider"]
     uv_run_cmd = [str(toys.UV), "run", "--locked", "pytest", "-q", "-p", "no:cacheprovider"]
-    call = functools.partial(run, cwd=project, env=env)
+    call = functools.partial(support.run_checked, cwd=project, env=env)
     rows: list[dict[str, Any]] = []
 
     # (a) 300 tests: ours against uv run pytest.

@@ -365,9 +365,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     scratch = support.scratch_dir(SUITE)
     env = support.isolated_env(scratch)
     # In-process env builds (the lock-size series) must see the same caches.
-    os.environ.update(
-        {k: env[k] for k in ("UV_CACHE_DIR", "PYTEST_UVBUILD_CACHE_DIR", "UV_PYTHON_DOWNLOADS")}
-    )
+    support.share_caches_in_process(env)
     try:
         house = support.wheelhouse(scratch)
         rows = bench_test_counts(

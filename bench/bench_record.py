@@ -19,10 +19,8 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import subprocess
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 import support
 import toys
@@ -30,14 +28,6 @@ from support import row, side_by_side
 
 SUITE = "record"
 ENV_TEST = "def test_env(uv_env):\n    assert uv_env.packages['toyalpha'] == '1.0'\n"
-
-
-def _run(argv: Sequence[str], *, cwd: Path, env: dict[str, str]) -> None:
-    proc = subprocess.run(list(argv), cwd=cwd, env=env, capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        raise SystemExit(
-            f"{' '.join(argv)} failed ({proc.returncode}):\n{proc.stdout}{proc.stderr}"
-        )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -49,11 +39,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     scratch = support.scratch_dir(SUITE)
     env = support.isolated_env(scratch)
-    # Sessions should import cached bytecode, as they do on a user's machine;
-    # a shell that disables .pyc writing would charge recompiles to the plugin.
-    env.pop("PYTHONDONTWRITEBYTECODE", None)
-    os.environ.update({k: env[k] for k in ("UV_CACHE_DIR", "PYTEST_UVBUILD_CACHE_DIR")})
-    os.environ["UV_PYTHON_DOWNLOADS"] = "never"
+    support.share_caches_in_process(env)
     os.environ.pop("SOURCE_DATE_EPOCH", None)
     house = support.wheelhouse(scratch)
     project = toys.write_project(scratch / "project", house)
@@ -62,7 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     (project / ".gitignore").write_text(".pytest_cache/\n__pycache__/\n")
     identity = ["-c", "user.name=bench", "-c", "user.email=bench@example.invalid"]
     for git_args in (["init", "-q"], ["add", "-A"], [*identity, "commit", "-q", "-m", "bench"]):
-        _run(["git", "-C", str(project), *git_args], cwd=project, env=env)
+        support.run_checked(["git", "-C", str(project), *git_args], cwd=project, env=env)
 
     from pytest_uvbuild import artifacts
     from pytest_uvbuild.envcache import EnvCache
@@ -96,8 +82,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def by_hand() -> None:
         shutil.rmtree(by_hand_out, ignore_errors=True)
-        _run([*build_argv, "-o", str(by_hand_out)], cwd=project, env=env)
-        _run([*export_argv, "-o", str(requirements)], cwd=project, env=env)
+        support.run_checked([*build_argv, "-o", str(by_hand_out)], cwd=project, env=env)
+        support.run_checked([*export_argv, "-o", str(requirements)], cwd=project, env=env)
 
     def forget_records() -> None:
         shutil.rmtree(builds, ignore_errors=True)
@@ -122,10 +108,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
 
     pytest_argv = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--uv-build"]
-    _run(pytest_argv, cwd=project, env=env)  # materialise, write the record once
+    support.run_checked(pytest_argv, cwd=project, env=env)  # materialise, write the record once
     with_record, without = side_by_side(
-        lambda: _run(pytest_argv, cwd=project, env=env),
-        lambda: _run([*pytest_argv, "-p", "no:uvbuild-record"], cwd=project, env=env),
+        lambda: support.run_checked(pytest_argv, cwd=project, env=env),
+        lambda: support.run_checked(
+            [*pytest_argv, "-p", "no:uvbuild-record"], cwd=project, env=env
+        ),
         repeats,
     )
     rows.append(

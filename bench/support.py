@@ -145,6 +145,32 @@ def isolated_env(scratch: Path) -> dict[str, str]:
     return env
 
 
+def share_caches_in_process(env: dict[str, str]) -> None:
+    """Point this process at the isolated caches too, for cases measured in-process."""
+    os.environ.update(
+        {k: env[k] for k in ("UV_CACHE_DIR", "PYTEST_UVBUILD_CACHE_DIR", "UV_PYTHON_DOWNLOADS")}
+    )
+
+
+def run_checked(
+    argv: Sequence[str | Path], *, cwd: Path, env: dict[str, str], expect: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run a command; stop the benchmark if it fails or its stdout lacks ``expect``.
+
+    A benchmark that times a failing command measures nothing, so any
+    failure ends the run with the command's output.
+    """
+    proc = subprocess.run(
+        [str(a) for a in argv], cwd=cwd, env=env, capture_output=True, text=True, check=False
+    )
+    command = " ".join(map(str, argv))
+    if expect is not None and expect not in proc.stdout:
+        raise SystemExit(f"{command} did not report {expect!r}:\n{proc.stdout}{proc.stderr}")
+    if expect is None and proc.returncode != 0:
+        raise SystemExit(f"{command} failed ({proc.returncode}):\n{proc.stdout}{proc.stderr}")
+    return proc
+
+
 def scratch_dir(name: str) -> Path:
     """A fresh temporary directory for one benchmark run."""
     return Path(tempfile.mkdtemp(prefix=f"uvbuild-bench-{name}-"))
