@@ -9,8 +9,6 @@ pytest's ``pytest_report_from_serializable``.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import textwrap
 import time
 from collections.abc import Iterator
@@ -39,29 +37,14 @@ def _wheels_for_python38(pytestconfig: pytest.Config) -> Path:
     assert pytestconfig.cache is not None
     house = pytestconfig.cache.mkdir("uvbuild-wheels-py38-pytest7")
     with FileLock(f"{house}.lock"):
-        if not (house / ".complete").exists():
-            subprocess.run(
-                [
-                    sys.executable,
-                    "-m",
-                    "pip",
-                    "download",
-                    "--quiet",
-                    "--disable-pip-version-check",
-                    "--only-binary=:all:",
-                    "--python-version",
-                    "3.8",
-                    "--dest",
-                    str(house),
-                    OLDEST[1],
-                    # pip judges environment markers by the running Python,
-                    # so the Python < 3.11 back-ports are asked for by name.
-                    "exceptiongroup",
-                    "tomli",
-                ],
-                check=True,
-            )
-            (house / ".complete").touch()
+        toys.fetch_registry_wheels(
+            house,
+            # pip judges environment markers by the running Python, so the
+            # Python < 3.11 back-ports are asked for by name.
+            [OLDEST[1], "exceptiongroup", "tomli"],
+            python_version="3.8",
+            with_dependencies=True,
+        )
     return house
 
 

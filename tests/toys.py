@@ -87,28 +87,39 @@ def build_toy(root: Path, name: str, version: str, deps: Sequence[str], out: Pat
     return src
 
 
-def fetch_registry_wheels(dest: Path, requirements: Sequence[str]) -> None:
-    """Download pure wheels for ``requirements`` (no deps) into ``dest``, once."""
+def fetch_registry_wheels(
+    dest: Path,
+    requirements: Sequence[str],
+    *,
+    python_version: str | None = None,
+    with_dependencies: bool = False,
+) -> None:
+    """Download wheels for ``requirements`` into ``dest``, once (a ``.complete`` marker).
+
+    By default only the named wheels, for the running Python; with
+    ``python_version`` pip picks wheels for that Python instead, and with
+    ``with_dependencies`` it resolves their dependencies too.
+    """
     marker = dest / ".complete"
     if marker.exists():
         return
     dest.mkdir(parents=True, exist_ok=True)
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "download",
-            "--quiet",
-            "--disable-pip-version-check",
-            "--only-binary=:all:",
-            "--no-deps",
-            "--dest",
-            str(dest),
-            *requirements,
-        ],
-        check=True,
-    )
+    argv = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--quiet",
+        "--disable-pip-version-check",
+        "--only-binary=:all:",
+        "--dest",
+        str(dest),
+    ]
+    if not with_dependencies:
+        argv.append("--no-deps")
+    if python_version:
+        argv += ["--python-version", python_version]
+    subprocess.run([*argv, *requirements], check=True)
     marker.touch()
 
 
