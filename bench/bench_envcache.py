@@ -20,7 +20,6 @@ nothing touches the user's caches. Run: ``python bench/bench_envcache.py
 
 from __future__ import annotations
 
-import argparse
 import functools
 import shutil
 import sys
@@ -40,16 +39,10 @@ TRIVIAL_TEST = "def test_trivial():\n    assert True\n"
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the three comparisons and write ``bench/results/envcache.json``."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--repeats", type=int, default=5, help="Timed runs of each side")
-    args = parser.parse_args(argv)
-    repeats: int = args.repeats
+    repeats: int = support.argument_parser(__doc__).parse_args(argv).repeats
 
-    scratch = support.scratch_dir(SUITE)
-    env = support.isolated_env(scratch)
     # The in-process side (a) must see the same isolated caches as the subprocesses.
-    support.share_caches_in_process(env)
-    house = support.wheelhouse(scratch)
+    scratch, env, house = support.workspace(SUITE, in_process=True)
     project = toys.write_project(scratch / "project", house)
     # Both sides of (c) run in the same project dir, with the same config and
     # one named test file each, so that only the plugin's work differs.

@@ -22,7 +22,6 @@ everything else is offline against the toy wheelhouse. Run:
 
 from __future__ import annotations
 
-import argparse
 import functools
 import subprocess
 import sys
@@ -103,14 +102,9 @@ def per_test(sizes: dict[int, Stats]) -> Stats:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the comparisons and write ``bench/results/hermetic.json``."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--repeats", type=int, default=5, help="Timed runs of each side")
-    args = parser.parse_args(argv)
-    repeats: int = args.repeats
+    repeats: int = support.argument_parser(__doc__).parse_args(argv).repeats
 
-    scratch = support.scratch_dir(SUITE)
-    env = support.isolated_env(scratch)
-    house = support.wheelhouse(scratch)
+    scratch, env, house = support.workspace(SUITE)
     project = toys.write_project(scratch / "project", house)
     (project / "pyproject.toml").write_text(
         (project / "pyproject.toml").read_text()

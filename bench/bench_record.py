@@ -16,7 +16,6 @@ caches. Run: ``python bench/bench_record.py [--repeats N]``.
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import sys
@@ -32,16 +31,10 @@ ENV_TEST = "def test_env(uv_env):\n    assert uv_env.packages['toyalpha'] == '1.
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the three comparisons and write ``bench/results/record.json``."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--repeats", type=int, default=5, help="Timed runs of each side")
-    args = parser.parse_args(argv)
-    repeats: int = args.repeats
+    repeats: int = support.argument_parser(__doc__).parse_args(argv).repeats
 
-    scratch = support.scratch_dir(SUITE)
-    env = support.isolated_env(scratch)
-    support.share_caches_in_process(env)
+    scratch, env, house = support.workspace(SUITE, in_process=True)
     os.environ.pop("SOURCE_DATE_EPOCH", None)
-    house = support.wheelhouse(scratch)
     project = toys.write_project(scratch / "project", house)
     (project / "test_env.py").write_text(ENV_TEST)
     # A real project is a git checkout, and the record asks git about it.

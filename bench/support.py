@@ -9,6 +9,7 @@ reported, never tested.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -169,6 +170,26 @@ def run_checked(
     if expect is None and proc.returncode != 0:
         raise SystemExit(f"{command} failed ({proc.returncode}):\n{proc.stdout}{proc.stderr}")
     return proc
+
+
+def argument_parser(doc: str | None) -> argparse.ArgumentParser:
+    """The command line every suite shares: its docstring's first line and ``--repeats``."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0] if doc else None)
+    parser.add_argument("--repeats", type=int, default=5, help="Timed runs of each side")
+    return parser
+
+
+def workspace(suite: str, *, in_process: bool = False) -> tuple[Path, dict[str, str], Path]:
+    """A fresh scratch dir, the isolated environment for it, and the offline wheelhouse.
+
+    With ``in_process``, this process uses the same isolated caches, for the
+    cases a suite measures in-process rather than in a subprocess.
+    """
+    scratch = scratch_dir(suite)
+    env = isolated_env(scratch)
+    if in_process:
+        share_caches_in_process(env)
+    return scratch, env, wheelhouse(scratch)
 
 
 def scratch_dir(name: str) -> Path:
