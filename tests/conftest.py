@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import pytest
 import toys
@@ -104,34 +104,10 @@ class _ProjectMaker:
     wheelhouse: Path
     default_root: Path
 
-    def __call__(
-        self,
-        root: Path | None = None,
-        *,
-        name: str = "demo",
-        dependencies: Sequence[str] = ("toyalpha==1.0",),
-        groups: Mapping[str, Sequence[str]] | None = None,
-        extras: Mapping[str, Sequence[str]] | None = None,
-        with_pytest: bool = True,
-        package: bool = True,
-        requires_python: str = ">=3.10",
-        extra_toml: str = "",
-        lock: bool = True,
-    ) -> Path:
+    def __call__(self, root: Path | None = None, **options: Any) -> Path:
+        # The options are toys.write_project's; MakeProject spells them out for type checks.
         try:
-            return toys.write_project(
-                root or self.default_root,
-                self.wheelhouse,
-                name=name,
-                dependencies=dependencies,
-                groups=groups,
-                extras=extras,
-                with_pytest=with_pytest,
-                package=package,
-                requires_python=requires_python,
-                extra_toml=extra_toml,
-                lock=lock,
-            )
+            return toys.write_project(root or self.default_root, self.wheelhouse, **options)
         except toys.UvFailed as exc:
             pytest.fail(str(exc), pytrace=False)
 
