@@ -95,15 +95,36 @@ def _jsonable(value: Any) -> Any:
 
 
 class EventChannel:
-    """The write end of the event pipe: one JSON ``[event, kwargs]`` per line."""
+    """The write end of the event pipe: one JSON ``[event, kwargs]`` per line.
+
+    :meth:`send` writes at once; :meth:`queue` leaves the line in the buffer
+    until the next :meth:`send` or :meth:`flush`. A test's reports are queued
+    and leave before its next phase starts, its ``logfinish`` with the next
+    test's ``logstart`` (three writes per test rather than five): a crash
+    still finds everything before it delivered.
+    """
 
     def __init__(self, fd: int) -> None:
-        self._file = os.fdopen(fd, "wb")
+        self._fd = fd
+        # Our own buffer, not a buffered file: a test that forks must not
+        # hand queued lines to a child whose exit would flush them twice.
+        self._pending: list[bytes] = []
+
+    def queue(self, event: str, **kwargs: Any) -> None:
+        line = json.dumps([event, kwargs], default=_jsonable, ensure_ascii=True)
+        self._pending.append(line.encode("ascii") + b"\n")
 
     def send(self, event: str, **kwargs: Any) -> None:
-        line = json.dumps([event, kwargs], default=_jsonable, ensure_ascii=True)
-        self._file.write(line.encode("ascii") + b"\n")
-        self._file.flush()
+        self.queue(event, **kwargs)
+        self.flush()
+
+    def flush(self) -> None:
+        if not self._pending:
+            return
+        data = memoryview(b"".join(self._pending))
+        self._pending = []
+        while data:
+            data = data[os.write(self._fd, data) :]
 
 
 class ControlChannel:
@@ -344,6 +365,8 @@ class WorkerPlugin:
                 if command is None:
                     if len(queue) >= 2 or ended or shutdown:
                         break
+                    # About to wait: what is queued must reach the outer side first.
+                    self.events.flush()
                     block = True
                     continue
                 name, kwargs = command
@@ -398,10 +421,10 @@ class WorkerPlugin:
         self.events.send("logstart", nodeid=nodeid, started=time.time(), log_offset=offset)
 
     def pytest_runtest_logreport(self, report: Any) -> None:
-        self.events.send("logreport", report=self._serialise(report))
+        self.events.queue("logreport", report=self._serialise(report))
 
     def pytest_runtest_logfinish(self, nodeid: str, location: Any) -> None:
-        self.events.send("logfinish", nodeid=nodeid)
+        self.events.queue("logfinish", nodeid=nodeid)
 
     def pytest_warning_recorded(
         self, warning_message: Any, when: str, nodeid: str, location: Any
@@ -453,6 +476,25 @@ def _quiet_terminal_plugins(pytest: Any) -> list[Any]:
             _detach_terminal_reporter(config)
 
     return [Silence(), Restore()]
+
+
+def _phase_flushing_plugin(pytest: Any, events: EventChannel) -> Any:
+    """A plugin that delivers a test's queued reports before its next phase runs.
+
+    A test whose call or teardown ends the process must leave the outer side
+    knowing which phases passed, so that it blames the right one.
+    """
+
+    class FlushBeforePhase:
+        @pytest.hookimpl(tryfirst=True)  # type: ignore[untyped-decorator]
+        def pytest_runtest_call(self, item: Any) -> None:
+            events.flush()
+
+        @pytest.hookimpl(tryfirst=True)  # type: ignore[untyped-decorator]
+        def pytest_runtest_teardown(self, item: Any, nextitem: Any) -> None:
+            events.flush()
+
+    return FlushBeforePhase()
 
 
 class _DetachedReporter:
@@ -559,7 +601,7 @@ def main(argv: list[str]) -> int:
     plugin = WorkerPlugin(events, control)
     args = list(kwargs["args"]) + list(kwargs["initial"])
     try:
-        plugins = [*_quiet_terminal_plugins(pytest), plugin]
+        plugins = [*_quiet_terminal_plugins(pytest), _phase_flushing_plugin(pytest, events), plugin]
         status = pytest.main(args, plugins=plugins)
     finally:
         if stack_dump is not None:
@@ -568,5 +610,23 @@ def main(argv: list[str]) -> int:
     return 0
 
 
+def _exit_without_finalising(status: int) -> None:
+    """End the process as a normal exit would, minus the interpreter's teardown.
+
+    The outer session waits for this process to end; tearing down every
+    module of a pytest session costs tens of milliseconds that nobody needs.
+    What a normal exit promises still happens: ``atexit`` handlers (logging,
+    multiprocessing, the user's own) run and the standard streams are flushed.
+    """
+    import atexit
+    import contextlib
+
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(AttributeError, OSError, ValueError):
+            stream.flush()
+    os._exit(status)
+
+
 if __name__ == "__main__":
-    sys.exit(main(sys.argv))
+    _exit_without_finalising(main(sys.argv))

@@ -82,7 +82,7 @@ def test_event_channel_writes_one_json_line_per_event(worker: ModuleType) -> Non
     read_fd, write_fd = os.pipe()
     channel = worker.EventChannel(write_fd)
     channel.send("logstart", nodeid="t.py::ü[\n]", extra={1, 2}, obj=object, raw=b"\xff")
-    channel._file.close()
+    os.close(write_fd)
     with os.fdopen(read_fd, "rb") as fh:
         lines = fh.read().splitlines()
     assert len(lines) == 1
@@ -92,3 +92,21 @@ def test_event_channel_writes_one_json_line_per_event(worker: ModuleType) -> Non
     assert sorted(kwargs["extra"]) == [1, 2]
     assert kwargs["obj"] == str(object)
     assert kwargs["raw"] == "b'\\xff'"  # as junitxml writes a bytes user property
+
+
+def test_event_channel_queued_lines_wait_for_the_next_send(worker: ModuleType) -> None:
+    """Queued events stay unwritten until a send or flush, then arrive in order."""
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(read_fd, False)
+    channel = worker.EventChannel(write_fd)
+    channel.queue("logreport", report={"when": "call"})
+    channel.queue("logfinish", nodeid="t.py::a")
+    with pytest.raises(BlockingIOError):
+        os.read(read_fd, 1024)
+    channel.send("logstart", nodeid="t.py::b")
+    channel.queue("logfinish", nodeid="t.py::b")
+    channel.flush()
+    os.close(write_fd)
+    with os.fdopen(read_fd, "rb") as fh:
+        names = [json.loads(line)[0] for line in fh.read().splitlines()]
+    assert names == ["logreport", "logfinish", "logstart", "logfinish"]
