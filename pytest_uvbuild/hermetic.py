@@ -223,6 +223,10 @@ class _Plans:
 
 
 _PLAN_KEY: Final = pytest.StashKey[ItemPlan]()
+#: ``config.cache`` entry: per argument list, whether hermetic tests ran in the main env.
+_HINT_CACHE_KEY: Final = "uvbuild/hermetic-main-env"
+#: How many argument lists the hint remembers (the oldest goes first).
+_HINT_LIMIT: Final = 32
 
 
 class HermeticPlugin:
@@ -240,6 +244,8 @@ class HermeticPlugin:
         self._plans = _Plans()
         self._launches: dict[object, Launch] = {}
         self._prestarted = False
+        #: What the cache said at session start (None: nothing, or not asked).
+        self._hinted: bool | None = None
         self._main_key: tuple[EnvRequest, tuple[tuple[str, str], ...]] = (
             self.uvbuild.request,
             (),
@@ -327,24 +333,79 @@ class HermeticPlugin:
             collect_options=tuple(collection_options(self.config)),
         )
 
-    def pytest_itemcollected(self, item: pytest.Item) -> None:
-        """At the first hermetic test, spawn the main env's worker: it configures meanwhile."""
-        if (
-            self._prestarted
-            or not self.enabled
-            or self.hermetic_all
-            or item.get_closest_marker(MARKER) is None
-        ):
-            return
+    @property
+    def _may_prestart(self) -> bool:
+        """Whether a worker may be spawned before this session knows it needs one."""
+        return (
+            self.enabled
+            and not self.hermetic_all
+            and not self.config.getoption("collectonly", False)
+            # An xdist controller runs no test itself.
+            and not self.config.pluginmanager.has_plugin("dsession")
+        )
+
+    def _prestart(self) -> None:
         self._prestarted = True
-        if self.config.pluginmanager.has_plugin("dsession"):  # an xdist controller runs nothing
-            return
         try:
+            # The session's own way first: it may have to rebuild (--uv-rebuild).
+            self.uvbuild.main_env  # noqa: B018 - materialising is the point
             self.runner.prestart(
                 self._main_key, self.launch_for(self._main_key), list(self.config.args)
             )
         except UvBuildError:
-            return  # reported against the tests that need the env
+            return  # reported by the session start or against the tests that need the env
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_sessionstart(self, session: pytest.Session) -> None:
+        """Spawn the main env's worker now if the last such session ran hermetic tests.
+
+        Python and pytest start inside while this side collects: the worker's
+        start-up is the longest wait of a hermetic run. Without a hint (the
+        first run, or no cache plugin) the worker starts at the first hermetic
+        test collected instead.
+        """
+        if self._may_prestart and not is_xdist_worker(self.config):
+            self._hinted = self._hint()
+            if self._hinted is True:
+                self._prestart()
+
+    def pytest_itemcollected(self, item: pytest.Item) -> None:
+        """At the first hermetic test, spawn the main env's worker: it configures meanwhile.
+
+        Not when the last session with these arguments ran no hermetic test
+        (they were deselected, say): the worker then starts when one runs.
+        """
+        if (
+            self._prestarted
+            or self._hinted is False
+            or not self._may_prestart
+            or item.get_closest_marker(MARKER) is None
+        ):
+            return
+        self._prestart()
+
+    def _hint(self, value: bool | None = None) -> bool | None:
+        """Whether the last session with these arguments ran hermetic tests in the main env.
+
+        Kept in pytest's cache (``.pytest_cache``), one entry per argument
+        list; with ``value``, record it (written only when it changed).
+        """
+        cache = getattr(self.config, "cache", None)
+        if cache is None:
+            return None
+        hints = cache.get(_HINT_CACHE_KEY, {})
+        if not isinstance(hints, dict):
+            hints = {}
+        key = "\0".join(self.config.args)
+        known = hints.get(key)
+        if value is None or known is value:
+            return known if isinstance(known, bool) else None
+        hints.pop(key, None)
+        hints[key] = value
+        while len(hints) > _HINT_LIMIT:
+            hints.pop(next(iter(hints)))
+        cache.set(_HINT_CACHE_KEY, hints)
+        return value
 
     # -- planning ------------------------------------------------------
 
@@ -631,7 +692,17 @@ class HermeticPlugin:
             self._log(item, report)
 
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
-        """Stop every worker: after its current test, or at once when interrupted."""
+        """Stop every worker: after its current test, or at once when interrupted.
+
+        Also remember, for the next session with these arguments, whether
+        this one ran hermetic tests in the main env.
+        """
+        if (
+            self._may_prestart
+            and not is_xdist_worker(self.config)
+            and exitstatus != pytest.ExitCode.INTERRUPTED
+        ):
+            self._hint(self._main_key in self._plans.members)
         if self._runner is not None:
             self._runner.stop(interrupt=exitstatus == pytest.ExitCode.INTERRUPTED)
 

@@ -17,6 +17,7 @@ import sys
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -740,3 +741,96 @@ def test_keyboard_interrupt_in_a_test_stops_the_session(uv_pytester: pytest.Pyte
         ["*KeyboardInterrupt: raised in the hermetic test test_interrupt.py::test_interrupt*"]
     )
     assert "test_after" not in result.stdout.str()
+
+
+#: A conftest that logs, once per process that loads it, which interpreter did.
+WHO_LOADS_CONFTEST = """
+import importlib.util, os
+with open(os.path.join(os.path.dirname(__file__), "loads.log"), "a") as fh:
+    fh.write("inside\\n" if importlib.util.find_spec("toyalpha") else "outside\\n")
+"""
+
+
+def _hint(pytester: pytest.Pytester) -> list[Any]:
+    """The early-spawn hints pytest's cache holds after a run (one per argument list)."""
+    path = pytester.path / ".pytest_cache" / "v" / "uvbuild" / "hermetic-main-env"
+    return list(json.loads(path.read_text()).values()) if path.exists() else []
+
+
+def test_a_known_hermetic_suite_spawns_its_worker_at_session_start(
+    uv_pytester: pytest.Pytester,
+) -> None:
+    """The cache remembers which argument lists ran hermetic tests; such a run spawns early."""
+    uv_pytester.makeconftest(WHO_LOADS_CONFTEST)
+    uv_pytester.makepyfile(
+        test_mixed="""
+        import pytest
+
+        @pytest.mark.hermetic
+        def test_inside():
+            import toyalpha
+
+        def test_plain():
+            pass
+        """
+    )
+    log = uv_pytester.path / "loads.log"
+    run(uv_pytester).assert_outcomes(passed=2)
+    assert _hint(uv_pytester) == [True]
+    assert log.read_text().split() == ["outside", "inside"]
+
+    # The hint says "hermetic": the worker starts before collection, then
+    # finds nothing to do (-k), is shut down cleanly, and the hint flips.
+    log.unlink()
+    run(uv_pytester, "-k", "plain").assert_outcomes(passed=1, deselected=1)
+    assert sorted(log.read_text().split()) == ["inside", "outside"]
+    assert _hint(uv_pytester) == [False]
+
+    # Now the hint says "no hermetic tests": nothing is spawned for tests
+    # that are collected and then deselected, and a run that does select
+    # some still starts its worker when the first one runs.
+    log.unlink()
+    run(uv_pytester, "-k", "plain").assert_outcomes(passed=1, deselected=1)
+    assert log.read_text().split() == ["outside"]
+    run(uv_pytester, "-p", "no:cacheprovider").assert_outcomes(passed=2)
+
+
+def test_collect_only_spawns_no_worker(uv_pytester: pytest.Pytester) -> None:
+    """--collect-only lists hermetic tests without starting anything in the locked env."""
+    uv_pytester.makeconftest(WHO_LOADS_CONFTEST)
+    uv_pytester.makepyfile(
+        test_marked="""
+        import pytest
+
+        pytestmark = pytest.mark.hermetic
+
+        def test_one():
+            import toyalpha
+        """
+    )
+    run(uv_pytester).assert_outcomes(passed=1)
+    (uv_pytester.path / "loads.log").unlink()
+    result = run(uv_pytester, "--co", "-q")
+    assert result.ret == 0
+    result.stdout.fnmatch_lines(["test_marked.py::test_one"])
+    assert (uv_pytester.path / "loads.log").read_text().split() == ["outside"]
+
+
+def test_atexit_handlers_of_hermetic_tests_run(uv_pytester: pytest.Pytester) -> None:
+    """The worker ends without interpreter teardown, yet atexit handlers and output survive."""
+    uv_pytester.makepyfile(
+        test_atexit="""
+        import atexit, os, sys
+        import pytest
+
+        @pytest.mark.hermetic
+        def test_registers(tmp_path_factory):
+            target = os.path.join(os.path.dirname(__file__), "atexit.txt")
+            def write():
+                with open(target, "w") as fh:
+                    fh.write("ran inside " + os.environ["VIRTUAL_ENV"])
+            atexit.register(write)
+        """
+    )
+    run(uv_pytester).assert_outcomes(passed=1)
+    assert (uv_pytester.path / "atexit.txt").read_text().startswith("ran inside ")
