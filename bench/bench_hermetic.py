@@ -5,7 +5,10 @@
     env's worker, warm env cache) against the same 300 tests under
     ``uv run --locked pytest`` in-process, in the project's own env.
     Goal: 1.30x or less. A second row leaves out the build record
-    (``--uv-no-artifacts``), to show what the hermetic run alone costs.
+    (``--uv-no-artifacts``), to show what the hermetic run alone costs; a
+    third times the worker's own start (the locked env's python importing
+    pytest), the fixed cost that no in-process run pays. pytest's cache is
+    on for both sides, as for any user (ours keeps its early-spawn hint there).
 (b) The cost of one more test: the difference of two suite sizes' times over
     the difference in tests (20 and 620; 10 and 40 for pytest-isolated, whose
     fresh subprocess per test costs a third of a second), for ours against
@@ -23,6 +26,7 @@ everything else is offline against the toy wheelhouse. Run:
 from __future__ import annotations
 
 import functools
+import json
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -87,6 +91,20 @@ def peer_python(scratch: Path, env: dict[str, str], name: str, *pins: str) -> tu
     return python, versions
 
 
+def _locked_env_python(project: Path, env: dict[str, str]) -> Path:
+    """The interpreter of the project's cached locked env (from ``cache list --json``)."""
+    listing = subprocess.run(
+        [sys.executable, "-m", "pytest_uvbuild", "cache", "list", "--json"],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    (entry,) = [e for e in json.loads(listing) if Path(e["project"]) == project.resolve()]
+    return Path(entry["path"]) / "bin" / "python"
+
+
 def per_test(sizes: dict[int, Stats]) -> Stats:
     """The cost of one more test, from runs of two suite sizes."""
     small, large = sorted(sizes)
@@ -116,8 +134,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         write_tests(project / f"hermetic_{count}", count, header=hermetic)
         write_tests(project / f"plain_{count}", count)
         write_tests(project / f"isolated_{count}", count, decorator="@pytest.mark.isolated\n")
-    ours_cmd = [sys.executable, "-m", "pytest", "--uv-build", "-q", "-p", "no:cacheprovider"]
-    uv_run_cmd = [str(toys.UV), "run", "--locked", "pytest", "-q", "-p", "no:cacheprovider"]
+    # pytest's cache stays on, as for any user: it tells a hermetic session
+    # to spawn its worker at session start (both sides pay for the cache).
+    ours_cmd = [sys.executable, "-m", "pytest", "--uv-build", "-q"]
+    uv_run_cmd = [str(toys.UV), "run", "--locked", "pytest", "-q"]
     call = functools.partial(support.run_checked, cwd=project, env=env)
     rows: list[dict[str, Any]] = []
 
@@ -157,6 +177,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     )
 
+    # What the gap is made of: the worker is a second interpreter that must
+    # start and import pytest before it can collect, which no in-process run pays.
+    env_python = _locked_env_python(project, env)
+    floor, base = side_by_side(
+        lambda: call([str(env_python), "-c", "import pytest"]),
+        lambda: call([*uv_run_cmd, "plain_300"], expect="300 passed"),
+        repeats,
+    )
+    rows.append(
+        row(
+            SUITE,
+            "the worker's start alone: python -c 'import pytest' in the locked env",
+            floor,
+            "uv run --locked pytest (in-process), 300 trivial tests",
+            base,
+            note="a fixed cost of every hermetic session; the ratio is its share of the "
+            "baseline's whole run",
+        )
+    )
+
     # (b) the cost of one more test against the peers.
     print("(b) per-test cost vs pytest-forked and pytest-isolated", flush=True)
 
@@ -175,7 +215,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ("pytest-isolated", "isolated", [], [], SLOW_SIZES),
     ):
         python, versions = peer_python(scratch, env, name, *pins)
-        peer_cmd = [str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider", *extra]
+        peer_cmd = [str(python), "-m", "pytest", "-q", *extra]
         # A process per test is slow: at most three timed runs of each size.
         peer_each = per_test(
             {
@@ -207,11 +247,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         call([sys.executable, str(shim), str(out), *argv], expect="300 passed")
         return int(out.read_text()) / 1024  # KiB -> MiB
 
-    ours_mem = [peak(["--uv-build", "-q", "-p", "no:cacheprovider", "hermetic_300"])]
-    base_mem = [peak(["-q", "-p", "no:cacheprovider", "plain_300"])]
+    ours_mem = [peak(["--uv-build", "-q", "hermetic_300"])]
+    base_mem = [peak(["-q", "plain_300"])]
     for _ in range(repeats - 1):
-        ours_mem.append(peak(["--uv-build", "-q", "-p", "no:cacheprovider", "hermetic_300"]))
-        base_mem.append(peak(["-q", "-p", "no:cacheprovider", "plain_300"]))
+        ours_mem.append(peak(["--uv-build", "-q", "hermetic_300"]))
+        base_mem.append(peak(["-q", "plain_300"]))
     memory = row(
         SUITE,
         "peak memory of the outer pytest, 300 tests",
