@@ -239,6 +239,11 @@ class HermeticPlugin:
         self.hermetic_all = bool(config.getoption("hermetic_all", False)) and self.enabled
         self.default_timeout = _hermetic_timeout(config)
         self.passenv = tuple(str(p) for p in config.getini("hermetic_passenv"))
+        self.keep_warm = 0.0
+        if self.enabled and not is_xdist_worker(config):
+            from pytest_uvbuild.prewarm import keep_warm_seconds
+
+            self.keep_warm = keep_warm_seconds(config)
         self._runner: HermeticRunner | None = None
         self._scratch: Path | None = None
         self._plans = _Plans()
@@ -331,6 +336,7 @@ class HermeticPlugin:
             label=f"{env.key} ({env.interpreter.describe()})",
             inherit_output=self.config.getoption("capture", "fd") == "no",
             collect_options=tuple(collection_options(self.config)),
+            keep_warm=self.keep_warm,
         )
 
     @property
@@ -705,6 +711,8 @@ class HermeticPlugin:
             self._hint(self._main_key in self._plans.members)
         if self._runner is not None:
             self._runner.stop(interrupt=exitstatus == pytest.ExitCode.INTERRUPTED)
+            if exitstatus != pytest.ExitCode.INTERRUPTED:
+                self._runner.leave_warm_workers()
 
     def pytest_unconfigure(self, config: pytest.Config) -> None:
         """Kill what is left and remove the scratch directory."""

@@ -349,6 +349,13 @@ def _add_hermetic_options(parser: pytest.Parser, group: Any) -> None:
         default=[],
         help="Environment variables (names or globs such as AWS_*) passed into hermetic tests",
     )
+    parser.addini(
+        "hermetic_keep_warm",
+        default="auto",
+        help="Seconds a warm worker (pytest imported) waits for the next session after one "
+        "ends; 0: none; auto (default): 120, or 0 when CI is set. "
+        "PYTEST_UVBUILD_KEEP_WARM overrides it",
+    )
 
 
 def _configure_hermetic(config: pytest.Config) -> None:

@@ -45,6 +45,7 @@ from pytest_uvbuild.errors import HermeticRunError
 
 if TYPE_CHECKING:
     from pytest_uvbuild.envcache import UvEnv
+    from pytest_uvbuild.prewarm import WarmChild
 
 __all__ = [
     "WORKER_SCRIPT",
@@ -302,6 +303,8 @@ class Launch:
     inherit_output: bool = False
     #: Added when the worker collects from the user's own arguments.
     collect_options: tuple[str, ...] = ()
+    #: Seconds a zygote left behind waits for the next session (0: warm workers off).
+    keep_warm: float = 0.0
 
 
 class WorkerProcess:
@@ -333,19 +336,39 @@ class WorkerProcess:
         self._log: IO[bytes] | None = None
         if not launch.inherit_output:
             self._log = self.log_path.open("wb")
+        self.process: subprocess.Popen[bytes] | WarmChild
+        #: Whether a zygote forked this worker (pytest imported already).
+        self.warm = False
         try:
-            self.process = subprocess.Popen(
-                [str(launch.python), "-s", str(WORKER_SCRIPT), str(spec_path)],
-                cwd=launch.cwd,
-                env=dict(launch.environ),
-                stdin=subprocess.DEVNULL,
-                stdout=self._log,
-                stderr=subprocess.STDOUT if self._log is not None else None,
-                pass_fds=(event_write, control_read),
-                # Its own process group: Ctrl-C reaches the outer session only,
-                # which stops the worker cleanly; a kill takes its children too.
-                start_new_session=True,
-            )
+            warm = None
+            if launch.keep_warm:
+                from pytest_uvbuild.prewarm import claim
+
+                output = (self._log.fileno(),) * 2 if self._log is not None else (1, 2)
+                warm = claim(
+                    launch.python,
+                    launch.environ,
+                    cwd=launch.cwd,
+                    spec=spec_path,
+                    boot=boot,
+                    fds=(event_write, control_read, *output),
+                )
+            if warm is not None:
+                self.process, self.warm = warm, True
+            else:
+                self.process = subprocess.Popen(
+                    [str(launch.python), "-s", str(WORKER_SCRIPT), str(spec_path)],
+                    cwd=launch.cwd,
+                    env=dict(launch.environ),
+                    stdin=subprocess.DEVNULL,
+                    stdout=self._log,
+                    stderr=subprocess.STDOUT if self._log is not None else None,
+                    pass_fds=(event_write, control_read),
+                    # Its own process group: Ctrl-C reaches the outer session
+                    # only, which stops the worker cleanly; a kill takes its
+                    # children too. (A zygote's child makes its own, too.)
+                    start_new_session=True,
+                )
         except OSError as exc:
             for fd in (event_read, control_write):
                 os.close(fd)
@@ -663,6 +686,8 @@ class Batch:
         self.collected_markers: list[str] = []
         self.current: str | None = None
         self.internal_errors: list[str] = []
+        #: Whether this batch ever started a worker (then its launch is worth keeping warm).
+        self.used_worker = False
 
     @property
     def launch(self) -> Launch:
@@ -689,6 +714,7 @@ class Batch:
             collect=collect, nodeids=nodeids, report_items=report_items, no_network=self.no_network
         )
         self.worker = worker
+        self.used_worker = True
         self.queue = deque()
         self.queued = set()
         self.ended = False
@@ -1158,6 +1184,21 @@ class HermeticRunner:
             worker.request_stop()
             self.exiting.append((worker, False))
         self.standby.clear()
+
+    def leave_warm_workers(self) -> None:
+        """For each launch that ran a worker, leave a zygote for the next session."""
+        launches = {
+            (str(batch.launch.python), tuple(sorted(batch.launch.environ.items()))): batch.launch
+            for batch in self.batches.values()
+            if batch.used_worker and batch.launch.keep_warm
+        }
+        if not launches:
+            return
+        from pytest_uvbuild.prewarm import leave_behind
+
+        for launch in launches.values():
+            with contextlib.suppress(OSError):  # a warm worker is a bonus, never an error
+                leave_behind(launch.python, launch.environ, launch.keep_warm)
 
     def reap(self) -> None:
         """Wait for stopping workers (killing those that overrun their grace time)."""

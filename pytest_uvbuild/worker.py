@@ -565,8 +565,18 @@ def _dump_tracebacks_on_signal() -> Any:
 
 
 def main(argv: list[str]) -> int:
+    """Run the worker whose boot spec (pipes, capture dir) is the JSON file ``argv[1]``."""
     with open(argv[1], encoding="utf-8") as fh:
         boot = json.load(fh)
+    return run(boot)
+
+
+def run(boot: dict[str, Any]) -> int:
+    """Import pytest, say ``ready``, configure when told to and run the inner session.
+
+    A warm interpreter (``zygote.py``) calls this in a forked child, with
+    pytest already imported and the pipes it was handed in ``boot``.
+    """
     events = EventChannel(boot["event_fd"])
     try:
         import pytest

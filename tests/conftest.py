@@ -7,7 +7,12 @@ which every hermetic env needs, is fetched from the registry once and kept in
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import contextlib
+import os
+import shutil
+import signal
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -46,6 +51,25 @@ def wheelhouse(tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Co
         return toys.fill_wheelhouse(house, registry, shared / "toy-sources")
 
 
+@pytest.fixture
+def short_tmpdir(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A short temp dir (Unix socket paths are short) for this process and its children.
+
+    Warm workers put their sockets there; every zygote still waiting when
+    the test ends is stopped (its pid is in the lock file next to its socket).
+    """
+    directory = Path(tempfile.mkdtemp(prefix="uvt", dir="/tmp"))
+    monkeypatch.setenv("TMPDIR", str(directory))
+    monkeypatch.setattr(tempfile, "tempdir", str(directory))
+    yield directory
+    for lock in directory.glob("pytest-uvbuild-*/*.lock"):
+        pid = lock.read_text().strip()
+        if pid.isdigit():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pid), signal.SIGTERM)
+    shutil.rmtree(directory, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def shared_env_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An env cache shared by the whole test session (never the user's real one)."""
@@ -66,6 +90,8 @@ def _isolated_environment(
     monkeypatch.setenv("UV_PYTHON_DOWNLOADS", "never")
     monkeypatch.setenv("PYTEST_UVBUILD_CACHE_DIR", str(shared_env_cache))
     monkeypatch.setenv("UV_CACHE_DIR", str(uv_cache))
+    # No warm workers outlive a test unless the test asks for them (and stops them).
+    monkeypatch.setenv("PYTEST_UVBUILD_KEEP_WARM", "0")
     # The xdist variables matter when this suite itself runs under -n: a
     # pytester session must not believe it is one of our xdist workers.
     for name in (

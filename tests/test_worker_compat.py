@@ -2,7 +2,8 @@
 
 ``worker.py`` is run by path, exactly as the runner does, in two throwaway
 venvs: Python 3.8 with pytest 7.4.4, and Python 3.13 with the newest pytest
-(the one this dev env has). Its events are read with the runner's own
+(the one this dev env has), started fresh and forked by a warm zygote
+(``zygote.py``, which must run there too). Its events are read with the runner's own
 :class:`~pytest_uvbuild.runner.WorkerProcess` and its reports rebuilt by this
 pytest's ``pytest_report_from_serializable``.
 """
@@ -19,6 +20,7 @@ import pytest
 import toys
 from filelock import FileLock
 
+from pytest_uvbuild import prewarm
 from pytest_uvbuild.runner import Launch, WorkerGone, WorkerProcess, deserialise
 
 PYENV = Path("/root/.pyenv/versions")
@@ -128,10 +130,15 @@ def _events(worker: WorkerProcess, until: str) -> Iterator[tuple[str, dict[str, 
             return
 
 
+@pytest.mark.parametrize("warm", [False, True], ids=["spawned", "warm"])
 def test_worker_runs_on_supported_python_and_pytest(
-    worker_python: tuple[Path, str], pytester: pytest.Pytester, tmp_path: Path
+    worker_python: tuple[Path, str],
+    pytester: pytest.Pytester,
+    tmp_path: Path,
+    short_tmpdir: Path,
+    warm: bool,
 ) -> None:
-    """The worker collects, runs, streams rebuildable reports, and reports a crash by exit."""
+    """The worker (spawned, or forked by a zygote) runs, streams reports, reports a crash."""
     python, pytest_version = worker_python
     pytester.makepyfile(test_suite=textwrap.dedent(SUITE))
     config = pytester.parseconfigure()
@@ -141,7 +148,15 @@ def test_worker_runs_on_supported_python_and_pytest(
         cwd=pytester.path,
         options=(f"--rootdir={pytester.path}", "-p", "no:cacheprovider"),
         label="compat",
+        keep_warm=30.0 if warm else 0.0,
     )
+    if warm:
+        prewarm.leave_behind(launch.python, launch.environ, 30.0)
+        path = prewarm.socket_path(launch.python, launch.environ)
+        assert path is not None
+        deadline = time.time() + 30
+        while not path.exists() and time.time() < deadline:
+            time.sleep(0.02)
     ids = [
         "test_suite.py::test_pass",
         "test_suite.py::test_fail",
@@ -153,6 +168,7 @@ def test_worker_runs_on_supported_python_and_pytest(
         "test_suite.py::test_exits",
     ]
     worker = WorkerProcess(launch, scratch=tmp_path)
+    assert worker.warm is warm
     worker.collect(
         collect=[str(pytester.path / "test_suite.py")],
         nodeids=ids,

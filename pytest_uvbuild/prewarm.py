@@ -1,0 +1,279 @@
+"""Warm workers: hand the next session an interpreter that has already imported pytest.
+
+A hermetic session's longest wait is its worker's start: a second
+interpreter and a second ``import pytest``. With ``hermetic_keep_warm``
+(seconds; by default 120 outside CI, off when ``CI`` is set), a session
+that used a worker leaves a :mod:`pytest_uvbuild.zygote` behind for the same
+launch: the env's interpreter, pytest imported, listening on a Unix socket
+for that long. The next session connects and hands over its pipes, streams
+and environment; the zygote forks a child that runs the worker exactly as a
+fresh process would, and reports the child's wait status, so crash reports
+still name the signal or exit status.
+
+The socket lives in ``$TMPDIR/pytest-uvbuild-<uid>/`` (mode 0700, owned by
+the user, or no zygote is used). Its name is a digest of what a fresh worker
+would have started with: the interpreter, the env's identity (its
+``pyvenv.cfg``), the worker and zygote code, and the scrubbed environment
+but for ``HOME``, which is a new directory each session and is set in the
+child. ``PYTEST_UVBUILD_KEEP_WARM=0`` turns it off everywhere.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import select
+import socket
+import stat
+import struct
+import subprocess
+import tempfile
+from collections.abc import Mapping
+from functools import lru_cache
+from pathlib import Path
+from typing import Final
+
+import pytest
+
+__all__ = [
+    "KEEP_WARM_VARIABLE",
+    "ZYGOTE_SCRIPT",
+    "WarmChild",
+    "claim",
+    "keep_warm_seconds",
+    "leave_behind",
+]
+
+ZYGOTE_SCRIPT: Final = Path(__file__).with_name("zygote.py")
+WORKER_SCRIPT: Final = Path(__file__).with_name("worker.py")
+#: Overrides ini ``hermetic_keep_warm`` (``0`` turns warm workers off).
+KEEP_WARM_VARIABLE: Final = "PYTEST_UVBUILD_KEEP_WARM"
+#: How long a zygote waits for the next session unless configured otherwise.
+DEFAULT_KEEP_WARM_SECONDS: Final = 120.0
+#: How long a session waits for a zygote that is still importing pytest.
+CLAIM_TIMEOUT_SECONDS: Final = 5.0
+_LENGTH = struct.Struct("!Q")
+
+
+def keep_warm_seconds(config: pytest.Config) -> float:
+    """How long a zygote left by this session waits (0: none is left, none is used).
+
+    ``PYTEST_UVBUILD_KEEP_WARM`` wins over ini ``hermetic_keep_warm``; either
+    is a number of seconds or ``auto`` (the default): 120, or 0 when the
+    ``CI`` variable is set, since a CI job rarely runs a second session.
+    """
+    raw = os.environ.get(KEEP_WARM_VARIABLE)
+    if raw is None:
+        raw = str(config.getini("hermetic_keep_warm") or "auto")
+    raw = raw.strip().lower()
+    if raw in ("", "auto"):
+        return 0.0 if os.environ.get("CI") else DEFAULT_KEEP_WARM_SECONDS
+    try:
+        seconds = float(raw)
+    except ValueError:
+        raise pytest.UsageError(
+            f"hermetic_keep_warm must be a number of seconds or 'auto', not {raw!r}. "
+            f"Fix: set it (or {KEEP_WARM_VARIABLE}) to e.g. 120, or 0 to turn it off."
+        ) from None
+    return max(0.0, seconds)
+
+
+def _socket_dir() -> Path | None:
+    """The user's private socket directory, made if missing; None if it is not private."""
+    directory = Path(tempfile.gettempdir()) / f"pytest-uvbuild-{os.getuid()}"
+    with contextlib.suppress(FileExistsError):
+        directory.mkdir(mode=0o700)
+    try:
+        info = directory.lstat()
+    except OSError:
+        return None
+    if (
+        not stat.S_ISDIR(info.st_mode)
+        or info.st_uid != os.getuid()
+        or stat.S_IMODE(info.st_mode) & 0o077
+    ):
+        return None
+    return directory
+
+
+@lru_cache(maxsize=1)
+def _code_digest() -> str:
+    """The worker and zygote code: a zygote of another pytest-uvbuild serves no one."""
+    digest = hashlib.sha256()
+    for script in (WORKER_SCRIPT, ZYGOTE_SCRIPT):
+        digest.update(script.read_bytes())
+    return digest.hexdigest()
+
+
+def _startup_environ(environ: Mapping[str, str]) -> dict[str, str]:
+    """The environment a zygote must have started with to serve this session.
+
+    All of it but ``HOME`` (a fresh directory per session, read only when
+    used): besides the hash seed, ``PYTHONPATH`` and the locale, a ``.pth``
+    file may act on any variable at start-up (coverage's
+    ``COVERAGE_PROCESS_START``, say).
+    """
+    return {name: value for name, value in environ.items() if name != "HOME"}
+
+
+def socket_path(python: Path, environ: Mapping[str, str]) -> Path | None:
+    """Where a zygote for workers of ``python`` with ``environ`` listens; None if nowhere."""
+    directory = _socket_dir()
+    if directory is None:
+        return None
+    try:
+        venv = (python.parent.parent / "pyvenv.cfg").stat()
+    except OSError:
+        return None
+    identity = {
+        "python": str(python),
+        "venv": [venv.st_ino, venv.st_mtime_ns],
+        "code": _code_digest(),
+        "environ": _startup_environ(environ),
+    }
+    name = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:32]
+    return directory / f"{name}.sock"
+
+
+class WarmChild:
+    """A worker forked by a zygote: ``pid``, ``poll()`` and ``wait()`` as on a ``Popen``.
+
+    The zygote, its parent, reports the wait status over the connection.
+    """
+
+    def __init__(self, connection: socket.socket, pid: int) -> None:
+        self._connection = connection
+        self._buffer = b""
+        self.pid = pid
+        self.returncode: int | None = None
+
+    def _read_status(self, timeout: float | None) -> None:
+        while self.returncode is None:
+            ready, _, _ = select.select([self._connection], [], [], timeout)
+            if not ready:
+                return
+            try:
+                chunk = self._connection.recv(4096)
+            except OSError:
+                chunk = b""
+            if not chunk:
+                # The zygote is gone without a word (killed with its child's
+                # group, say): the child has certainly ended.
+                self._finish(-9)
+                return
+            self._buffer += chunk
+            if b"\n" in self._buffer:
+                line = self._buffer.split(b"\n", 1)[0]
+                status = json.loads(line).get("status")
+                self._finish(os.waitstatus_to_exitcode(int(status)))
+                return
+
+    def _finish(self, code: int) -> None:
+        self.returncode = code
+        self._connection.close()
+
+    def poll(self) -> int | None:
+        """The exit code if the child has ended, else None (not waiting)."""
+        self._read_status(0)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        """Wait for the child's end; raises ``subprocess.TimeoutExpired`` like ``Popen``."""
+        self._read_status(timeout)
+        if self.returncode is None:
+            raise subprocess.TimeoutExpired(f"worker {self.pid}", timeout or 0.0)
+        return self.returncode
+
+
+def claim(
+    python: Path,
+    environ: Mapping[str, str],
+    *,
+    cwd: Path,
+    spec: Path,
+    boot: Mapping[str, object],
+    fds: tuple[int, int, int, int],
+) -> WarmChild | None:
+    """Hand a waiting zygote this worker's pipes, streams and environment; None if none waits.
+
+    ``fds`` are the event pipe's write end, the control pipe's read end, and
+    the descriptors for the worker's stdout and stderr.
+    """
+    path = socket_path(python, environ)
+    if path is None or not path.exists():
+        return None
+    connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    connection.settimeout(CLAIM_TIMEOUT_SECONDS)
+    try:
+        connection.connect(str(path))
+        body = json.dumps(
+            {
+                "environ": dict(environ),
+                "cwd": str(cwd),
+                "umask": _current_umask(),
+                "boot": dict(boot),
+                "spec": str(spec),
+                "worker_script": str(WORKER_SCRIPT),
+            }
+        ).encode("utf-8")
+        socket.send_fds(connection, [_LENGTH.pack(len(body))], list(fds))
+        connection.sendall(body)
+        line = b""
+        while not line.endswith(b"\n"):
+            chunk = connection.recv(4096)
+            if not chunk:
+                raise ConnectionError("the zygote hung up")
+            line += chunk
+        pid = int(json.loads(line)["pid"])
+    except (OSError, ValueError, KeyError):
+        connection.close()
+        return None
+    connection.settimeout(None)
+    return WarmChild(connection, pid)
+
+
+def _current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def leave_behind(python: Path, environ: Mapping[str, str], seconds: float) -> None:
+    """Start a zygote for these workers that waits ``seconds`` for the next session.
+
+    Nothing happens when one already holds the name (if two race, the
+    second exits at once).
+    The zygote is not this process's child for long: it starts its own
+    session and outlives us; ``posix_spawn`` leaves no ``Popen`` to reap.
+    """
+    path = socket_path(python, environ)
+    if path is None or seconds <= 0 or _zygote_alive(path):
+        return
+    with open(os.devnull, "r+b") as null:
+        os.posix_spawn(
+            str(python),
+            [str(python), "-s", str(ZYGOTE_SCRIPT), str(path), f"{seconds:g}", str(WORKER_SCRIPT)],
+            dict(environ),
+            file_actions=[(os.POSIX_SPAWN_DUP2, null.fileno(), fd) for fd in (0, 1, 2)],
+            setsid=True,
+        )
+
+
+def _zygote_alive(path: Path) -> bool:
+    """Whether a zygote holds ``path``'s lock (starting, or listening); never connects."""
+    try:
+        fd = os.open(f"{path}.lock", os.O_RDWR)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)

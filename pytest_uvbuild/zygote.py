@@ -1,0 +1,188 @@
+"""A warm interpreter of a locked env: pytest imported, waiting to become the next worker.
+
+Executed by path with the env's interpreter (``python zygote.py SOCKET
+IDLE_SECONDS WORKER_SCRIPT``), like :mod:`worker`; it imports only the
+standard library and pytest, and runs on Python >= 3.8.
+
+Starting an interpreter and importing pytest is the largest fixed cost of a
+hermetic session. A session that ends leaves one of these behind; the next
+session with the same env and the same start-up environment connects
+instead of spawning. What it does:
+
+* locks ``SOCKET.lock`` and binds the Unix socket ``SOCKET`` (in a
+  directory only its user can enter); if another zygote holds the lock it
+  exits at once;
+* imports pytest and the worker module, then waits up to ``IDLE_SECONDS``
+  for one connection, and removes the socket either way: each zygote serves
+  one session;
+* receives, with the connection, the session's pipes and output streams
+  (``SCM_RIGHTS``) and one JSON document: the worker's boot spec, working
+  directory, umask and complete environment;
+* forks. The child starts a new session (process group), takes the streams
+  and the environment, and runs :func:`worker.run` exactly as a fresh worker
+  would. The parent sends ``{"pid": ...}``, waits for the child and sends
+  ``{"status": <wait status>}``, so the outer side can name a crash's signal
+  as it does for a child of its own; then it exits.
+
+What an interpreter fixes at start-up (the hash seed, ``sys.path`` from
+``PYTHONPATH``, the locale, other ``PYTHON*`` settings) is part of the
+socket's name on the outer side, so a zygote only ever serves a session whose
+fresh worker would have started the same way.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+# As in worker.py: this file's directory (pytest-uvbuild's package) must not
+# shadow the project's own top-level modules.
+_HERE = os.path.dirname(os.path.abspath(__file__))
+if sys.path and os.path.abspath(sys.path[0] or os.curdir) == _HERE:
+    del sys.path[0]
+
+import array  # noqa: E402
+import fcntl  # noqa: E402
+import importlib  # noqa: E402
+import importlib.util  # noqa: E402
+import json  # noqa: E402
+import select  # noqa: E402
+import socket  # noqa: E402
+import struct  # noqa: E402
+import traceback  # noqa: E402
+from typing import Any  # noqa: E402
+
+#: The handover carries the session's event pipe, control pipe, stdout and stderr.
+HANDOVER_FDS = 4
+_LENGTH = struct.Struct("!Q")
+
+
+def _hold_name(path: str) -> int | None:
+    """Lock ``PATH.lock`` for as long as this zygote listens; None if another one does."""
+    fd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    # Who holds it, for whoever wants to stop a waiting zygote.
+    os.ftruncate(fd, 0)
+    os.write(fd, str(os.getpid()).encode())
+    return fd
+
+
+def _listen(path: str) -> socket.socket:
+    """Bind ``path`` (holding its lock, so a leftover file is a dead zygote's)."""
+    if os.path.exists(path):
+        os.unlink(path)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(1)
+    return listener
+
+
+def _receive(connection: socket.socket) -> tuple[dict[str, Any], list[int]]:
+    """The session's JSON document and the descriptors that came with its length."""
+    fds = array.array("i")
+    header, ancillary, _, _ = connection.recvmsg(
+        _LENGTH.size, socket.CMSG_LEN(HANDOVER_FDS * fds.itemsize)
+    )
+    for level, kind, data in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(data[: len(data) - (len(data) % fds.itemsize)])
+    if len(header) != _LENGTH.size or len(fds) != HANDOVER_FDS:
+        raise ValueError("malformed handover")
+    (length,) = _LENGTH.unpack(header)
+    body = b""
+    while len(body) < length:
+        chunk = connection.recv(length - len(body))
+        if not chunk:
+            raise ValueError("handover cut short")
+        body += chunk
+    return json.loads(body.decode("utf-8")), list(fds)
+
+
+def _send(connection: socket.socket, message: dict[str, Any]) -> None:
+    connection.sendall(json.dumps(message).encode("utf-8") + b"\n")
+
+
+def _become_worker(worker: Any, handover: dict[str, Any], fds: list[int]) -> None:
+    """In the forked child: take the session's streams and environment, run the worker."""
+    import tempfile
+    import time
+
+    event_fd, control_fd, stdout_fd, stderr_fd = fds
+    os.setsid()
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.dup2(stdout_fd, 1)
+    os.dup2(stderr_fd, 2)
+    for fd in (null, stdout_fd, stderr_fd):
+        if fd > 2:
+            os.close(fd)
+    os.chdir(handover["cwd"])
+    os.umask(handover["umask"])
+    os.environ.clear()
+    os.environ.update(handover["environ"])
+    # What the standard library read from the old environment on first use.
+    time.tzset()
+    tempfile.tempdir = None
+    importlib.invalidate_caches()
+    boot = dict(handover["boot"])
+    boot["event_fd"] = event_fd
+    boot["control_fd"] = control_fd
+    sys.argv = [handover["worker_script"], handover["spec"]]
+    worker._exit_without_finalising(worker.run(boot))
+
+
+def _load_worker(path: str) -> Any:
+    spec = importlib.util.spec_from_file_location("pytest_uvbuild_worker", path)
+    if spec is None or spec.loader is None:
+        raise ImportError("cannot load %s" % (path,))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def main(argv: list[str]) -> int:
+    path, idle, worker_script = argv[1], float(argv[2]), argv[3]
+    held = _hold_name(path)
+    if held is None:
+        return 0
+    try:
+        listener = _listen(path)
+        try:
+            import pytest  # noqa: F401 - importing it now is the point
+
+            worker = _load_worker(worker_script)
+            ready, _, _ = select.select([listener], [], [], idle)
+            if not ready:
+                return 0
+            connection, _ = listener.accept()
+        finally:
+            # One session per zygote: the next one may leave a new zygote
+            # behind while this one still looks after its child.
+            listener.close()
+            os.unlink(path)
+    finally:
+        os.close(held)
+    with connection:
+        handover, fds = _receive(connection)
+        pid = os.fork()
+        if pid == 0:
+            try:
+                connection.close()
+                _become_worker(worker, handover, fds)
+            except BaseException:
+                traceback.print_exc()
+            os._exit(70)
+        for fd in fds:
+            os.close(fd)
+        _send(connection, {"pid": pid})
+        _, status = os.waitpid(pid, 0)
+        _send(connection, {"status": status})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

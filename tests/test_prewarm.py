@@ -1,0 +1,204 @@
+"""Warm workers: a zygote left by one session becomes the next session's worker.
+
+Acceptance tests run real sessions (``runpytest_subprocess``) with
+``PYTEST_UVBUILD_KEEP_WARM`` set and ``TMPDIR`` pointing at a short private
+directory, so that the sockets and zygotes are the test's own; the fixture
+stops every zygote that is still waiting when the test ends.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from pytest_uvbuild import prewarm
+
+HERMETIC = ("--uv-build", "--uv-install-project=source")
+
+
+@pytest.fixture
+def warm_tmpdir(short_tmpdir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A short TMPDIR for the sessions, with warm workers on (30 s)."""
+    monkeypatch.setenv(prewarm.KEEP_WARM_VARIABLE, "30")
+    return short_tmpdir
+
+
+def _wait_for_zygote(directory: Path, timeout: float = 10.0) -> None:
+    """Wait until a zygote listens in ``directory``'s socket dir."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if list(directory.glob("pytest-uvbuild-*/*.sock")):
+            return
+        time.sleep(0.02)
+    pytest.fail("no zygote was left behind", pytrace=False)
+
+
+#: A hermetic test that records who its parent is, its HOME and its cwd.
+WHO_AM_I = """
+import os
+import pytest
+
+@pytest.mark.hermetic
+def test_who(request):
+    with open("/proc/%d/cmdline" % os.getppid(), "rb") as fh:
+        parent = fh.read().replace(b"\\0", b" ").decode()
+    out = os.path.join(str(request.config.rootpath), "who.txt")
+    with open(out, "a") as fh:
+        fh.write("%s|%s|%s|%s\\n" % ("zygote.py" in parent, os.environ["HOME"],
+                                     os.path.isdir(os.environ["HOME"]), os.getcwd()))
+    import toyalpha
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="reads /proc")
+def test_the_next_session_gets_a_warm_worker_with_its_own_home(
+    uv_pytester: pytest.Pytester, warm_tmpdir: Path
+) -> None:
+    """A session leaves a zygote; the next one's worker is its child, with a fresh HOME."""
+    uv_pytester.makepyfile(test_who=WHO_AM_I)
+    uv_pytester.runpytest_subprocess(*HERMETIC).assert_outcomes(passed=1)
+    _wait_for_zygote(warm_tmpdir)
+    uv_pytester.runpytest_subprocess(*HERMETIC).assert_outcomes(passed=1)
+    first, second = (
+        line.split("|") for line in (uv_pytester.path / "who.txt").read_text().splitlines()
+    )
+    assert (first[0], second[0]) == ("False", "True")
+    assert first[1] != second[1]
+    assert second[2] == "True"
+    assert first[3] == second[3] == str(uv_pytester.path)
+
+
+@pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="reads /proc")
+def test_a_warm_worker_crash_names_its_signal_and_status(
+    uv_pytester: pytest.Pytester, warm_tmpdir: Path
+) -> None:
+    """Crashes of a zygote's child are reported as for a fresh worker; the rest still run."""
+    uv_pytester.makepyfile(
+        test_crash="""
+        import os, signal
+        import pytest
+
+        pytestmark = pytest.mark.hermetic
+
+        def test_first():
+            pass
+
+        def test_sigkill():
+            with open("/proc/%d/cmdline" % os.getppid(), "rb") as fh, open("parent", "wb") as out:
+                out.write(fh.read())
+            os.kill(os.getpid(), signal.SIGKILL)
+
+        def test_exit():
+            os._exit(3)
+
+        def test_last():
+            import toyalpha
+        """
+    )
+    uv_pytester.runpytest_subprocess(*HERMETIC, "-k", "first").assert_outcomes(
+        passed=1, deselected=3
+    )
+    _wait_for_zygote(warm_tmpdir)
+    result = uv_pytester.runpytest_subprocess(*HERMETIC)
+    result.assert_outcomes(passed=2, failed=2)
+    result.stdout.fnmatch_lines(
+        [
+            "*_ test_sigkill _*",
+            "The hermetic worker running this test was killed by signal 9 (SIGKILL)*",
+            "*_ test_exit _*",
+            "The hermetic worker running this test exited with status 3*",
+        ]
+    )
+    # The signal was the warm worker's (the zygote, its parent, reported it).
+    assert b"zygote.py" in (uv_pytester.path / "parent").read_bytes()
+
+
+def test_without_keep_warm_nothing_is_left_behind(
+    uv_pytester: pytest.Pytester, warm_tmpdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With hermetic_keep_warm 0 (or CI set, by default) a session leaves no zygote."""
+    monkeypatch.delenv(prewarm.KEEP_WARM_VARIABLE)
+    monkeypatch.setenv("CI", "true")
+    uv_pytester.makepyfile(test_who=WHO_AM_I)
+    uv_pytester.runpytest_subprocess(*HERMETIC).assert_outcomes(passed=1)
+    monkeypatch.delenv("CI")
+    uv_pytester.runpytest_subprocess(*HERMETIC, "-o", "hermetic_keep_warm=0").assert_outcomes(
+        passed=1
+    )
+    time.sleep(0.5)
+    assert not list(warm_tmpdir.glob("pytest-uvbuild-*/*.sock"))
+
+
+def test_a_bad_keep_warm_value_is_a_usage_error(
+    uv_pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """hermetic_keep_warm that is neither seconds nor auto names the fix."""
+    monkeypatch.delenv(prewarm.KEEP_WARM_VARIABLE)
+    uv_pytester.makepyfile(test_x="def test_x():\n    pass\n")
+    result = uv_pytester.runpytest_subprocess(*HERMETIC, "-o", "hermetic_keep_warm=soon")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*hermetic_keep_warm must be a number of seconds or 'auto'*"])
+
+
+@pytest.mark.parametrize(
+    ("ini", "variables", "expected"),
+    [
+        ("auto", {}, prewarm.DEFAULT_KEEP_WARM_SECONDS),
+        ("auto", {"CI": "true"}, 0.0),
+        ("45", {"CI": "true"}, 45.0),
+        ("auto", {prewarm.KEEP_WARM_VARIABLE: "0"}, 0.0),
+        ("10", {prewarm.KEEP_WARM_VARIABLE: "7.5"}, 7.5),
+        ("-3", {}, 0.0),
+    ],
+)
+def test_keep_warm_seconds(
+    pytester: pytest.Pytester,
+    monkeypatch: pytest.MonkeyPatch,
+    ini: str,
+    variables: dict[str, str],
+    expected: float,
+) -> None:
+    """The variable wins over the ini value; auto means 120 s, or none when CI is set."""
+    monkeypatch.delenv(prewarm.KEEP_WARM_VARIABLE, raising=False)
+    monkeypatch.delenv("CI", raising=False)
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+    config = pytester.parseconfig("-o", f"hermetic_keep_warm={ini}")
+    assert prewarm.keep_warm_seconds(config) == expected
+
+
+def test_socket_name_follows_the_start_up_environment_but_not_home(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only what a fresh interpreter would start with names the socket; HOME does not."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "pyvenv.cfg").write_text("home = /usr/bin\n")
+    python = venv / "bin" / "python"
+    base = {"PATH": "/usr/bin", "PYTHONHASHSEED": "0", "HOME": "/tmp/a"}
+    name = prewarm.socket_path(python, base)
+    assert name is not None
+    assert name.parent.stat().st_mode & 0o777 == 0o700
+    assert prewarm.socket_path(python, {**base, "HOME": "/tmp/b"}) == name
+    assert prewarm.socket_path(python, {**base, "PYTHONHASHSEED": "1"}) != name
+    assert prewarm.socket_path(python, {**base, "COVERAGE_PROCESS_START": "x"}) != name
+    # A rebuilt env: a new pyvenv.cfg (its inode may be reused, its time is not).
+    (venv / "pyvenv.cfg").unlink()
+    (venv / "pyvenv.cfg").write_text("home = /usr/bin\n")
+    os.utime(venv / "pyvenv.cfg", ns=(1, 1))
+    assert prewarm.socket_path(python, base) != name
+
+
+def test_a_shared_socket_dir_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A socket dir others can enter is not used: no warm worker rather than a foreign one."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    directory = tmp_path / f"pytest-uvbuild-{os.getuid()}"
+    directory.mkdir(mode=0o777)
+    directory.chmod(0o777)
+    (tmp_path / "pyvenv.cfg").write_text("")
+    assert prewarm.socket_path(tmp_path / "bin" / "python", {}) is None
