@@ -26,6 +26,7 @@ import hashlib
 import json
 import os
 import select
+import signal
 import socket
 import stat
 import struct
@@ -45,6 +46,7 @@ __all__ = [
     "claim",
     "keep_warm_seconds",
     "leave_behind",
+    "stop_waiting",
 ]
 
 ZYGOTE_SCRIPT: Final = Path(__file__).with_name("zygote.py")
@@ -260,6 +262,24 @@ def leave_behind(python: Path, environ: Mapping[str, str], seconds: float) -> No
             file_actions=[(os.POSIX_SPAWN_DUP2, null.fileno(), fd) for fd in (0, 1, 2)],
             setsid=True,
         )
+
+
+def stop_waiting(temp_dir: Path | None = None) -> int:
+    """Stop every zygote of this user that still waits; return how many were signalled.
+
+    ``temp_dir`` is the ``TMPDIR`` the sessions ran with (default: this
+    process's). Only a pid whose lock is held is signalled, so a pid reused
+    by another process since is never hit.
+    """
+    base = Path(temp_dir) if temp_dir is not None else Path(tempfile.gettempdir())
+    stopped = 0
+    for lock in (base / f"pytest-uvbuild-{os.getuid()}").glob("*.lock"):
+        pid = lock.read_text().strip()
+        if pid.isdigit() and _zygote_alive(lock.with_suffix("")):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pid), signal.SIGTERM)
+                stopped += 1
+    return stopped
 
 
 def _zygote_alive(path: Path) -> bool:

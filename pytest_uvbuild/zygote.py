@@ -47,6 +47,7 @@ import importlib  # noqa: E402
 import importlib.util  # noqa: E402
 import json  # noqa: E402
 import select  # noqa: E402
+import signal  # noqa: E402
 import socket  # noqa: E402
 import struct  # noqa: E402
 import traceback  # noqa: E402
@@ -112,6 +113,7 @@ def _become_worker(worker: Any, handover: dict[str, Any], fds: list[int]) -> Non
     import time
 
     event_fd, control_fd, stdout_fd, stderr_fd = fds
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     os.setsid()
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
@@ -135,6 +137,10 @@ def _become_worker(worker: Any, handover: dict[str, Any], fds: list[int]) -> Non
     worker._exit_without_finalising(worker.run(boot))
 
 
+def _stop(signum: int, frame: Any) -> None:
+    raise SystemExit(0)
+
+
 def _load_worker(path: str) -> Any:
     spec = importlib.util.spec_from_file_location("pytest_uvbuild_worker", path)
     if spec is None or spec.loader is None:
@@ -149,6 +155,8 @@ def main(argv: list[str]) -> int:
     held = _hold_name(path)
     if held is None:
         return 0
+    # Stopped while waiting: unwind, so that the socket file goes too.
+    signal.signal(signal.SIGTERM, _stop)
     try:
         listener = _listen(path)
         try:
@@ -176,6 +184,9 @@ def main(argv: list[str]) -> int:
             except BaseException:
                 traceback.print_exc()
             os._exit(70)
+        # From now on this process only reports its child's end: it outlives
+        # a stray SIGTERM rather than leave the session guessing.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         for fd in fds:
             os.close(fd)
         _send(connection, {"pid": pid})

@@ -7,10 +7,7 @@ which every hermetic env needs, is fetched from the registry once and kept in
 
 from __future__ import annotations
 
-import contextlib
-import os
 import shutil
-import signal
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -20,6 +17,8 @@ from typing import Any, Protocol
 import pytest
 import toys
 from filelock import FileLock
+
+from pytest_uvbuild import prewarm
 
 pytest_plugins = ["pytester"]
 
@@ -56,17 +55,13 @@ def short_tmpdir(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """A short temp dir (Unix socket paths are short) for this process and its children.
 
     Warm workers put their sockets there; every zygote still waiting when
-    the test ends is stopped (its pid is in the lock file next to its socket).
+    the test ends is stopped.
     """
     directory = Path(tempfile.mkdtemp(prefix="uvt", dir="/tmp"))
     monkeypatch.setenv("TMPDIR", str(directory))
     monkeypatch.setattr(tempfile, "tempdir", str(directory))
     yield directory
-    for lock in directory.glob("pytest-uvbuild-*/*.lock"):
-        pid = lock.read_text().strip()
-        if pid.isdigit():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(int(pid), signal.SIGTERM)
+    prewarm.stop_waiting(directory)
     shutil.rmtree(directory, ignore_errors=True)
 
 

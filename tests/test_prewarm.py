@@ -70,6 +70,13 @@ def test_the_next_session_gets_a_warm_worker_with_its_own_home(
     assert first[1] != second[1]
     assert second[2] == "True"
     assert first[3] == second[3] == str(uv_pytester.path)
+    # The second session left a zygote too; stop_waiting ends it.
+    _wait_for_zygote(warm_tmpdir)
+    assert prewarm.stop_waiting(warm_tmpdir) == 1
+    deadline = time.monotonic() + 10
+    while list(warm_tmpdir.glob("pytest-uvbuild-*/*.sock")) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert prewarm.stop_waiting(warm_tmpdir) == 0
 
 
 @pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="reads /proc")
