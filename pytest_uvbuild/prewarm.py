@@ -14,8 +14,8 @@ The socket lives in ``$TMPDIR/pytest-uvbuild-<uid>/`` (mode 0700, owned by
 the user, or no zygote is used). Its name is a digest of what a fresh worker
 would have started with: the interpreter, the env's identity (its
 ``pyvenv.cfg``), the worker and zygote code, and the scrubbed environment
-but for ``HOME``, which is a new directory each session and is set in the
-child. ``PYTEST_UVBUILD_KEEP_WARM=0`` turns it off everywhere.
+but for ``HOME`` (a new directory each session) and the terminal size, which
+are set in the child. ``PYTEST_UVBUILD_KEEP_WARM=0`` turns it off everywhere.
 """
 
 from __future__ import annotations
@@ -110,15 +110,19 @@ def _code_digest() -> str:
     return digest.hexdigest()
 
 
+#: Set in the forked child, never read at start-up: a new ``HOME`` each
+#: session, and the terminal's size, which follows the window.
+_SET_IN_CHILD: Final = frozenset({"HOME", "COLUMNS", "LINES"})
+
+
 def _startup_environ(environ: Mapping[str, str]) -> dict[str, str]:
     """The environment a zygote must have started with to serve this session.
 
-    All of it but ``HOME`` (a fresh directory per session, read only when
-    used): besides the hash seed, ``PYTHONPATH`` and the locale, a ``.pth``
-    file may act on any variable at start-up (coverage's
-    ``COVERAGE_PROCESS_START``, say).
+    All of it but :data:`_SET_IN_CHILD`: besides the hash seed,
+    ``PYTHONPATH`` and the locale, a ``.pth`` file may act on any variable
+    at start-up (coverage's ``COVERAGE_PROCESS_START``, say).
     """
-    return {name: value for name, value in environ.items() if name != "HOME"}
+    return {name: value for name, value in environ.items() if name not in _SET_IN_CHILD}
 
 
 def socket_path(python: Path, environ: Mapping[str, str]) -> Path | None:

@@ -9,6 +9,8 @@ stops every zygote that is still waiting when the test ends.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -48,8 +50,9 @@ def test_who(request):
         parent = fh.read().replace(b"\\0", b" ").decode()
     out = os.path.join(str(request.config.rootpath), "who.txt")
     with open(out, "a") as fh:
-        fh.write("%s|%s|%s|%s\\n" % ("zygote.py" in parent, os.environ["HOME"],
-                                     os.path.isdir(os.environ["HOME"]), os.getcwd()))
+        fh.write("%s|%s|%s|%s|%d\\n" % ("zygote.py" in parent, os.environ["HOME"],
+                                        os.path.isdir(os.environ["HOME"]), os.getcwd(),
+                                        os.getppid()))
     import toyalpha
 """
 
@@ -181,7 +184,7 @@ def test_keep_warm_seconds(
 def test_socket_name_follows_the_start_up_environment_but_not_home(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Only what a fresh interpreter would start with names the socket; HOME does not."""
+    """Only what a fresh interpreter would start with names the socket; HOME, COLUMNS do not."""
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     venv = tmp_path / "venv"
     (venv / "bin").mkdir(parents=True)
@@ -192,6 +195,7 @@ def test_socket_name_follows_the_start_up_environment_but_not_home(
     assert name is not None
     assert name.parent.stat().st_mode & 0o777 == 0o700
     assert prewarm.socket_path(python, {**base, "HOME": "/tmp/b"}) == name
+    assert prewarm.socket_path(python, {**base, "COLUMNS": "132", "LINES": "50"}) == name
     assert prewarm.socket_path(python, {**base, "PYTHONHASHSEED": "1"}) != name
     assert prewarm.socket_path(python, {**base, "COVERAGE_PROCESS_START": "x"}) != name
     # A rebuilt env: a new pyvenv.cfg (its inode may be reused, its time is not).
@@ -209,3 +213,27 @@ def test_a_shared_socket_dir_is_refused(tmp_path: Path, monkeypatch: pytest.Monk
     directory.chmod(0o777)
     (tmp_path / "pyvenv.cfg").write_text("")
     assert prewarm.socket_path(tmp_path / "bin" / "python", {}) is None
+
+
+def test_concurrent_sessions_share_one_zygote_safely(
+    uv_pytester: pytest.Pytester, warm_tmpdir: Path
+) -> None:
+    """Three sessions racing for a zygote all pass; each zygote serves one of them at most."""
+    uv_pytester.makepyfile(test_who=WHO_AM_I)
+    uv_pytester.runpytest_subprocess(*HERMETIC).assert_outcomes(passed=1)
+    _wait_for_zygote(warm_tmpdir)
+    (uv_pytester.path / "who.txt").unlink()
+    command = [sys.executable, "-m", "pytest", *HERMETIC, "-p", "no:cacheprovider", "-q"]
+    sessions = [
+        subprocess.Popen(command, cwd=uv_pytester.path, stdout=subprocess.PIPE, text=True)
+        for _ in range(3)
+    ]
+    outputs = [session.communicate(timeout=120)[0] for session in sessions]
+    assert [session.returncode for session in sessions] == [0, 0, 0], outputs
+    rows = [line.split("|") for line in (uv_pytester.path / "who.txt").read_text().split()]
+    assert len(rows) == 3
+    # The zygote served one of them; that one's end may leave a new zygote in
+    # time for a later one. No zygote ever serves two.
+    warm_parents = [row[4] for row in rows if row[0] == "True"]
+    assert warm_parents
+    assert len(set(warm_parents)) == len(warm_parents)
