@@ -31,6 +31,7 @@ import functools
 import json
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -95,6 +96,18 @@ def peer_python(scratch: Path, env: dict[str, str], name: str, *pins: str) -> tu
     return python, versions
 
 
+def _settle(temp: Path) -> None:
+    """Wait (10 s at most) until the last run's zygote listens, as after a moment's pause.
+
+    A zygote imports pytest right after the session that left it ends; in a
+    tight loop of runs that work would land in the next measured command,
+    whichever side it is.
+    """
+    deadline = time.monotonic() + 10
+    while not any(temp.glob("pytest-uvbuild-*/*.sock")) and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
 def _locked_env_python(project: Path, env: dict[str, str]) -> Path:
     """The interpreter of the project's cached locked env (from ``cache list --json``)."""
     listing = subprocess.run(
@@ -152,7 +165,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     call_cold = functools.partial(support.run_checked, cwd=project, env=cold_env)
     rows: list[dict[str, Any]] = []
     try:
-        _measure(rows, repeats, scratch, env, project, call, call_cold, ours_cmd, uv_run_cmd)
+        settle = functools.partial(_settle, temp)
+        _measure(
+            rows, repeats, scratch, env, project, call, call_cold, ours_cmd, uv_run_cmd, settle
+        )
     finally:
         prewarm.stop_waiting(temp)
     support.write_results(SUITE, rows, f"python bench/bench_hermetic.py --repeats {repeats}")
@@ -169,8 +185,9 @@ def _measure(
     call_cold: Callable[..., Any],
     ours_cmd: list[str],
     uv_run_cmd: list[str],
+    settle: Callable[[], None],
 ) -> None:
-    """Every case, appended to ``rows``."""
+    """Every case, appended to ``rows``; ``settle`` runs before each timed command."""
 
     # (a) 300 tests: ours against uv run pytest.
     print("(a) 300 hermetic tests vs uv run pytest", flush=True)
@@ -178,6 +195,7 @@ def _measure(
         lambda: call([*ours_cmd, "hermetic_300"], expect="300 passed"),
         lambda: call([*uv_run_cmd, "plain_300"], expect="300 passed"),
         repeats,
+        setup=settle,
     )
     rows.append(
         row(
@@ -197,6 +215,7 @@ def _measure(
         lambda: call_cold([*ours_cmd, "hermetic_300"], expect="300 passed"),
         lambda: call([*uv_run_cmd, "plain_300"], expect="300 passed"),
         repeats,
+        setup=settle,
     )
     rows.append(
         row(
@@ -215,6 +234,7 @@ def _measure(
         lambda: call([*ours_cmd, "--uv-no-artifacts", "hermetic_300"], expect="300 passed"),
         lambda: call([*uv_run_cmd, "plain_300"], expect="300 passed"),
         repeats,
+        setup=settle,
     )
     rows.append(
         row(
@@ -234,6 +254,7 @@ def _measure(
         lambda: call([str(env_python), "-c", "import pytest"]),
         lambda: call([*uv_run_cmd, "plain_300"], expect="300 passed"),
         repeats,
+        setup=settle,
     )
     rows.append(
         row(
@@ -252,9 +273,11 @@ def _measure(
 
     def timed(argv: list[str], count: int, times: int) -> Stats:
         call(argv, expect=f"{count} passed")  # warm-up
-        return stats(
-            [support.time_call(lambda: call(argv, expect=f"{count} passed")) for _ in range(times)]
-        )
+        samples = []
+        for _ in range(times):
+            settle()
+            samples.append(support.time_call(lambda: call(argv, expect=f"{count} passed")))
+        return stats(samples)
 
     ours_each = per_test(
         {count: timed([*ours_cmd, f"hermetic_{count}"], count, repeats) for count in SIZES}

@@ -249,6 +249,8 @@ class HermeticPlugin:
         self._plans = _Plans()
         self._launches: dict[object, Launch] = {}
         self._prestarted = False
+        #: Set at session finish: whether the session ended well enough to keep workers warm.
+        self._leave_warm = False
         #: What the cache said at session start (None: nothing, or not asked).
         self._hinted: bool | None = None
         self._main_key: tuple[EnvRequest, tuple[tuple[str, str], ...]] = (
@@ -711,19 +713,24 @@ class HermeticPlugin:
             self._hint(self._main_key in self._plans.members)
         if self._runner is not None:
             self._runner.stop(interrupt=exitstatus == pytest.ExitCode.INTERRUPTED)
-            if exitstatus != pytest.ExitCode.INTERRUPTED:
-                self._runner.leave_warm_workers()
+            self._leave_warm = exitstatus != pytest.ExitCode.INTERRUPTED
 
     def pytest_unconfigure(self, config: pytest.Config) -> None:
-        """Kill what is left and remove the scratch directory."""
-        if self._runner is not None:
-            self._runner.reap()
-            self._runner = None
+        """Kill what is left and remove the scratch directory; leave warm workers behind.
+
+        Zygotes start last: their own start-up then does not compete with
+        this session's end for the CPU.
+        """
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            runner.reap()
         if self._scratch is not None:
             from pytest_uvbuild.runner import remove_scratch
 
             remove_scratch(self._scratch)
             self._scratch = None
+        if runner is not None and self._leave_warm:
+            runner.leave_warm_workers()
 
 
 class _OptionRecorder:

@@ -55,8 +55,11 @@ WORKER_SCRIPT: Final = Path(__file__).with_name("worker.py")
 KEEP_WARM_VARIABLE: Final = "PYTEST_UVBUILD_KEEP_WARM"
 #: How long a zygote waits for the next session unless configured otherwise.
 DEFAULT_KEEP_WARM_SECONDS: Final = 120.0
-#: How long a session waits for a zygote that is still importing pytest.
+#: How long a session waits for a zygote to take its handover.
 CLAIM_TIMEOUT_SECONDS: Final = 5.0
+#: How long a new zygote waits for the session that started it to exit
+#: before importing pytest (so as not to slow that session's end).
+PATIENCE_SECONDS: Final = 5.0
 _LENGTH = struct.Struct("!Q")
 
 
@@ -247,11 +250,18 @@ def _current_umask() -> int:
     return mask
 
 
-def leave_behind(python: Path, environ: Mapping[str, str], seconds: float) -> None:
+def leave_behind(
+    python: Path,
+    environ: Mapping[str, str],
+    seconds: float,
+    *,
+    patience: float = PATIENCE_SECONDS,
+) -> None:
     """Start a zygote for these workers that waits ``seconds`` for the next session.
 
     Nothing happens when one already holds the name (if two race, the
-    second exits at once).
+    second exits at once). The zygote waits up to ``patience`` seconds for
+    this process to exit before it imports pytest.
     The zygote is not this process's child for long: it starts its own
     session and outlives us; ``posix_spawn`` leaves no ``Popen`` to reap.
     """
@@ -261,7 +271,15 @@ def leave_behind(python: Path, environ: Mapping[str, str], seconds: float) -> No
     with open(os.devnull, "r+b") as null:
         os.posix_spawn(
             str(python),
-            [str(python), "-s", str(ZYGOTE_SCRIPT), str(path), f"{seconds:g}", str(WORKER_SCRIPT)],
+            [
+                str(python),
+                "-s",
+                str(ZYGOTE_SCRIPT),
+                str(path),
+                f"{seconds:g}",
+                str(WORKER_SCRIPT),
+                f"{patience:g}",
+            ],
             dict(environ),
             file_actions=[(os.POSIX_SPAWN_DUP2, null.fileno(), fd) for fd in (0, 1, 2)],
             setsid=True,

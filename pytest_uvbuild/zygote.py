@@ -1,7 +1,7 @@
 """A warm interpreter of a locked env: pytest imported, waiting to become the next worker.
 
 Executed by path with the env's interpreter (``python zygote.py SOCKET
-IDLE_SECONDS WORKER_SCRIPT``), like :mod:`worker`; it imports only the
+IDLE_SECONDS WORKER_SCRIPT [PATIENCE_SECONDS]``), like :mod:`worker`; it imports only the
 standard library and pytest, and runs on Python >= 3.8.
 
 Starting an interpreter and importing pytest is the largest fixed cost of a
@@ -9,12 +9,12 @@ hermetic session. A session that ends leaves one of these behind; the next
 session with the same env and the same start-up environment connects
 instead of spawning. What it does:
 
-* locks ``SOCKET.lock`` and binds the Unix socket ``SOCKET`` (in a
-  directory only its user can enter); if another zygote holds the lock it
-  exits at once;
-* imports pytest and the worker module, then waits up to ``IDLE_SECONDS``
-  for one connection, and removes the socket either way: each zygote serves
-  one session;
+* locks ``SOCKET.lock`` (if another zygote holds it, it exits at once),
+  waits up to ``PATIENCE_SECONDS`` for the session that started it to exit,
+  imports pytest and the worker module, and only then binds the Unix socket
+  ``SOCKET`` (in a directory only its user can enter);
+* waits up to ``IDLE_SECONDS`` for one connection, and removes the socket
+  either way: each zygote serves one session;
 * receives, with the connection, the session's pipes and output streams
   (``SCM_RIGHTS``) and one JSON document: the worker's boot spec, working
   directory, umask and complete environment;
@@ -50,6 +50,7 @@ import select  # noqa: E402
 import signal  # noqa: E402
 import socket  # noqa: E402
 import struct  # noqa: E402
+import time  # noqa: E402
 import traceback  # noqa: E402
 from typing import Any  # noqa: E402
 
@@ -110,7 +111,6 @@ def _send(connection: socket.socket, message: dict[str, Any]) -> None:
 def _become_worker(worker: Any, handover: dict[str, Any], fds: list[int]) -> None:
     """In the forked child: take the session's streams and environment, run the worker."""
     import tempfile
-    import time
 
     event_fd, control_fd, stdout_fd, stderr_fd = fds
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -137,6 +137,18 @@ def _become_worker(worker: Any, handover: dict[str, Any], fds: list[int]) -> Non
     worker._exit_without_finalising(worker.run(boot))
 
 
+def _let_the_session_end(longest: float) -> None:
+    """Wait (``longest`` seconds at most) until the session that started us has exited.
+
+    Importing pytest takes a CPU for a while: done while that session still
+    writes its summary, it would make the session itself slower.
+    """
+    parent = os.getppid()
+    deadline = time.monotonic() + longest
+    while os.getppid() == parent and time.monotonic() < deadline:
+        time.sleep(0.005)
+
+
 def _stop(signum: int, frame: Any) -> None:
     raise SystemExit(0)
 
@@ -158,11 +170,14 @@ def main(argv: list[str]) -> int:
     # Stopped while waiting: unwind, so that the socket file goes too.
     signal.signal(signal.SIGTERM, _stop)
     try:
+        _let_the_session_end(float(argv[4]) if len(argv) > 4 else 0.0)
+        import pytest  # noqa: F401 - importing it now is the point
+
+        worker = _load_worker(worker_script)
+        # Listening only once ready: a session never waits for our imports;
+        # until then it starts its own worker, which costs the same.
         listener = _listen(path)
         try:
-            import pytest  # noqa: F401 - importing it now is the point
-
-            worker = _load_worker(worker_script)
             ready, _, _ = select.select([listener], [], [], idle)
             if not ready:
                 return 0

@@ -151,7 +151,7 @@ def test_worker_runs_on_supported_python_and_pytest(
         keep_warm=30.0 if warm else 0.0,
     )
     if warm:
-        prewarm.leave_behind(launch.python, launch.environ, 30.0)
+        prewarm.leave_behind(launch.python, launch.environ, 30.0, patience=0.0)
         path = prewarm.socket_path(launch.python, launch.environ)
         assert path is not None
         deadline = time.time() + 30
