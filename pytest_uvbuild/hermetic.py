@@ -223,7 +223,7 @@ class _Plans:
 
 
 _PLAN_KEY: Final = pytest.StashKey[ItemPlan]()
-#: ``config.cache`` entry: per argument list, whether hermetic tests ran in the main env.
+#: ``config.cache`` entry: per argument list, the files of the main env's hermetic tests.
 _HINT_CACHE_KEY: Final = "uvbuild/hermetic-main-env"
 #: How many argument lists the hint remembers (the oldest goes first).
 _HINT_LIMIT: Final = 32
@@ -252,7 +252,7 @@ class HermeticPlugin:
         #: Set at session finish: whether the session ended well enough to keep workers warm.
         self._leave_warm = False
         #: What the cache said at session start (None: nothing, or not asked).
-        self._hinted: bool | None = None
+        self._hinted: list[str] | bool | None = None
         self._main_key: tuple[EnvRequest, tuple[tuple[str, str], ...]] = (
             self.uvbuild.request,
             (),
@@ -352,13 +352,18 @@ class HermeticPlugin:
             and not self.config.pluginmanager.has_plugin("dsession")
         )
 
-    def _prestart(self) -> None:
+    def _prestart(self, files: Sequence[str] = ()) -> None:
         self._prestarted = True
+        root = self.config.rootpath
         try:
             # The session's own way first: it may have to rebuild (--uv-rebuild).
             self.uvbuild.main_env  # noqa: B018 - materialising is the point
             self.runner.prestart(
-                self._main_key, self.launch_for(self._main_key), list(self.config.args)
+                self._main_key,
+                self.launch_for(self._main_key),
+                list(self.config.args),
+                # A file deleted since the hint was written would stop the worker.
+                collect=[str(root / name) for name in files if (root / name).is_file()],
             )
         except UvBuildError:
             return  # reported by the session start or against the tests that need the env
@@ -368,14 +373,16 @@ class HermeticPlugin:
         """Spawn the main env's worker now if the last such session ran hermetic tests.
 
         Python and pytest start inside while this side collects: the worker's
-        start-up is the longest wait of a hermetic run. Without a hint (the
-        first run, or no cache plugin) the worker starts at the first hermetic
-        test collected instead.
+        start-up is the longest wait of a hermetic run. It also starts
+        collecting the files that held the last session's hermetic tests; if
+        this session needs others, a fresh worker takes over. Without a hint
+        (the first run, or no cache plugin) the worker starts at the first
+        hermetic test collected instead.
         """
         if self._may_prestart and not is_xdist_worker(self.config):
             self._hinted = self._hint()
-            if self._hinted is True:
-                self._prestart()
+            if self._hinted:
+                self._prestart(self._hinted if isinstance(self._hinted, list) else ())
 
     def pytest_itemcollected(self, item: pytest.Item) -> None:
         """At the first hermetic test, spawn the main env's worker: it configures meanwhile.
@@ -392,11 +399,12 @@ class HermeticPlugin:
             return
         self._prestart()
 
-    def _hint(self, value: bool | None = None) -> bool | None:
-        """Whether the last session with these arguments ran hermetic tests in the main env.
+    def _hint(self, value: list[str] | bool | None = None) -> list[str] | bool | None:
+        """The files that held the last session's hermetic tests in the main env, or False.
 
         Kept in pytest's cache (``.pytest_cache``), one entry per argument
-        list; with ``value``, record it (written only when it changed).
+        list (paths relative to the rootdir); with ``value``, record it
+        (written only when it changed). None: nothing known.
         """
         cache = getattr(self.config, "cache", None)
         if cache is None:
@@ -406,8 +414,12 @@ class HermeticPlugin:
             hints = {}
         key = "\0".join(self.config.args)
         known = hints.get(key)
-        if value is None or known is value:
-            return known if isinstance(known, bool) else None
+        if value is None or known == value:
+            if isinstance(known, bool) or (
+                isinstance(known, list) and all(isinstance(name, str) for name in known)
+            ):
+                return known
+            return None
         hints.pop(key, None)
         hints[key] = value
         while len(hints) > _HINT_LIMIT:
@@ -710,7 +722,9 @@ class HermeticPlugin:
             and not is_xdist_worker(self.config)
             and exitstatus != pytest.ExitCode.INTERRUPTED
         ):
-            self._hint(self._main_key in self._plans.members)
+            members = self._plans.members.get(self._main_key, ())
+            files = sorted({nodeid.split("::", 1)[0] for nodeid in members})
+            self._hint(files or False)
         if self._runner is not None:
             self._runner.stop(interrupt=exitstatus == pytest.ExitCode.INTERRUPTED)
             self._leave_warm = exitstatus != pytest.ExitCode.INTERRUPTED

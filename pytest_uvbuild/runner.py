@@ -320,6 +320,8 @@ class WorkerProcess:
         self._searched = 0
         self._eof = False
         self.ready: dict[str, Any] | None = None
+        #: The files it collects ahead of the outer session (see collect_ahead).
+        self.collecting: frozenset[str] | None = None
         self.configured = False
         self.started = False
         self.started_tests = 0
@@ -420,6 +422,16 @@ class WorkerProcess:
             report_items=report_items,
             no_network=sorted(set(no_network)),
         )
+
+    def collect_ahead(self, files: Sequence[str]) -> None:
+        """Collect ``files`` before the outer session knows which of their tests it needs.
+
+        Every item is kept; the ``run`` commands pick. A node id that is not
+        among them comes back as ``missing``.
+        """
+        self.started = True
+        self.collecting = frozenset(files)
+        self.send("collect", collect=list(files), nodeids=None, report_items=False, no_network=[])
 
     # -- commands ------------------------------------------------------
 
@@ -709,10 +721,24 @@ class Batch:
         if collect is None:
             assert nodeids is not None
             collect = _collection_args(self.runner.config.rootpath, nodeids)
-        worker = self.runner.take_standby(self.key) or self.runner.spawn(self.launch)
-        worker.collect(
-            collect=collect, nodeids=nodeids, report_items=report_items, no_network=self.no_network
-        )
+        worker = self.runner.take_standby(self.key)
+        if (
+            worker is not None
+            and worker.collecting is not None
+            and (nodeids is None or not worker.collecting.issuperset(collect))
+        ):
+            # It collects other files than these tests need: not ours.
+            self.runner.discard(worker)
+            worker = None
+        if worker is None:
+            worker = self.runner.spawn(self.launch)
+        if worker.collecting is None:
+            worker.collect(
+                collect=collect,
+                nodeids=nodeids,
+                report_items=report_items,
+                no_network=self.no_network,
+            )
         self.worker = worker
         self.used_worker = True
         self.queue = deque()
@@ -1107,16 +1133,26 @@ class HermeticRunner:
         self._worker_numbers += 1
         return WorkerProcess(launch, scratch=self.scratch, number=self._worker_numbers)
 
-    def prestart(self, key: object, launch: Launch, initial: Sequence[str]) -> None:
+    def prestart(
+        self, key: object, launch: Launch, initial: Sequence[str], *, collect: Sequence[str] = ()
+    ) -> None:
         """Spawn and configure a worker for ``key`` now, while we go on collecting.
 
         ``initial`` are this session's own arguments: the worker loads the same
-        initial conftests, then waits to learn what to collect.
+        initial conftests, then waits to learn what to collect, or, given
+        ``collect``, collects those files at once (keeping every test).
         """
         if key not in self.standby and key not in self.batches:
             worker = self.spawn(launch)
             worker.configure(initial)
+            if collect:
+                worker.collect_ahead(collect)
             self.standby[key] = worker
+
+    def discard(self, worker: WorkerProcess) -> None:
+        """Stop a worker nobody will use; :meth:`reap` waits for it."""
+        worker.request_stop()
+        self.exiting.append((worker, False))
 
     def take_standby(self, key: object) -> WorkerProcess | None:
         """The pre-spawned worker for ``key``, if any (each is used once)."""

@@ -776,7 +776,7 @@ def test_a_known_hermetic_suite_spawns_its_worker_at_session_start(
     )
     log = uv_pytester.path / "loads.log"
     run(uv_pytester).assert_outcomes(passed=2)
-    assert _hint(uv_pytester) == [True]
+    assert _hint(uv_pytester) == [["test_mixed.py"]]
     assert log.read_text().split() == ["outside", "inside"]
 
     # The hint says "hermetic": the worker starts before collection, then
@@ -793,6 +793,25 @@ def test_a_known_hermetic_suite_spawns_its_worker_at_session_start(
     run(uv_pytester, "-k", "plain").assert_outcomes(passed=1, deselected=1)
     assert log.read_text().split() == ["outside"]
     run(uv_pytester, "-p", "no:cacheprovider").assert_outcomes(passed=2)
+
+
+def test_a_stale_hint_never_loses_a_test(uv_pytester: pytest.Pytester) -> None:
+    """The early worker collects the hinted files; new, moved or deleted files still run."""
+    uv_pytester.makepyfile(
+        test_a="import pytest\n\n@pytest.mark.hermetic\ndef test_a():\n    import toyalpha\n"
+    )
+    run(uv_pytester, "-q").assert_outcomes(passed=1)
+    assert _hint(uv_pytester) == [["test_a.py"]]
+    # A new hermetic file: the worker collecting test_a.py alone is replaced.
+    uv_pytester.makepyfile(
+        test_b="import pytest\n\n@pytest.mark.hermetic\ndef test_b():\n    import toyalpha\n"
+    )
+    run(uv_pytester, "-q").assert_outcomes(passed=2)
+    assert _hint(uv_pytester) == [["test_a.py", "test_b.py"]]
+    # A hinted file is gone: the worker collects what is left.
+    (uv_pytester.path / "test_a.py").unlink()
+    run(uv_pytester, "-q").assert_outcomes(passed=1)
+    assert _hint(uv_pytester) == [["test_b.py"]]
 
 
 def test_collect_only_spawns_no_worker(uv_pytester: pytest.Pytester) -> None:
