@@ -24,45 +24,6 @@ from pytest_uvbuild.project import Selection
 from pytest_uvbuild.request import EnvRequest
 from pytest_uvbuild.uvcli import Uv
 
-
-def logging_uv(
-    directory: Path, *, before_sync: str = "", after_sync: str = ""
-) -> tuple[Path, Path]:
-    """Write a uv wrapper that logs each call's arguments, then runs the real uv.
-
-    ``before_sync``/``after_sync`` are shell lines run around a ``uv sync``
-    (to slow it down, or to stop there). Returns (wrapper, log file).
-    """
-    directory.mkdir(parents=True, exist_ok=True)
-    log = directory / "uv-calls.log"
-    wrapper = directory / "uv"
-    wrapper.write_text(
-        textwrap.dedent(
-            f"""\
-            #!/bin/sh
-            printf '%s\\n' "$*" >> "{log}"
-            if [ "$1" = sync ]; then
-                {before_sync or ":"}
-                "{toys.UV}" "$@" || exit $?
-                {after_sync or ":"}
-                exit 0
-            fi
-            exec "{toys.UV}" "$@"
-            """
-        )
-    )
-    wrapper.chmod(0o755)
-    return wrapper, log
-
-
-def uv_calls(log: Path, command: str | None = None) -> list[str]:
-    """The logged uv calls, optionally only those of one sub-command."""
-    if not log.exists():
-        return []
-    lines = log.read_text().splitlines()
-    return [ln for ln in lines if command is None or ln.split(" ", 1)[0] == command]
-
-
 # -- the key ---------------------------------------------------------------
 
 SELECTION = Selection(groups=("dev",), extras=(), only_groups=False, uv_args=())
@@ -151,7 +112,7 @@ def project(shared: Path, tmp_path: Path) -> Path:
 @pytest.fixture
 def logged(tmp_path: Path) -> tuple[Uv, Path]:
     """A uv that logs every call, and its log."""
-    wrapper, log = logging_uv(tmp_path / "bin")
+    wrapper, log = toys.logging_uv(tmp_path / "bin")
     return Uv(wrapper), log
 
 
@@ -169,14 +130,14 @@ def test_cold_build_then_hit_without_uv(
     first = _make(cache, project)
     assert not first.hit
     assert first.reason == "first build for this project in this cache"
-    assert len(uv_calls(log, "sync")) == 1
+    assert len(toys.uv_calls(log, "sync")) == 1
     assert (first.path / envcache.RECORD_NAME).is_file()
     first.release()
-    before = uv_calls(log)
+    before = toys.uv_calls(log)
     second = _make(EnvCache(tmp_path / "cache", uv), project)
     assert second.hit
     assert second.key == first.key
-    assert uv_calls(log) == before
+    assert toys.uv_calls(log) == before
     second.release()
 
 
@@ -290,10 +251,10 @@ def test_stale_lock_is_caught_on_a_hit_and_on_a_miss(
     # Back in sync: the earlier check result is reused, so the hit asks uv no `lock --check`
     # (the touched pyproject.toml does rebuild the project wheel).
     pyproject.write_text(pyproject.read_text().replace("toyalpha==2.0", "toyalpha==1.0"))
-    checks = uv_calls(log, "lock")
+    checks = toys.uv_calls(log, "lock")
     assert _make(cache, project).hit
-    assert uv_calls(log, "lock") == checks
-    assert len(uv_calls(log, "sync")) == 1
+    assert toys.uv_calls(log, "lock") == checks
+    assert len(toys.uv_calls(log, "sync")) == 1
 
 
 def test_waiting_too_long_for_a_builder_is_a_cache_error(
@@ -433,7 +394,7 @@ def test_editing_the_project_gives_a_new_layer_and_the_same_env(
     )
     assert out.stdout.strip() == "edited"
     assert sorted((p.name, p.stat().st_mtime_ns) for p in first.site_packages.iterdir()) == snapshot
-    assert len(uv_calls(log, "sync")) == 1
+    assert len(toys.uv_calls(log, "sync")) == 1
     second.release()
 
 
@@ -573,7 +534,7 @@ def test_cache_hit_imports_no_packaging_and_runs_no_uv(
     uv, log = logged
     cache_root = tmp_path / "cache"
     _make(EnvCache(cache_root, uv), project).release()
-    calls = uv_calls(log)
+    calls = toys.uv_calls(log)
     script = textwrap.dedent(
         f"""\
         import sys
@@ -594,7 +555,7 @@ def test_cache_hit_imports_no_packaging_and_runs_no_uv(
         env={**os.environ, "PYTEST_UVBUILD_UV": str(uv.binary)},
     )
     assert proc.stdout.strip() == "[]"
-    assert uv_calls(log) == calls
+    assert toys.uv_calls(log) == calls
 
 
 def test_workspace_member_edits_are_never_stale(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -17,16 +18,6 @@ from pytest_uvbuild.interpreters import (
     parse_request,
     resolve_python,
 )
-
-PYENV_VERSIONS = Path(os.environ.get("PYENV_ROOT") or Path.home() / ".pyenv") / "versions"
-
-
-def pyenv_python(minor: str) -> Path:
-    """The real pyenv interpreter for ``3.X``; skip when this machine lacks it."""
-    found = sorted(PYENV_VERSIONS.glob(f"{minor}.*/bin/python{minor}"))
-    if not found:
-        pytest.skip(f"pyenv has no Python {minor} here")
-    return found[-1]
 
 
 def test_parse_request_accepts_versions_specifiers_and_implementations() -> None:
@@ -43,7 +34,9 @@ def test_garbage_request_is_a_clear_error() -> None:
         find_matching("three point twelve", None)
 
 
-def test_version_request_resolves_to_the_real_binary_not_a_shim(tmp_path: Path) -> None:
+def test_version_request_resolves_to_the_real_binary_not_a_shim(
+    tmp_path: Path, pyenv_python: Callable[[str], Path]
+) -> None:
     """A pyenv version request gives the interpreter under versions/, never a shim."""
     real = pyenv_python("3.12")
     interp = find_matching("3.12", tmp_path)
@@ -69,7 +62,7 @@ def test_running_interpreter_matches_without_a_process() -> None:
     assert find_matching(want, None) == current_interpreter()
 
 
-def test_path_request_and_broken_path(tmp_path: Path) -> None:
+def test_path_request_and_broken_path(tmp_path: Path, pyenv_python: Callable[[str], Path]) -> None:
     """A path is inspected as is; a path that is not an interpreter is a clear error."""
     real = pyenv_python("3.12")
     assert find_matching(str(real), tmp_path).version.startswith("3.12.")
@@ -80,7 +73,9 @@ def test_path_request_and_broken_path(tmp_path: Path) -> None:
         find_matching(str(bogus), tmp_path)
 
 
-def test_python_version_file_then_requires_python(tmp_path: Path) -> None:
+def test_python_version_file_then_requires_python(
+    tmp_path: Path, pyenv_python: Callable[[str], Path]
+) -> None:
     """.python-version wins over requires-python, which wins over the running interpreter."""
     pyenv_python("3.12")
     pyenv_python("3.13")
@@ -108,7 +103,9 @@ def test_missing_version_lists_what_was_found(tmp_path: Path) -> None:
     assert "--uv-python-downloads=automatic" in message
 
 
-def test_download_is_asked_only_when_nothing_matches(tmp_path: Path) -> None:
+def test_download_is_asked_only_when_nothing_matches(
+    tmp_path: Path, pyenv_python: Callable[[str], Path]
+) -> None:
     """The opt-in download runs for a missing Python only, and its result must match."""
     asked: list[str] = []
     fallback = pyenv_python("3.12")
@@ -133,7 +130,9 @@ def test_download_is_asked_only_when_nothing_matches(tmp_path: Path) -> None:
     assert asked == ["3.99"]
 
 
-def test_probe_results_are_cached_by_stat(tmp_path: Path) -> None:
+def test_probe_results_are_cached_by_stat(
+    tmp_path: Path, pyenv_python: Callable[[str], Path]
+) -> None:
     """A second inspection of an unchanged binary reads the probe record instead of running it."""
     import json
 
