@@ -8,11 +8,15 @@ environment, and translates uv's exit status and stderr into one clear
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
 import os
 import re
 import shutil
 import signal
 import subprocess
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Final
@@ -23,7 +27,8 @@ from pytest_uvbuild.errors import (
     UvCommandError,
     UvNotFoundError,
 )
-from pytest_uvbuild.probecache import probe
+from pytest_uvbuild.fsutil import write_atomic
+from pytest_uvbuild.probecache import probe, stat_token
 
 __all__ = ["UV_BINARY_ENV", "Uv", "exit_description", "find_uv"]
 
@@ -44,12 +49,13 @@ _STRIPPED_FOR_UV: Final = (
 )
 
 
-def find_uv() -> Path:
+def find_uv(probe_dir: Path | None = None) -> Path:
     """Return the uv binary to use.
 
     ``$PYTEST_UVBUILD_UV`` wins; otherwise the binary that the ``uv`` PyPI
     package installed (found with its own ``find_uv_bin``), and last ``uv``
-    on ``PATH``.
+    on ``PATH``. With a ``probe_dir``, an answer that cannot have changed is
+    read back instead of asked again (see :func:`_remembered_uv`).
     """
     override = os.environ.get(UV_BINARY_ENV)
     if override:
@@ -60,15 +66,22 @@ def find_uv() -> Path:
                 f"Fix: unset {UV_BINARY_ENV} or point it at a uv binary."
             )
         return path
+    remembered = _remembered_uv(probe_dir) if probe_dir is not None else None
+    if remembered is not None:
+        return remembered
     tried: list[str] = []
     try:
         import uv
 
-        return Path(uv.find_uv_bin())
+        found = Path(uv.find_uv_bin())
     except ImportError:
         tried.append("the 'uv' Python package (not installed)")
     except FileNotFoundError as exc:
         tried.append(f"the 'uv' Python package ({str(exc).splitlines()[0]})")
+    else:
+        if probe_dir is not None:
+            _remember_uv(probe_dir, found)
+        return found
     on_path = shutil.which("uv")
     if on_path:
         return Path(on_path)
@@ -78,6 +91,58 @@ def find_uv() -> Path:
         + ", ".join(tried)
         + ". Fix: `pip install uv` into the environment that runs pytest."
     )
+
+
+def _venv_uv() -> str | None:
+    """Where the ``uv`` package puts its binary in the running virtual environment.
+
+    ``uv.find_uv_bin()`` looks there first (a venv's scripts directory is
+    ``<prefix>/bin``), so a binary found there is its answer for as long as
+    that file stays. Outside a venv the order of its candidates depends on
+    the install scheme, and nothing is remembered.
+    """
+    if sys.prefix == sys.base_prefix:
+        return None
+    if sys.platform == "win32":  # pragma: no cover - exercised on Windows only
+        return os.path.join(sys.prefix, "Scripts", "uv.exe")
+    return os.path.join(sys.prefix, "bin", "uv")
+
+
+def _location_record(probe_dir: Path) -> Path:
+    # One record per venv: several venvs may share one env cache.
+    digest = hashlib.sha256(sys.prefix.encode()).hexdigest()[:16]
+    return probe_dir / "probes" / f"uv-location-{digest}.json"
+
+
+def _remembered_uv(probe_dir: Path) -> Path | None:
+    """The uv binary found earlier in this venv, if it is still the very same file.
+
+    ``uv.find_uv_bin()`` costs a few milliseconds of ``sysconfig`` lookups,
+    more than the rest of a cache hit's uv facts; its answer is kept with
+    the binary's stat and trusted while the file is unchanged.
+    """
+    expected = _venv_uv()
+    if expected is None:
+        return None
+    try:
+        data = json.loads(_location_record(probe_dir).read_text(encoding="utf-8"))
+        if not isinstance(data, dict) or data.get("binary") != expected:
+            return None
+        if data.get("token") != stat_token(Path(expected)):
+            return None
+    except (OSError, ValueError):
+        return None
+    return Path(expected)
+
+
+def _remember_uv(probe_dir: Path, found: Path) -> None:
+    if str(found) != _venv_uv():
+        return
+    # An unwritable cache only costs speed here; the env cache itself
+    # reports unwritable directories with a proper error.
+    with contextlib.suppress(OSError):
+        record = {"binary": str(found), "token": stat_token(found)}
+        write_atomic(_location_record(probe_dir), json.dumps(record).encode())
 
 
 def _uv_environ(extra: Mapping[str, str] | None) -> dict[str, str]:
@@ -215,9 +280,9 @@ class Uv:
         self.binary = binary
 
     @classmethod
-    def locate(cls) -> Uv:
+    def locate(cls, probe_dir: Path | None = None) -> Uv:
         """Find the uv binary (see :func:`find_uv`)."""
-        return cls(find_uv())
+        return cls(find_uv(probe_dir))
 
     def version(self, probe_dir: Path | None = None) -> str:
         """Return uv's version string, e.g. ``"0.13.9"``; cached by the binary's stat."""
