@@ -20,14 +20,14 @@ readable ``audit.md``.
 from __future__ import annotations
 
 import json
-import os
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
+from pytest_uvbuild.distinfo import dist_infos, parse_headers
 from pytest_uvbuild.errors import UvBuildError
+from pytest_uvbuild.project import canonicalize_name
 
 if TYPE_CHECKING:
     # The lock graph is walked only when a record is built; a warm session
@@ -78,24 +78,6 @@ class InstalledDist:
     path: Path
 
 
-_NAME_SEPARATORS: Final = re.compile(r"[-_.]+")
-
-
-def _canonical_name(name: str) -> str:
-    """PEP 503 normalisation (as ``packaging.utils.canonicalize_name``, without the import).
-
-    Every session scans dist-info names; importing packaging for this alone
-    would cost a warm session more than the scan itself.
-    """
-    return _NAME_SEPARATORS.sub("-", name).lower()
-
-
-def _parse_headers(fh: Any) -> Any:
-    from email.parser import HeaderParser  # only on the cold path
-
-    return HeaderParser().parse(fh)
-
-
 def _source_kind(label: str) -> str:
     """The kind part of a lock source label (``registry``, ``git``, ``editable``...)."""
     return label.split("+", 1)[0]
@@ -118,45 +100,18 @@ def _direct_url_kind(dist_info: Path) -> tuple[str, str | None]:
     return "url", None
 
 
-def _metadata_name_version(dist_info: Path) -> tuple[str, str] | None:
-    try:
-        with (dist_info / "METADATA").open(encoding="utf-8", errors="replace") as fh:
-            headers = _parse_headers(fh)
-    except OSError:
-        return None
-    name, version = headers.get("Name"), headers.get("Version")
-    return (str(name), str(version)) if name and version else None
-
-
 def scan_installed(paths: Iterable[Path]) -> dict[str, InstalledDist]:
     """Find the distributions installed in ``paths``; the first path holding a name wins.
 
-    Names and versions come from the ``*.dist-info`` directory names (the
-    wheel spec makes them exact), which is fast enough for every session;
-    odd names fall back to reading ``METADATA``.
+    Names and versions come from the ``*.dist-info`` directory names (see
+    :mod:`~pytest_uvbuild.distinfo`), which is fast enough for every session.
     """
     found: dict[str, InstalledDist] = {}
-    for base in paths:
-        try:
-            entries = sorted(os.listdir(base))
-        except OSError:
+    for key, version, dist_info in dist_infos(paths):
+        if key in found:
             continue
-        for entry in entries:
-            if not entry.endswith(".dist-info"):
-                continue
-            dist_info = Path(base) / entry
-            stem = entry[: -len(".dist-info")]
-            name, _, version = stem.rpartition("-")
-            if not name or not version:
-                parsed = _metadata_name_version(dist_info)
-                if parsed is None:
-                    continue
-                name, version = parsed
-            key = _canonical_name(name)
-            if key in found:
-                continue
-            kind, commit = _direct_url_kind(dist_info)
-            found[key] = InstalledDist(key, version, kind, commit, dist_info)
+        kind, commit = _direct_url_kind(dist_info)
+        found[key] = InstalledDist(key, version, kind, commit, dist_info)
     return found
 
 
@@ -169,7 +124,7 @@ def read_license(dist_info: Path) -> tuple[str, str] | None:
     """
     try:
         with (dist_info / "METADATA").open(encoding="utf-8", errors="replace") as fh:
-            headers = _parse_headers(fh)
+            headers = parse_headers(fh)
     except OSError:
         return None
     expression = headers.get("License-Expression")
@@ -237,7 +192,7 @@ def lock_packages(
     for ref, entry in selected.items():
         package = entry.package
         kind = _source_kind(package.source)
-        is_root = project is not None and package.name == _canonical_name(project)
+        is_root = project is not None and package.name == canonicalize_name(project)
         expected: bool | None = entry.in_env
         if kind == "virtual":
             expected = False  # a virtual project is never installed
@@ -361,7 +316,7 @@ def _packages_view(
     for row in rows:
         if row.get("root"):
             continue
-        name = _canonical_name(str(row["name"]))
+        name = canonicalize_name(str(row["name"]))
         versions.setdefault(name, set()).add(str(row.get("version")))
         sources.setdefault(name, set()).add(str(row.get("source")))
     return {n: (tuple(sorted(versions[n])), tuple(sorted(sources[n]))) for n in sorted(versions)}
