@@ -41,8 +41,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
-from filelock import FileLock
-
 from pytest_uvbuild import __version__
 from pytest_uvbuild.audit import (
     AUDIT_SCHEMA,
@@ -61,7 +59,7 @@ from pytest_uvbuild.audit import (
     verdict,
 )
 from pytest_uvbuild.errors import UvBuildError
-from pytest_uvbuild.fsutil import remove_tree, write_atomic
+from pytest_uvbuild.fsutil import hold_lock, remove_tree, write_atomic
 
 if TYPE_CHECKING:
     import pytest
@@ -776,10 +774,13 @@ def record_session(
             return _audit_only(env, uv, plan, baseline, gate, verify, offline, started)
         record_dir = builds_root / plan.build_id
         try:
-            with FileLock(str(builds_root / ".locks" / f"{plan.build_id}.lock")):
+            lock = hold_lock(builds_root / ".locks" / f"{plan.build_id}.lock", wait=True)
+            try:
                 return _write_record(
                     env, uv, plan, record_dir, baseline, gate, verify, offline, run, started
                 )
+            finally:
+                lock.release()
         except RecordError:
             raise
         except OSError as exc:
