@@ -31,6 +31,7 @@ import errno
 import hashlib
 import json
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -40,19 +41,17 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
-from filelock import FileLock, Timeout
-
+from pytest_uvbuild.distinfo import installed_versions
 from pytest_uvbuild.errors import CacheError, UvBuildError
-from pytest_uvbuild.fsutil import remove_tree, write_atomic
+from pytest_uvbuild.fsutil import HeldLock, hold_lock, remove_tree, write_atomic
 from pytest_uvbuild.integrity import missing_top_level, top_level, verify_site
 from pytest_uvbuild.interpreters import Interpreter, resolve_python
 from pytest_uvbuild.project import (
     LocalSource,
     Selection,
     UvProject,
-    canonicalize_name,
     find_project,
     import_root,
     local_sources_from_export,
@@ -62,12 +61,18 @@ from pytest_uvbuild.project import (
 from pytest_uvbuild.request import EnvRequest, InstallMode
 from pytest_uvbuild.uvcli import Uv
 
+if TYPE_CHECKING:
+    # filelock costs about as much to import as the rest of a cache hit; only
+    # a build (which may wait for another builder) takes its locks with it.
+    from filelock import BaseFileLock
+
 __all__ = [
     "CACHE_DIR_ENV",
     "FORMAT_VERSION",
     "CacheEntry",
     "EnvCache",
     "EnvRequest",
+    "ResolvedRequest",
     "UvEnv",
     "VerifyResult",
     "default_cache_dir",
@@ -130,7 +135,7 @@ class UvEnv:
     hit: bool = True
     reason: str = ""
     seconds: float = 0.0
-    _lease: FileLock | None = field(default=None, repr=False)
+    _lease: HeldLock | None = field(default=None, repr=False)
 
     @property
     def bin_dir(self) -> Path:
@@ -149,30 +154,16 @@ class UvEnv:
 
     @cached_property
     def packages(self) -> dict[str, str]:
-        """Normalised distribution name to version, as installed (the project layer wins)."""
-        from importlib.metadata import distributions
+        """Normalised distribution name to version, as installed (the project layer wins).
 
-        found: dict[str, str] = {}
-        for dist in distributions(path=[*map(str, self.layer), str(self.site_packages)]):
-            name = dist.metadata["Name"]
-            if name:
-                found.setdefault(canonicalize_name(name), dist.version)
-        return dict(sorted(found.items()))
+        Read from the ``*.dist-info`` directory names, which the wheel spec
+        makes ``{name}-{version}`` (see :mod:`~pytest_uvbuild.distinfo`).
+        """
+        return installed_versions([*self.layer, self.site_packages])
 
     def package_count(self) -> int:
-        """How many distributions are installed, counted without reading their metadata.
-
-        Reading every METADATA file (what :attr:`packages` does) costs
-        milliseconds per hundred packages; the terminal summary only needs
-        the number.
-        """
-        names: set[str] = set()
-        for directory in (*self.layer, self.site_packages):
-            with contextlib.suppress(OSError), os.scandir(directory) as entries:
-                for entry in entries:
-                    if entry.name.endswith(".dist-info"):
-                        names.add(canonicalize_name(entry.name.split("-", 1)[0]))
-        return len(names)
+        """How many distributions are installed (for the terminal summary)."""
+        return len(self.packages)
 
     def environ(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
         """Return ``os.environ`` adjusted so that commands resolve into this env."""
@@ -278,6 +269,26 @@ def _drop_world_write(*directories: Path) -> None:
                 mode = entry.stat(follow_symlinks=False).st_mode
                 if not stat.S_ISLNK(mode) and mode & stat.S_IWOTH:
                     os.chmod(entry.path, stat.S_IMODE(mode) & ~stat.S_IWOTH)
+
+
+def _write_layer_record(layer: Path, plan: _LayerPlan, copied_from: str | None = None) -> None:
+    """Write ``layer.json``, which makes the layer complete: what is in it and for which env."""
+    record: dict[str, Any] = {
+        "key": plan.key,
+        "sources": [str(s.path(plan.root)) for s in plan.to_install],
+        "entries": top_level(layer / "site"),
+    }
+    if copied_from is not None:
+        record["copied_from"] = copied_from
+    write_atomic(layer / LAYER_RECORD_NAME, json.dumps(record).encode())
+
+
+def _link_or_copy(source: str, target: str) -> None:
+    """Hard-link a file of a finished layer (it is never written again); copy across devices."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
 
 
 def _layer_intact(layer: Path) -> bool:
@@ -413,7 +424,13 @@ def _differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
 
 @dataclass(frozen=True)
 class _LayerPlan:
-    """What goes next to an env for one checkout: import roots and packages to install."""
+    """What goes next to an env for one checkout: import roots and packages to install.
+
+    The digest addresses what decides the layer's files: the local packages'
+    sources (names, sizes and mtimes), the interpreter and uv. It leaves the
+    lock out, since a wheel is built from the working tree alone; that is how
+    a new lock with unchanged sources reuses the layer of the previous env.
+    """
 
     root: Path
     key: str
@@ -429,6 +446,7 @@ class _LayerPlan:
         install_mode: InstallMode,
         only_groups: bool,
         sources: Sequence[LocalSource],
+        inputs: Mapping[str, Any],
     ) -> _LayerPlan:
         """Split the selected local packages by install mode and fingerprint what is installed."""
         root = project.root
@@ -452,7 +470,15 @@ class _LayerPlan:
             and not only_groups
         ):
             import_roots.insert(0, import_root(root, project.pyproject))
-        digest = fingerprint_sources(root, to_install, {root: project.pyproject})
+        fingerprint = fingerprint_sources(root, to_install, {root: project.pyproject})
+        addressed = {
+            "format": FORMAT_VERSION,
+            "python": inputs.get("python"),
+            "uv": inputs.get("uv"),
+            "sources": fingerprint,
+        }
+        blob = json.dumps(addressed, sort_keys=True, separators=(",", ":")).encode()
+        digest = hashlib.sha256(blob).hexdigest()[:16]
         return cls(root, key, tuple(dict.fromkeys(import_roots)), tuple(to_install), digest)
 
     def layer_dir(self, cache_root: Path) -> Path | None:
@@ -460,6 +486,20 @@ class _LayerPlan:
         if not self.to_install:
             return None
         return cache_root / "layers" / f"{self.key}-{self.digest}"
+
+    def names(self) -> str:
+        """The installed packages' names, for messages."""
+        return ", ".join(s.name for s in self.to_install)
+
+
+class ResolvedRequest(NamedTuple):
+    """What an env request comes to: project, selection, interpreter, the key and its inputs."""
+
+    project: UvProject
+    selection: Selection
+    interpreter: Interpreter
+    key: str
+    inputs: dict[str, Any]
 
 
 class EnvCache:
@@ -473,7 +513,7 @@ class EnvCache:
     def uv(self) -> Uv:
         """The uv binary, located on first use."""
         if self._uv is None:
-            self._uv = Uv.locate()
+            self._uv = Uv.locate(self.probe_dir)
         return self._uv
 
     @property
@@ -526,9 +566,7 @@ class EnvCache:
 
     # -- key ---------------------------------------------------------------
 
-    def resolve(
-        self, request: EnvRequest, start_dir: Path
-    ) -> tuple[UvProject, Selection, Interpreter, str, dict[str, Any]]:
+    def resolve(self, request: EnvRequest, start_dir: Path) -> ResolvedRequest:
         """Find the project and interpreter for ``request`` and compute the env key."""
         project = find_project(start_dir, request.project_dir)
         selection = project.select(
@@ -560,7 +598,7 @@ class EnvCache:
             install_mode=mode,
             uv_version=self.uv.version(self.probe_dir),
         )
-        return project, selection, interpreter, key, inputs
+        return ResolvedRequest(project, selection, interpreter, key, inputs)
 
     # -- materialise -------------------------------------------------------
 
@@ -595,11 +633,22 @@ class EnvCache:
                 return None, f"the cached env is damaged ({shown} gone from site-packages)"
         return record, ""
 
-    def _lock(self, key: str) -> FileLock:
-        return FileLock(str(self.root / "locks" / f"{key}.lock"))
+    def _lock(self, name: str) -> BaseFileLock:
+        """The build lock ``locks/<name>.lock`` (an env key, or ``layer-<layer>``)."""
+        from filelock import FileLock
 
-    def _acquire(self, lock: FileLock, what: str, announce: Callable[[str], None] | None) -> None:
+        return FileLock(str(self.root / "locks" / f"{name}.lock"))
+
+    def _try_lock(self, name: str) -> HeldLock | None:
+        """Take ``locks/<name>.lock`` now, or ``None`` if a builder holds it (prune never waits)."""
+        return hold_lock(self.root / "locks" / f"{name}.lock")
+
+    def _acquire(
+        self, lock: BaseFileLock, what: str, announce: Callable[[str], None] | None
+    ) -> None:
         """Take a build lock, waiting up to ``BUILD_WAIT_SECONDS`` for another builder."""
+        from filelock import Timeout
+
         try:
             lock.acquire(timeout=0)
             return
@@ -618,15 +667,21 @@ class EnvCache:
                 "and try again, or use a separate cache with --uv-cache-dir=DIR."
             ) from None
 
-    def _take_lease(self, key: str) -> FileLock:
+    def _take_lease(self, key: str) -> HeldLock:
         leases = self.root / "leases" / key
         try:
-            leases.mkdir(parents=True, exist_ok=True)
-            lease = FileLock(str(leases / f"{os.getpid()}-{time.monotonic_ns()}.lock"))
-            lease.acquire(timeout=0)
+            while True:
+                leases.mkdir(parents=True, exist_ok=True)
+                try:
+                    lease = hold_lock(leases / f"{os.getpid()}-{time.monotonic_ns()}.lock")
+                except FileNotFoundError:
+                    continue  # the directory was removed as empty just now: make it again
+                if lease is not None:
+                    return lease
+                # `cache prune` holds this brand-new file for a moment (it takes
+                # every lease it can, to clear those of dead sessions): use a new name.
         except OSError as exc:
             raise self._not_writable(exc) from None
-        return lease
 
     def materialise(
         self,
@@ -642,19 +697,64 @@ class EnvCache:
         that ``cache prune`` leaves it alone while it is in use.
         """
         started = time.perf_counter()
-        project, selection, interpreter, key, inputs = self.resolve(request, start_dir)
+        resolved = self.resolve(request, start_dir)
+        env = None if rebuild else self._reuse(resolved, request, announce)
+        if env is None:
+            env = self._build_or_wait(resolved, request, rebuild, announce)
+        env.seconds = time.perf_counter() - started
+        return env
+
+    def _reuse(
+        self,
+        resolved: ResolvedRequest,
+        request: EnvRequest,
+        announce: Callable[[str], None] | None,
+    ) -> UvEnv | None:
+        """The cache hit: a trusted env, leased without taking the build lock; else ``None``.
+
+        The lease is taken before the record is read. Whatever removes or
+        replaces an env withdraws its record first and looks for leases after
+        (see :meth:`_withdraw`): either it sees this lease and keeps the env,
+        or this session finds no record and builds (or waits) under the lock.
+        """
+        key = resolved.key
+        if not os.path.exists(self.env_dir(key) / RECORD_NAME):
+            return None
+        lease = self._take_lease(key)
+        try:
+            record, _ = self._read_record(key)
+            if record is None:
+                _release_lease(lease)
+                with contextlib.suppress(OSError):
+                    os.rmdir(self.root / "leases" / key)  # leave leases/ as it was
+                return None
+            self._check_lock_fresh(resolved.project, resolved.interpreter, record, request)
+        except BaseException:
+            _release_lease(lease)
+            raise
+        return self._ready(resolved, record, request, lease, True, "", announce)
+
+    def _build_or_wait(
+        self,
+        resolved: ResolvedRequest,
+        request: EnvRequest,
+        rebuild: bool,
+        announce: Callable[[str], None] | None,
+    ) -> UvEnv:
+        """Under the env's build lock: reuse what another process built meanwhile, or build."""
+        project, selection, interpreter, key, inputs = resolved
         lock = self._lock(key)
         self._acquire(lock, f"env {key}", announce)
         try:
-            if rebuild and self._lease_in_use(key):
-                # Rebuilding deletes the env first: a session using it would
-                # lose its interpreter and packages mid-run.
-                raise CacheError(
-                    f"--uv-rebuild would replace env {key} while another running session "
-                    "uses it. Fix: let that pytest run end, then rerun with --uv-rebuild "
-                    "(`python -m pytest_uvbuild cache list` marks envs in use)."
-                )
             if rebuild:
+                if not self._withdraw(key):
+                    # Rebuilding deletes the env first: a session using it would
+                    # lose its interpreter and packages mid-run.
+                    raise CacheError(
+                        f"--uv-rebuild would replace env {key} while another running session "
+                        "uses it. Fix: let that pytest run end, then rerun with --uv-rebuild "
+                        "(`python -m pytest_uvbuild cache list` marks envs in use)."
+                    )
                 record, reason = None, "--uv-rebuild was given"
             else:
                 record, reason = self._read_record(key)
@@ -667,9 +767,7 @@ class EnvCache:
                         f"{selection.describe()}, install {inputs['install_mode']}: {reason}"
                     )
                 with self._writing():
-                    record = self._build(
-                        project, selection, interpreter, key, inputs, request, rebuild=rebuild
-                    )
+                    record = self._build(resolved, request, rebuild=rebuild)
             else:
                 self._check_lock_fresh(project, interpreter, record, request)
             # Taken last, still under the lock (so prune cannot slip in): a
@@ -677,6 +775,20 @@ class EnvCache:
             lease = self._take_lease(key)
         finally:
             lock.release()
+        return self._ready(resolved, record, request, lease, hit, reason, announce)
+
+    def _ready(
+        self,
+        resolved: ResolvedRequest,
+        record: Mapping[str, Any],
+        request: EnvRequest,
+        lease: HeldLock,
+        hit: bool,
+        reason: str,
+        announce: Callable[[str], None] | None,
+    ) -> UvEnv:
+        """The env for a trusted record (the caller's lease passes to it), with its layer."""
+        project, selection, interpreter, key, inputs = resolved
         try:
             sources = tuple(LocalSource.from_json(s) for s in record.get("local_sources", []))
             env = UvEnv(
@@ -692,9 +804,13 @@ class EnvCache:
                 reason=reason,
                 _lease=lease,
             )
+            if isinstance(record.get("site_packages"), str):
+                env.site_packages = env.path / record["site_packages"]
             with contextlib.suppress(OSError):
                 os.utime(self.env_dir(key) / RECORD_NAME)
-            plan = _LayerPlan.make(project, key, env.install_mode, selection.only_groups, sources)
+            plan = _LayerPlan.make(
+                project, key, env.install_mode, selection.only_groups, sources, inputs
+            )
             # A cold build made the layer alongside the env and already said
             # so; the layer is announced on its own only when it alone is built.
             with self._writing():
@@ -704,8 +820,29 @@ class EnvCache:
         except BaseException:
             _release_lease(lease)
             raise
-        env.seconds = time.perf_counter() - started
         return env
+
+    def _withdraw(self, key: str) -> bool:
+        """Take the env's completion record away, unless a running session holds a lease on it.
+
+        Called under the build lock before an env is removed or rebuilt. A
+        cache hit takes its lease without that lock and reads the record
+        after, so leases are looked at again once the record is gone: a
+        session that leased the env in between may have read the record, and
+        then the record goes back and the env stays.
+        """
+        if self._lease_in_use(key):
+            return False
+        record = self.env_dir(key) / RECORD_NAME
+        try:
+            saved = record.read_bytes()
+        except OSError:
+            return True  # nothing that a session could trust
+        record.unlink(missing_ok=True)
+        if self._lease_in_use(key):
+            write_atomic(record, saved)
+            return False
+        return True
 
     # -- is the lock still in sync with pyproject.toml? --------------------
 
@@ -769,85 +906,119 @@ class EnvCache:
             return "the env for this key was removed from the cache"
         return "; ".join(said)
 
+    def _guess_sources(self, project: UvProject, selection: Selection) -> tuple[LocalSource, ...]:
+        """The local packages to build while ``uv export`` works out the real list.
+
+        That is what the last build of this checkout installed, else the
+        project itself. A guess that turns out wrong costs the time of the
+        build it started, never correctness: the real list decides.
+        """
+        try:
+            last = json.loads(self._project_record(project).read_text(encoding="utf-8"))
+            return tuple(LocalSource.from_json(s) for s in last["local_sources"])
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        if selection.only_groups or not project.is_package or project.name is None:
+            return ()
+        return (LocalSource(project.name, ".", "editable"),)
+
     # -- building ----------------------------------------------------------
 
     def _build(
-        self,
-        project: UvProject,
-        selection: Selection,
-        interpreter: Interpreter,
-        key: str,
-        inputs: dict[str, Any],
-        request: EnvRequest,
-        *,
-        rebuild: bool = False,
+        self, resolved: ResolvedRequest, request: EnvRequest, *, rebuild: bool = False
     ) -> dict[str, Any]:
-        env_dir = self.env_dir(key)
-        python_args = ["--python", str(interpreter.path)]
-        # `uv sync --locked` creates the env dir before it notices a stale
-        # lock, so `uv export --locked` goes first: it fails on a stale,
-        # missing or malformed lock without creating anything, and it says
-        # which local packages this selection installs.
-        exported = self.uv.run(
-            [
-                "export",
-                "--locked",
-                "--format",
-                "requirements-txt",
-                "--no-hashes",
-                "--no-header",
-                "--no-annotate",
-                "--quiet",
-                *python_args,
-                *selection.uv_args,
-                *_offline(request),
-            ],
-            what="`uv export --locked`",
-            cwd=project.root,
-        )
-        lock = read_lock(project)
-        sources = local_sources_from_export(
-            exported.stdout, project, lock, interpreter.marker_environment()
-        )
-        lock_dirs = lock_local_dirs(lock)
-        plan = _LayerPlan.make(project, key, inputs["install_mode"], selection.only_groups, sources)
-        remove_tree(env_dir)
-        began = time.perf_counter()
-        # The project layer needs only the base interpreter, not the env, so
-        # it is built while uv syncs the dependencies (two cores, half the wait).
+        """Build the env in place under its lock; the completion record is written last.
+
+        Three things run at once, since none needs another's result: ``uv
+        export --locked`` (it checks the lock and says which local packages
+        the selection installs), ``uv sync --locked --no-install-local`` into
+        the env dir, and the project layer of the local packages the last
+        build installed. If the lock is stale, missing or malformed, both uv
+        commands fail; the export's error is raised, and the env dir (which
+        ``uv sync`` creates before it fails) and any layer made here are
+        removed, so a failed build leaves the cache as it was.
+        """
         from concurrent.futures import ThreadPoolExecutor
 
-        layer_dir = plan.layer_dir(self.root)
-        new_layer = layer_dir is not None and not (layer_dir / LAYER_RECORD_NAME).is_file()
-        with ThreadPoolExecutor(max_workers=1) as pool:
+        project, selection, interpreter, key, inputs = resolved
+        env_dir = self.env_dir(key)
+        python_args = ["--python", str(interpreter.path)]
+        mode: InstallMode = inputs["install_mode"]
+        guess = _LayerPlan.make(
+            project,
+            key,
+            mode,
+            selection.only_groups,
+            self._guess_sources(project, selection),
+            inputs,
+        )
+        guess_dir = guess.layer_dir(self.root)
+        guess_is_new = guess_dir is not None and (rebuild or not _layer_intact(guess_dir))
+        remove_tree(env_dir)
+        began = time.perf_counter()
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            sync_job = pool.submit(
+                self.uv.run,
+                [
+                    "sync",
+                    "--locked",
+                    "--no-install-local",
+                    *python_args,
+                    *selection.uv_args,
+                    *_offline(request),
+                ],
+                what="`uv sync --locked`",
+                cwd=project.root,
+                env={"UV_PROJECT_ENVIRONMENT": str(env_dir)},
+            )
             layer_job = pool.submit(
-                self._ensure_layer, plan, interpreter, request, None, rebuild=rebuild
+                self._ensure_layer, guess, interpreter, request, None, rebuild=rebuild
             )
             try:
-                self.uv.run(
+                exported = self.uv.run(
                     [
-                        "sync",
+                        "export",
                         "--locked",
-                        "--no-install-local",
+                        "--format",
+                        "requirements-txt",
+                        "--no-hashes",
+                        "--no-header",
+                        "--no-annotate",
+                        "--quiet",
                         *python_args,
                         *selection.uv_args,
                         *_offline(request),
                     ],
-                    what="`uv sync --locked`",
+                    what="`uv export --locked`",
                     cwd=project.root,
-                    env={"UV_PROJECT_ENVIRONMENT": str(env_dir)},
                 )
+                lock = read_lock(project)
+                sources = local_sources_from_export(
+                    exported.stdout, project, lock, interpreter.marker_environment()
+                )
+                sync_job.result()
+                layer_job.result()
             except BaseException:
-                # Leave nothing that looks like an env behind; a later session
-                # would rebuild anyway, but a failed build should not cost disk.
+                # Wait for every uv started here, then remove what they made.
+                for job in (sync_job, layer_job):
+                    with contextlib.suppress(Exception):
+                        job.result()
                 remove_tree(env_dir)
-                with contextlib.suppress(Exception):
-                    layer_job.result()
-                if new_layer and layer_dir is not None:
-                    # A failed build leaves the cache as it was.
-                    remove_tree(layer_dir)
+                if guess_is_new and guess_dir is not None:
+                    remove_tree(guess_dir)
                 raise
-            layer_job.result()
+        lock_dirs = lock_local_dirs(lock)
+        plan = _LayerPlan.make(project, key, mode, selection.only_groups, sources, inputs)
+        if plan.layer_dir(self.root) != guess_dir:
+            # The guess missed (a path dependency was added, say): its layer
+            # is of no use to anyone, and the right one is made now.
+            if guess_is_new and guess_dir is not None:
+                remove_tree(guess_dir)
+            try:
+                self._ensure_layer(plan, interpreter, request, None, rebuild=rebuild)
+            except BaseException:
+                remove_tree(env_dir)
+                raise
         python = env_dir / ("Scripts/python.exe" if sys.platform == "win32" else "bin/python")
         site = _find_site_packages(env_dir)
         if not python.exists() or site is None:
@@ -879,10 +1050,13 @@ class EnvCache:
             raise
         with contextlib.suppress(OSError):
             (self.root / "checks" / self._freshness_token(project, lock_dirs, inputs["uv"])).touch()
-            write_atomic(
-                self._project_record(project),
-                json.dumps({"root": str(project.root), "key": key, "inputs": inputs}).encode(),
-            )
+            last = {
+                "root": str(project.root),
+                "key": key,
+                "inputs": inputs,
+                "local_sources": record["local_sources"],
+            }
+            write_atomic(self._project_record(project), json.dumps(last).encode())
         return record
 
     # -- the project layer -------------------------------------------------
@@ -896,35 +1070,91 @@ class EnvCache:
         *,
         rebuild: bool = False,
     ) -> tuple[Path, ...]:
-        """Return the layer's path entries, building its wheels first if they are missing.
+        """Return the layer's path entries, making its files first if they are missing.
 
         ``wheel`` builds each local package as a wheel of the working tree and
         installs them into ``layers/<key>-<digest>/site``; ``source`` puts
         their import roots on the path instead. Wheels or sdists on disk are
         installed into the layer in every mode. The digest covers every
-        source file, so an edit always yields a fresh layer.
+        source file, so an edit always yields a fresh layer. When another
+        env already has a layer with the same digest (the same sources,
+        interpreter and uv, another lock), its files are hard-linked instead
+        of built again.
         """
         layer = plan.layer_dir(self.root)
         if layer is None:
             return plan.import_roots
         if rebuild or not _layer_intact(layer):
-            layer_lock = FileLock(str(self.root / "locks" / f"layer-{layer.name}.lock"))
+            layer_lock = self._lock(f"layer-{layer.name}")
             self._acquire(layer_lock, f"project layer {layer.name}", announce)
             try:
                 if rebuild or not _layer_intact(layer):
-                    if announce:
-                        names = ", ".join(s.name for s in plan.to_install)
-                        why = "it is damaged" if layer.exists() else "local sources changed"
+                    why = "it is damaged" if layer.exists() else "local sources changed"
+                    donor = None if rebuild else self._layer_donor(plan, layer)
+                    copied = donor is not None and self._copy_layer(donor, layer, plan)
+                    if announce and copied:
+                        assert donor is not None
                         announce(
-                            f"building project layer {plan.digest} of env {plan.key} ({names}): "
-                            + why
+                            f"linking project layer {plan.digest} of env {plan.key} "
+                            f"({plan.names()}) from env {donor.name.split('-')[0]}: {why}"
                         )
-                    self._build_layer(plan, layer, interpreter, request)
+                    elif announce:
+                        announce(
+                            f"building project layer {plan.digest} of env {plan.key} "
+                            f"({plan.names()}): {why}"
+                        )
+                    if not copied:
+                        self._build_layer(plan, layer, interpreter, request)
             finally:
                 layer_lock.release()
         with contextlib.suppress(OSError):
             os.utime(layer / LAYER_RECORD_NAME)
         return (*plan.import_roots, layer / "site")
+
+    def _layer_donor(self, plan: _LayerPlan, layer: Path) -> Path | None:
+        """Another env's complete layer with the same digest, if there is one."""
+        suffix = f"-{plan.digest}"
+        try:
+            names = sorted(os.listdir(layer.parent))
+        except OSError:
+            return None
+        for name in names:
+            if name.endswith(suffix) and name != layer.name and not name.startswith("."):
+                candidate = layer.parent / name
+                if _layer_intact(candidate):
+                    return candidate
+        return None
+
+    def _copy_layer(self, donor: Path, layer: Path, plan: _LayerPlan) -> bool:
+        """Hard-link ``donor``'s files into ``layer``; ``False`` if the donor is busy or gone.
+
+        The donor's layer lock is held meanwhile, so that nobody removes or
+        rebuilds it half-way through; files that cannot be linked (another
+        filesystem) are copied.
+        """
+        held = self._try_lock(f"layer-{donor.name}")
+        if held is None:
+            return False
+        try:
+            if not _layer_intact(donor):
+                return False
+            try:
+                staging = Path(tempfile.mkdtemp(prefix=f".{layer.name}.", dir=layer.parent))
+            except OSError as exc:
+                raise self._not_writable(exc) from None
+            try:
+                shutil.copytree(
+                    donor / "site", staging / "site", symlinks=True, copy_function=_link_or_copy
+                )
+                _write_layer_record(staging, plan, copied_from=donor.name)
+                remove_tree(layer)
+                os.replace(staging, layer)
+            except BaseException:
+                remove_tree(staging)
+                raise
+        finally:
+            held.release()
+        return True
 
     def _build_layer(
         self, plan: _LayerPlan, layer: Path, interpreter: Interpreter, request: EnvRequest
@@ -976,16 +1206,7 @@ class EnvCache:
             )
             remove_tree(wheels)
             _drop_world_write(staging / "site")
-            write_atomic(
-                staging / LAYER_RECORD_NAME,
-                json.dumps(
-                    {
-                        "key": plan.key,
-                        "sources": [str(s.path(plan.root)) for s in plan.to_install],
-                        "entries": top_level(staging / "site"),
-                    }
-                ).encode(),
-            )
+            _write_layer_record(staging, plan)
             remove_tree(layer)
             os.replace(staging, layer)
         except BaseException:
@@ -1003,17 +1224,15 @@ class EnvCache:
             return False
         busy = False
         for name in names:
-            lease = FileLock(str(leases / name))
             try:
-                lease.acquire(timeout=0)
-            except Timeout:
-                busy = True
+                lease = hold_lock(leases / name)
             except OSError:
                 continue
+            if lease is None:
+                busy = True
             else:
                 # Its session ended without releasing it (killed): clean up.
-                lease.release()
-                (leases / name).unlink(missing_ok=True)
+                lease.release(unlink=True)
         return busy
 
     def entries(self) -> list[CacheEntry]:
@@ -1066,21 +1285,18 @@ class EnvCache:
                 or (older_than is not None and now - entry.last_used >= older_than)
                 or not entry.complete
             )
-            lock = self._lock(entry.key)
-            try:
-                lock.acquire(timeout=0)
-            except Timeout:
+            lock = self._try_lock(entry.key)
+            if lock is None:
                 if stale:
                     busy.append(entry)
                 continue
             try:
-                if self._lease_in_use(entry.key):
-                    if stale:
-                        busy.append(entry)
-                    continue
                 if stale:
-                    self._remove_env(entry.key)
-                    removed.append(entry)
+                    if self._withdraw(entry.key):
+                        self._remove_env(entry.key)
+                        removed.append(entry)
+                    else:
+                        busy.append(entry)
                 elif older_than is not None:
                     self._prune_layers(entry.key, now - older_than)
             finally:
@@ -1100,10 +1316,8 @@ class EnvCache:
         for entry in self.entries():
             if not entry.complete:
                 continue
-            lock = self._lock(entry.key)
-            try:
-                lock.acquire(timeout=0)
-            except Timeout:
+            lock = self._try_lock(entry.key)
+            if lock is None:
                 results.append(VerifyResult(entry.key, True, (), ()))
                 continue
             try:
@@ -1129,13 +1343,48 @@ class EnvCache:
         return VerifyResult(key, False, tuple(problems), tuple(damaged_layers), tuple(changed))
 
     def _prune_layers(self, key: str, cutoff: float) -> None:
+        """Remove the env's layers unused since ``cutoff``, while no session leases the env.
+
+        As for envs (see :meth:`_withdraw`), a layer loses its ``layer.json``
+        before leases are looked at again: a session that leased the env in
+        between may be about to use the layer, which then stays.
+        """
+        if self._lease_in_use(key):
+            return
         for layer in (self.root / "layers").glob(f"{key}-*"):
+            record = layer / LAYER_RECORD_NAME
             try:
-                used = (layer / LAYER_RECORD_NAME).stat().st_mtime
+                used = record.stat().st_mtime
             except OSError:
                 used = 0.0
-            if used < cutoff:
+            if used >= cutoff:
+                continue
+            held = self._try_lock(f"layer-{layer.name}")
+            if held is None:
+                continue  # being built right now
+            try:
+                try:
+                    saved: bytes | None = record.read_bytes()
+                except OSError:
+                    saved = None
+                record.unlink(missing_ok=True)
+                if saved is not None and self._lease_in_use(key):
+                    write_atomic(record, saved)
+                    continue
                 remove_tree(layer)
+            finally:
+                held.release()
+
+    def _remove_layer(self, layer: Path) -> None:
+        """Remove a layer, unless it is being built or copied right now (a later prune will)."""
+        held = self._try_lock(f"layer-{layer.name}")
+        if held is None:
+            return
+        try:
+            (layer / LAYER_RECORD_NAME).unlink(missing_ok=True)
+            remove_tree(layer)
+        finally:
+            held.release()
 
     def _sweep_leftovers(self, now: float) -> None:
         """Remove what interrupted builds and prunes left: staging and trash dirs, orphan layers."""
@@ -1163,21 +1412,18 @@ class EnvCache:
         created the env's directory; removing it then would pull it from
         under the session that is building both.
         """
-        lock = self._lock(key)
-        try:
-            lock.acquire(timeout=0)
-        except Timeout:
+        lock = self._try_lock(key)
+        if lock is None:
             return
         try:
             if not self.env_dir(key).is_dir():
-                remove_tree(layer)
+                self._remove_layer(layer)
         finally:
             lock.release()
 
     def _remove_env(self, key: str) -> None:
+        """Remove an env whose record :meth:`_withdraw` took away, with its layers and leases."""
         env = self.env_dir(key)
-        # Invalidate first: once the record is gone nobody trusts the rest.
-        (env / RECORD_NAME).unlink(missing_ok=True)
         trash = self.root / "envs" / f".trash-{key}-{os.getpid()}"
         try:
             os.replace(env, trash)
@@ -1185,7 +1431,7 @@ class EnvCache:
             trash = env
         remove_tree(trash)
         for layer in (self.root / "layers").glob(f"{key}-*"):
-            remove_tree(layer)
+            self._remove_layer(layer)
         remove_tree(self.root / "leases" / key)
 
 
@@ -1193,10 +1439,8 @@ def _offline(request: EnvRequest) -> list[str]:
     return ["--offline"] if request.offline else []
 
 
-def _release_lease(lease: FileLock) -> None:
-    lock_file = Path(lease.lock_file)
-    lease.release()
-    lock_file.unlink(missing_ok=True)
+def _release_lease(lease: HeldLock) -> None:
+    lease.release(unlink=True)
 
 
 def parse_age(text: str) -> float:

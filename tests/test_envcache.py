@@ -233,7 +233,7 @@ def _find_links(project: Path) -> str:
 def test_stale_lock_is_caught_on_a_hit_and_on_a_miss(
     project: Path, tmp_path: Path, logged: tuple[Uv, Path]
 ) -> None:
-    """Editing pyproject deps without `uv lock` fails before anything is created, even on a hit."""
+    """Editing pyproject deps without `uv lock` fails, on a hit too, and leaves nothing behind."""
     uv, log = logged
     cache = EnvCache(tmp_path / "cache", uv)
     env = _make(cache, project)
@@ -251,10 +251,10 @@ def test_stale_lock_is_caught_on_a_hit_and_on_a_miss(
     # Back in sync: the earlier check result is reused, so the hit asks uv no `lock --check`
     # (the touched pyproject.toml does rebuild the project wheel).
     pyproject.write_text(pyproject.read_text().replace("toyalpha==2.0", "toyalpha==1.0"))
-    checks = toys.uv_calls(log, "lock")
+    checks, syncs = toys.uv_calls(log, "lock"), toys.uv_calls(log, "sync")
     assert _make(cache, project).hit
     assert toys.uv_calls(log, "lock") == checks
-    assert len(toys.uv_calls(log, "sync")) == 1
+    assert toys.uv_calls(log, "sync") == syncs
 
 
 def test_waiting_too_long_for_a_builder_is_a_cache_error(
@@ -346,6 +346,28 @@ def test_prune_older_than_keeps_recent_envs_and_sweeps_leftovers(
     assert [e.key for e in removed] == [env.key]
 
 
+def test_withdrawing_an_env_gives_way_to_a_session_that_leased_it_meanwhile(
+    project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Prune puts the record back if a lease appears once the record is gone; else it removes."""
+    cache = EnvCache(tmp_path / "cache")
+    env = _make(cache, project)
+    env.release()
+    record = env.path / envcache.RECORD_NAME
+    saved = record.read_bytes()
+    answers = iter([False, True])  # no lease at first; one taken while the record was away
+    monkeypatch.setattr(EnvCache, "_lease_in_use", lambda self, key: next(answers))
+    removed, busy = cache.prune(everything=True)
+    assert (removed, [e.key for e in busy]) == ([], [env.key])
+    assert record.read_bytes() == saved
+    monkeypatch.undo()
+    again = _make(cache, project)
+    assert again.hit
+    again.release()
+    removed, busy = cache.prune(everything=True)
+    assert ([e.key for e in removed], busy) == ([env.key], [])
+
+
 def test_prune_leaves_the_layer_of_an_env_being_built(tmp_path: Path) -> None:
     """A layer ready before uv created its env dir is kept while the env's build lock is held."""
     cache = EnvCache(tmp_path / "cache")
@@ -396,6 +418,73 @@ def test_editing_the_project_gives_a_new_layer_and_the_same_env(
     assert sorted((p.name, p.stat().st_mtime_ns) for p in first.site_packages.iterdir()) == snapshot
     assert len(toys.uv_calls(log, "sync")) == 1
     second.release()
+
+
+def _relock_with_a_comment(project: Path) -> None:
+    """Change uv.lock's bytes (so the env key) without changing what it locks."""
+    with (project / "uv.lock").open("a") as fh:
+        fh.write(f"# relocked {time.monotonic_ns()}\n")
+
+
+def test_a_new_lock_with_unchanged_sources_links_the_previous_layer(
+    project: Path, tmp_path: Path, logged: tuple[Uv, Path]
+) -> None:
+    """A new env key whose sources are unchanged hard-links the last layer instead of a build."""
+    uv, log = logged
+    cache = EnvCache(tmp_path / "cache", uv)
+    first = _make(cache, project)
+    first.release()
+    _relock_with_a_comment(project)
+    second = _make(cache, project)
+    second.release()
+    assert second.key != first.key
+    assert not second.hit
+    assert len(toys.uv_calls(log, "build")) == 1
+    old_site, new_site = first.layer[-1], second.layer[-1]
+    assert new_site != old_site
+    assert new_site.parent.name.split("-")[1] == old_site.parent.name.split("-")[1]
+    linked = new_site / "demo" / "__init__.py"
+    assert linked.stat().st_ino == (old_site / "demo" / "__init__.py").stat().st_ino
+    layer_record = json.loads((new_site.parent / envcache.LAYER_RECORD_NAME).read_text())
+    assert (layer_record["key"], layer_record["copied_from"]) == (
+        second.key,
+        old_site.parent.name,
+    )
+    out = second.run(["python", "-c", "import demo; print(demo.__file__)"], capture_output=True)
+    assert out.stdout.decode().startswith(str(new_site))
+    # Pruning the first env leaves the second one's layer whole.
+    old = time.time() - 7200
+    os.utime(first.path / envcache.RECORD_NAME, (old, old))
+    removed, _ = cache.prune(older_than=3600)
+    assert [e.key for e in removed] == [first.key]
+    assert not old_site.exists()
+    assert linked.is_file()
+
+
+def test_a_layer_built_on_a_wrong_guess_is_not_left_behind(
+    tmp_path: Path, wheelhouse: Path, logged: tuple[Uv, Path]
+) -> None:
+    """A cold build starts the last build's layer; if uv now selects more packages, that goes."""
+    uv, log = logged
+    toys.write_project(tmp_path / "dep", wheelhouse, name="dep", with_pytest=False, lock=False)
+    root = toys.write_project(tmp_path / "main", wheelhouse)
+    cache = EnvCache(tmp_path / "cache", uv)
+    first = _make(cache, root)
+    first.release()
+    (root / "src" / "demo" / "__init__.py").write_text("EDITED = True\n")
+    toys.write_project(
+        root,
+        wheelhouse,
+        dependencies=["toyalpha==1.0", "dep"],
+        extra_toml='[tool.uv.sources]\ndep = { path = "../dep" }\n',
+    )
+    second = _make(cache, root)
+    second.release()
+    assert {"demo", "dep"} <= set(second.packages)
+    layers = sorted(p.name for p in (cache.root / "layers").iterdir())
+    assert layers == sorted([first.layer[-1].parent.name, second.layer[-1].parent.name])
+    # The guess (demo alone) was built and thrown away, then demo and dep were built.
+    assert len(toys.uv_calls(log, "build")) == 4
 
 
 def test_test_files_and_caches_do_not_rebuild_the_layer(project: Path, tmp_path: Path) -> None:
@@ -530,7 +619,7 @@ def test_groups_and_extras_follow_uv_semantics(
 def test_cache_hit_imports_no_packaging_and_runs_no_uv(
     project: Path, tmp_path: Path, logged: tuple[Uv, Path]
 ) -> None:
-    """A warm hit in a fresh process neither imports packaging nor starts uv."""
+    """A warm hit in a fresh process imports neither packaging nor filelock, and starts no uv."""
     uv, log = logged
     cache_root = tmp_path / "cache"
     _make(EnvCache(cache_root, uv), project).release()
@@ -544,7 +633,8 @@ def test_cache_hit_imports_no_packaging_and_runs_no_uv(
         cache = EnvCache(Path({str(cache_root)!r}))
         env = cache.materialise(EnvRequest(project_dir=p), start_dir=p)
         assert env.hit, env.reason
-        print(sorted(m for m in sys.modules if m.split(".")[0] in ("packaging", "concurrent")))
+        heavy = ("packaging", "concurrent", "filelock")
+        print(sorted(m for m in sys.modules if m.split(".")[0] in heavy))
         """
     )
     proc = subprocess.run(
