@@ -65,6 +65,7 @@ if TYPE_CHECKING:
     import pytest
 
     from pytest_uvbuild.envcache import UvEnv
+    from pytest_uvbuild.gitinfo import GitQuery
     from pytest_uvbuild.uvcli import Uv
 
 __all__ = [
@@ -290,7 +291,7 @@ def plan_record(index_dir: Path | None, env: UvEnv, uv: Uv, *, offline: bool) ->
                     "dirs": _dir_stamps(project.root, files),
                 }
                 with contextlib.suppress(OSError):
-                    write_atomic(index, json.dumps(payload, indent=1).encode())
+                    write_atomic(index, json.dumps(payload, indent=1).encode(), fsync=False)
     selection = env.selection
     inputs: dict[str, Any] = {
         "plugin_version": __version__,
@@ -554,6 +555,49 @@ def _fresh_rows(env: UvEnv, lock_bytes: bytes) -> list[dict[str, Any]]:
     )
 
 
+def _kept_rows(rows_dir: Path | None, env: UvEnv, build_id: str) -> list[dict[str, Any]] | None:
+    """The package rows kept for this project if they are for this build id (no lock parse).
+
+    The rows depend only on what the build id addresses (the env key, the
+    lock, pyproject.toml, the sources); a session without a record to read
+    them back from (``--uv-no-artifacts``) finds them here.
+    """
+    if rows_dir is None:
+        return None
+    try:
+        data = json.loads(_index_path(rows_dir, env.project.root).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or (
+        data.get("schema"),
+        data.get("schema_version"),
+        data.get("plugin_version"),
+        data.get("build_id"),
+    ) != (AUDIT_SCHEMA, AUDIT_SCHEMA_VERSION, __version__, build_id):
+        return None
+    rows = data.get("packages")
+    return rows if isinstance(rows, list) else None
+
+
+def _keep_rows(
+    rows_dir: Path | None, env: UvEnv, build_id: str, rows: list[dict[str, Any]]
+) -> None:
+    if rows_dir is None:
+        return
+    payload = {
+        "schema": AUDIT_SCHEMA,
+        "schema_version": AUDIT_SCHEMA_VERSION,
+        "plugin_version": __version__,
+        "build_id": build_id,
+        "packages": rows,
+    }
+    # Only a cache: one that cannot be written costs the next session a lock parse.
+    with contextlib.suppress(OSError):
+        write_atomic(
+            _index_path(rows_dir, env.project.root), json.dumps(payload).encode(), fsync=False
+        )
+
+
 def _previous_rows(record_dir: Path, build_id: str) -> list[dict[str, Any]] | None:
     """The lock's package rows from a complete record of the same id (no lock parse)."""
     try:
@@ -759,11 +803,15 @@ def record_session(
     verify: bool,
     offline: bool,
     run: dict[str, Any],
+    git: GitQuery | None = None,
+    rows_dir: Path | None = None,
 ) -> RecordOutcome:
     """Audit the session and write (or reuse and refresh) its build record.
 
     With ``builds_root`` ``None`` (``--uv-no-artifacts``) nothing is written,
-    but the audit, the gate and ``--uv-verify`` still run.
+    but the audit, the gate and ``--uv-verify`` still run. ``git`` is the
+    session's git query if it started one (else git is asked here);
+    ``rows_dir`` keeps the lock's package rows per project between sessions.
     """
     started = time.perf_counter()
     if builds_root is not None:
@@ -771,13 +819,24 @@ def record_session(
     plan = plan_record(index_dir, env, uv, offline=offline)
     try:
         if builds_root is None:
-            return _audit_only(env, uv, plan, baseline, gate, verify, offline, started)
+            return _audit_only(env, uv, plan, baseline, gate, verify, offline, started, rows_dir)
         record_dir = builds_root / plan.build_id
         try:
             lock = hold_lock(builds_root / ".locks" / f"{plan.build_id}.lock", wait=True)
             try:
                 return _write_record(
-                    env, uv, plan, record_dir, baseline, gate, verify, offline, run, started
+                    env,
+                    uv,
+                    plan,
+                    record_dir,
+                    baseline,
+                    gate,
+                    verify,
+                    offline,
+                    run,
+                    started,
+                    git,
+                    rows_dir,
                 )
             finally:
                 lock.release()
@@ -806,8 +865,12 @@ def _audit_only(
     verify: bool,
     offline: bool,
     started: float,
+    rows_dir: Path | None,
 ) -> RecordOutcome:
-    rows = _fresh_rows(env, plan.lock_bytes)
+    rows = _kept_rows(rows_dir, env, plan.build_id)
+    if rows is None:
+        rows = _fresh_rows(env, plan.lock_bytes)
+        _keep_rows(rows_dir, env, plan.build_id, rows)
     verify_result = None
     if verify:
         scratch = Path(tempfile.mkdtemp(prefix="pytest-uvbuild-products-"))
@@ -841,6 +904,8 @@ def _write_record(
     offline: bool,
     run: dict[str, Any],
     started: float,
+    git: GitQuery | None,
+    rows_dir: Path | None,
 ) -> RecordOutcome:
     from pytest_uvbuild.gitinfo import git_info
 
@@ -872,7 +937,10 @@ def _write_record(
     try:
         if not reuse:
             products = _env_products(uv, env, plan, target, offline=offline, reuse_sdist=True)
-            rows = _fresh_rows(env, plan.lock_bytes)
+            rows = _kept_rows(rows_dir, env, plan.build_id)
+            if rows is None:
+                rows = _fresh_rows(env, plan.lock_bytes)
+                _keep_rows(rows_dir, env, plan.build_id, rows)
             sbom = _sbom_bytes(env, plan, rows, uv)
             (target / SBOM).write_bytes(sbom)
             kept = {name: _sha256(path.read_bytes()) for name, path in products.items()}
@@ -888,7 +956,7 @@ def _write_record(
             plan,
             audit,
             sdist_name=_sdist_name(kept),
-            git=git_info(env.project.root),
+            git=git.result() if git is not None else git_info(env.project.root),
             run=run,
             verify=verify_result,
             created=created,

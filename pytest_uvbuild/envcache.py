@@ -1056,7 +1056,7 @@ class EnvCache:
                 "inputs": inputs,
                 "local_sources": record["local_sources"],
             }
-            write_atomic(self._project_record(project), json.dumps(last).encode())
+            write_atomic(self._project_record(project), json.dumps(last).encode(), fsync=False)
         return record
 
     # -- the project layer -------------------------------------------------

@@ -18,20 +18,23 @@ if TYPE_CHECKING:
 __all__ = ["HeldLock", "file_sha256", "hold_lock", "remove_tree", "write_atomic"]
 
 
-def write_atomic(path: Path, data: bytes, *, mode: int = 0o644) -> None:
+def write_atomic(path: Path, data: bytes, *, mode: int = 0o644, fsync: bool = True) -> None:
     """Write ``data`` to ``path`` so that readers see either the old file or the whole new one.
 
     The bytes go to a temporary file in the same directory, are flushed to
     disk, and the file is renamed over ``path``. A crash leaves at worst a
-    stray ``.tmp`` file, never a truncated ``path``.
+    stray ``.tmp`` file, never a truncated ``path``. A cache whose reader
+    checks what it reads may pass ``fsync=False``: after a power loss the
+    file may be empty, never half-written by us, and is then computed again.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
+            if fsync:
+                fh.flush()
+                os.fsync(fh.fileno())
         os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:

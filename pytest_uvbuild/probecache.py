@@ -58,5 +58,5 @@ def probe(
     # An unwritable cache only costs speed here; the env cache itself
     # reports unwritable directories with a proper error.
     with contextlib.suppress(OSError):
-        write_atomic(record, json.dumps({"token": token, "value": value}).encode())
+        write_atomic(record, json.dumps({"token": token, "value": value}).encode(), fsync=False)
     return value

@@ -45,6 +45,7 @@ __all__ = [
     "load_project",
     "local_sources_from_export",
     "lock_local_dirs",
+    "nearest_project_dir",
     "read_lock",
 ]
 
@@ -273,14 +274,23 @@ def load_project(root: Path) -> UvProject:
     return UvProject(root=root, pyproject=pyproject)
 
 
+def nearest_project_dir(start: Path) -> Path | None:
+    """The nearest directory at or above ``start`` that holds ``pyproject.toml`` and ``uv.lock``."""
+    start = start.resolve()
+    for directory in (start, *start.parents):
+        if (directory / "pyproject.toml").is_file() and (directory / "uv.lock").is_file():
+            return directory
+    return None
+
+
 def find_project(start: Path, explicit: Path | None = None) -> UvProject:
     """Return the explicit project, else the nearest dir at or above ``start`` with both files."""
     if explicit is not None:
         return load_project(explicit)
+    found = nearest_project_dir(start)
+    if found is not None:
+        return load_project(found)
     start = start.resolve()
-    for directory in (start, *start.parents):
-        if (directory / "pyproject.toml").is_file() and (directory / "uv.lock").is_file():
-            return load_project(directory)
     for directory in (start, *start.parents):
         if (directory / "pyproject.toml").is_file():
             raise LockfileError(

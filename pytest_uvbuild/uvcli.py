@@ -142,7 +142,7 @@ def _remember_uv(probe_dir: Path, found: Path) -> None:
     # reports unwritable directories with a proper error.
     with contextlib.suppress(OSError):
         record = {"binary": str(found), "token": stat_token(found)}
-        write_atomic(_location_record(probe_dir), json.dumps(record).encode())
+        write_atomic(_location_record(probe_dir), json.dumps(record).encode(), fsync=False)
 
 
 def _uv_environ(extra: Mapping[str, str] | None) -> dict[str, str]:

@@ -11,6 +11,7 @@ import textwrap
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 import toys
@@ -691,7 +692,7 @@ def test_a_full_disk_while_writing_the_record_is_one_clear_error(
 
     from pytest_uvbuild.fsutil import write_atomic as real_write
 
-    def full_disk(path: Path, data: bytes, **kwargs: int) -> None:
+    def full_disk(path: Path, data: bytes, **kwargs: Any) -> None:
         if path.name == envcache.RECORD_NAME:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
         real_write(path, data, **kwargs)
