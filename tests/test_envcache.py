@@ -42,7 +42,7 @@ def _changed(field: str) -> object:
     return {
         "lock_sha256": "b" * 64,
         "interpreter": replace(interp, path=Path("/other/python3")),
-        "selection": replace(SELECTION, groups=("dev", "lint")),
+        "selection": SELECTION._replace(groups=("dev", "lint")),
         "install_mode": "source",
         "uv_version": "0.14.0",
     }[field]
