@@ -6,22 +6,26 @@ Layout under the cache root::
     envs/<key>/                 the dependency env, built by ``uv sync --locked``
     envs/<key>/pytest-uvbuild.json   completion record, written last
     layers/<key>-<digest>/      the project layer: wheels of the project and local deps
-    locks/<key>.lock            held while an env is built, checked or pruned
+    locks/<key>.lock            held while an env is built, withdrawn or pruned
     leases/<key>/<pid>-<n>.lock held by every session using the env
     checks/<token>              `uv lock --check` passed for these pyproject/lock bytes
-    projects/<digest>.json      inputs of the last env built per project (to say why)
+    projects/<digest>.json      the last env built per project (to say why, and what to build)
     probes/                     cached facts about interpreters and uv
+    sdist-sources/, audit-rows/ the build record's per-project caches
 
 An env is trusted only if its completion record names its own key, its
 interpreter is still there, and nothing recorded at the top of its
 ``site-packages`` is gone (see :mod:`~pytest_uvbuild.integrity`; a file
 removed deeper down is found by ``cache verify``); anything else is rebuilt
-under the lock. A hit runs no uv command and parses no lock: it hashes
-``uv.lock`` and the pyproject files, reads one small record and lists one
-directory. The
-dependency env never contains the project or other local packages, so it is
-immutable and shared by every checkout: those live in a per-content *project
-layer* that is put on ``sys.path`` via ``PYTHONPATH``.
+under the lock. A hit runs no uv command, parses no lock and takes no build
+lock: it hashes ``uv.lock`` and the pyproject files, takes its lease, reads
+one small record and lists one directory. The dependency env never contains
+the project or other local packages, so it is immutable and shared by every
+checkout: those live in a *project layer*, addressed by their sources, the
+interpreter and uv, that is put on ``sys.path`` via ``PYTHONPATH``.
+
+Building lives in :mod:`~pytest_uvbuild.envbuild` and the ``cache``
+commands in :mod:`~pytest_uvbuild.cacheadmin`, so that a hit imports neither.
 """
 
 from __future__ import annotations
@@ -31,11 +35,8 @@ import errno
 import hashlib
 import json
 import os
-import shutil
-import stat
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -45,8 +46,8 @@ from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 from pytest_uvbuild.distinfo import installed_versions
 from pytest_uvbuild.errors import CacheError, UvBuildError
-from pytest_uvbuild.fsutil import HeldLock, hold_lock, remove_tree, write_atomic
-from pytest_uvbuild.integrity import missing_top_level, top_level, verify_site
+from pytest_uvbuild.fsutil import HeldLock, hold_lock, write_atomic
+from pytest_uvbuild.integrity import missing_top_level
 from pytest_uvbuild.interpreters import Interpreter, resolve_python
 from pytest_uvbuild.project import (
     LocalSource,
@@ -54,9 +55,6 @@ from pytest_uvbuild.project import (
     UvProject,
     find_project,
     import_root,
-    local_sources_from_export,
-    lock_local_dirs,
-    read_lock,
 )
 from pytest_uvbuild.request import EnvRequest, InstallMode
 from pytest_uvbuild.uvcli import Uv
@@ -66,15 +64,15 @@ if TYPE_CHECKING:
     # a build (which may wait for another builder) takes its locks with it.
     from filelock import BaseFileLock
 
+    from pytest_uvbuild.cacheadmin import CacheEntry, VerifyResult
+
 __all__ = [
     "CACHE_DIR_ENV",
     "FORMAT_VERSION",
-    "CacheEntry",
     "EnvCache",
     "EnvRequest",
     "ResolvedRequest",
     "UvEnv",
-    "VerifyResult",
     "default_cache_dir",
 ]
 
@@ -200,34 +198,6 @@ class UvEnv:
             self._lease = None
 
 
-# A NamedTuple, not a dataclass: it costs a tenth as much to define, and every
-# warm session imports this module.
-class CacheEntry(NamedTuple):
-    """One env in the cache, as ``cache list`` shows it."""
-
-    key: str
-    path: Path
-    project: str
-    python: str
-    size: int
-    last_used: float
-    complete: bool
-    in_use: bool
-
-    def as_json(self) -> dict[str, Any]:
-        """Return the entry as a JSON-ready dict."""
-        return {
-            "key": self.key,
-            "path": str(self.path),
-            "project": self.project,
-            "python": self.python,
-            "size": self.size,
-            "last_used": self.last_used,
-            "complete": self.complete,
-            "in_use": self.in_use,
-        }
-
-
 def compute_key(
     *,
     lock_sha256: str,
@@ -249,49 +219,6 @@ def compute_key(
     return hashlib.sha256(blob).hexdigest()[:16], inputs
 
 
-def _find_site_packages(env_dir: Path) -> Path | None:
-    if sys.platform == "win32":
-        site = env_dir / "Lib" / "site-packages"
-        return site if site.is_dir() else None
-    found = sorted(env_dir.glob("lib/*/site-packages"))
-    return found[0] if found else None
-
-
-def _drop_world_write(*directories: Path) -> None:
-    """Take write permission for others off the entries directly in ``directories``.
-
-    uv leaves its lock file (``.lock``) in an env and in a ``--target``
-    directory with mode 0o666, whatever the umask; nothing in the cache
-    should be writable by other users.
-    """
-    for directory in directories:
-        with contextlib.suppress(OSError), os.scandir(directory) as entries:
-            for entry in entries:
-                mode = entry.stat(follow_symlinks=False).st_mode
-                if not stat.S_ISLNK(mode) and mode & stat.S_IWOTH:
-                    os.chmod(entry.path, stat.S_IMODE(mode) & ~stat.S_IWOTH)
-
-
-def _write_layer_record(layer: Path, plan: _LayerPlan, copied_from: str | None = None) -> None:
-    """Write ``layer.json``, which makes the layer complete: what is in it and for which env."""
-    record: dict[str, Any] = {
-        "key": plan.key,
-        "sources": [str(s.path(plan.root)) for s in plan.to_install],
-        "entries": top_level(layer / "site"),
-    }
-    if copied_from is not None:
-        record["copied_from"] = copied_from
-    write_atomic(layer / LAYER_RECORD_NAME, json.dumps(record).encode())
-
-
-def _link_or_copy(source: str, target: str) -> None:
-    """Hard-link a file of a finished layer (it is never written again); copy across devices."""
-    try:
-        os.link(source, target)
-    except OSError:
-        shutil.copy2(source, target)
-
-
 def _layer_intact(layer: Path) -> bool:
     """Whether a project layer is complete and nothing recorded at its top is gone."""
     try:
@@ -300,31 +227,6 @@ def _layer_intact(layer: Path) -> bool:
         return False
     entries = data.get("entries") if isinstance(data, dict) else None
     return not (isinstance(entries, list) and missing_top_level(layer / "site", entries))
-
-
-class VerifyResult(NamedTuple):
-    """What ``cache verify`` found for one env: problems per checked site directory."""
-
-    key: str
-    busy: bool
-    problems: tuple[str, ...]
-    damaged_layers: tuple[str, ...]
-    #: Distributions with a file changed in place: uv's cache may hold the same change.
-    changed: tuple[str, ...] = ()
-
-    @property
-    def damaged(self) -> bool:
-        """Whether any file of the env or of its project layers is missing or changed."""
-        return bool(self.problems or self.damaged_layers)
-
-
-def _dir_size(path: Path) -> int:
-    total = 0
-    for root, _dirs, files in os.walk(path):
-        for name in files:
-            with contextlib.suppress(OSError):
-                total += os.lstat(os.path.join(root, name)).st_size
-    return total
 
 
 def _is_test_file(name: str) -> bool:
@@ -396,30 +298,6 @@ def fingerprint_sources(
         for rel, st in _iter_source_files(root, flat=root == path):
             digest.update(f"{root}/{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     return digest.hexdigest()[:16]
-
-
-def _differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
-    """Say, in words, which key inputs differ between two builds of one project."""
-    said: list[str] = []
-    if old.get("lock_sha256") != new.get("lock_sha256"):
-        said.append("uv.lock changed")
-    old_py, new_py = old.get("python") or {}, new.get("python") or {}
-    if old_py != new_py:
-        said.append(
-            f"interpreter changed ({old_py.get('version', '?')} {old_py.get('path', '?')} -> "
-            f"{new_py.get('version', '?')} {new_py.get('path', '?')})"
-        )
-    if old.get("selection") != new.get("selection"):
-        said.append("groups or extras changed")
-    if old.get("install_mode") != new.get("install_mode"):
-        said.append(
-            f"install mode changed ({old.get('install_mode')} -> {new.get('install_mode')})"
-        )
-    if old.get("uv") != new.get("uv"):
-        said.append(f"uv changed ({old.get('uv')} -> {new.get('uv')})")
-    if old.get("format") != new.get("format"):
-        said.append("pytest-uvbuild's cache format changed")
-    return said
 
 
 class _LayerPlan(NamedTuple):
@@ -759,14 +637,16 @@ class EnvCache:
                 record, reason = self._read_record(key)
             hit = record is not None
             if record is None:
-                reason = reason or self._why_new(project, inputs)
+                from pytest_uvbuild.envbuild import build_env, why_new
+
+                reason = reason or why_new(self, project, inputs)
                 if announce:
                     announce(
                         f"building env {key} for {project.root} with {interpreter.describe()}, "
                         f"{selection.describe()}, install {inputs['install_mode']}: {reason}"
                     )
                 with self._writing():
-                    record = self._build(resolved, request, rebuild=rebuild)
+                    record = build_env(self, resolved, request, rebuild=rebuild)
             else:
                 self._check_lock_fresh(project, interpreter, record, request)
             # Taken last, still under the lock (so prune cannot slip in): a
@@ -893,170 +773,7 @@ class EnvCache:
         name = hashlib.sha256(str(project.root).encode()).hexdigest()[:16]
         return self.root / "projects" / f"{name}.json"
 
-    def _why_new(self, project: UvProject, inputs: Mapping[str, Any]) -> str:
-        """Explain a miss by comparing with the last env built for this project."""
-        try:
-            last = json.loads(self._project_record(project).read_text(encoding="utf-8"))
-            previous = last["inputs"]
-        except (OSError, ValueError, KeyError, TypeError):
-            return "first build for this project in this cache"
-        said = _differences(previous, inputs)
-        if not said:
-            return "the env for this key was removed from the cache"
-        return "; ".join(said)
-
-    def _guess_sources(self, project: UvProject, selection: Selection) -> tuple[LocalSource, ...]:
-        """The local packages to build while ``uv export`` works out the real list.
-
-        That is what the last build of this checkout installed, else the
-        project itself. A guess that turns out wrong costs the time of the
-        build it started, never correctness: the real list decides.
-        """
-        try:
-            last = json.loads(self._project_record(project).read_text(encoding="utf-8"))
-            return tuple(LocalSource.from_json(s) for s in last["local_sources"])
-        except (OSError, ValueError, KeyError, TypeError):
-            pass
-        if selection.only_groups or not project.is_package or project.name is None:
-            return ()
-        return (LocalSource(project.name, ".", "editable"),)
-
     # -- building ----------------------------------------------------------
-
-    def _build(
-        self, resolved: ResolvedRequest, request: EnvRequest, *, rebuild: bool = False
-    ) -> dict[str, Any]:
-        """Build the env in place under its lock; the completion record is written last.
-
-        Three things run at once, since none needs another's result: ``uv
-        export --locked`` (it checks the lock and says which local packages
-        the selection installs), ``uv sync --locked --no-install-local`` into
-        the env dir, and the project layer of the local packages the last
-        build installed. If the lock is stale, missing or malformed, both uv
-        commands fail; the export's error is raised, and the env dir (which
-        ``uv sync`` creates before it fails) and any layer made here are
-        removed, so a failed build leaves the cache as it was.
-        """
-        from concurrent.futures import ThreadPoolExecutor
-
-        project, selection, interpreter, key, inputs = resolved
-        env_dir = self.env_dir(key)
-        python_args = ["--python", str(interpreter.path)]
-        mode: InstallMode = inputs["install_mode"]
-        guess = _LayerPlan.make(
-            project,
-            key,
-            mode,
-            selection.only_groups,
-            self._guess_sources(project, selection),
-            inputs,
-        )
-        guess_dir = guess.layer_dir(self.root)
-        guess_is_new = guess_dir is not None and (rebuild or not _layer_intact(guess_dir))
-        remove_tree(env_dir)
-        began = time.perf_counter()
-        with ThreadPoolExecutor(max_workers=2) as pool:
-            sync_job = pool.submit(
-                self.uv.run,
-                [
-                    "sync",
-                    "--locked",
-                    "--no-install-local",
-                    *python_args,
-                    *selection.uv_args,
-                    *_offline(request),
-                ],
-                what="`uv sync --locked`",
-                cwd=project.root,
-                env={"UV_PROJECT_ENVIRONMENT": str(env_dir)},
-            )
-            layer_job = pool.submit(
-                self._ensure_layer, guess, interpreter, request, None, rebuild=rebuild
-            )
-            try:
-                exported = self.uv.run(
-                    [
-                        "export",
-                        "--locked",
-                        "--format",
-                        "requirements-txt",
-                        "--no-hashes",
-                        "--no-header",
-                        "--no-annotate",
-                        "--quiet",
-                        *python_args,
-                        *selection.uv_args,
-                        *_offline(request),
-                    ],
-                    what="`uv export --locked`",
-                    cwd=project.root,
-                )
-                lock = read_lock(project)
-                sources = local_sources_from_export(
-                    exported.stdout, project, lock, interpreter.marker_environment()
-                )
-                sync_job.result()
-                layer_job.result()
-            except BaseException:
-                # Wait for every uv started here, then remove what they made.
-                for job in (sync_job, layer_job):
-                    with contextlib.suppress(Exception):
-                        job.result()
-                remove_tree(env_dir)
-                if guess_is_new and guess_dir is not None:
-                    remove_tree(guess_dir)
-                raise
-        lock_dirs = lock_local_dirs(lock)
-        plan = _LayerPlan.make(project, key, mode, selection.only_groups, sources, inputs)
-        if plan.layer_dir(self.root) != guess_dir:
-            # The guess missed (a path dependency was added, say): its layer
-            # is of no use to anyone, and the right one is made now.
-            if guess_is_new and guess_dir is not None:
-                remove_tree(guess_dir)
-            try:
-                self._ensure_layer(plan, interpreter, request, None, rebuild=rebuild)
-            except BaseException:
-                remove_tree(env_dir)
-                raise
-        python = env_dir / ("Scripts/python.exe" if sys.platform == "win32" else "bin/python")
-        site = _find_site_packages(env_dir)
-        if not python.exists() or site is None:
-            remove_tree(env_dir)
-            raise CacheError(
-                f"uv sync finished but {python} or site-packages does not exist; this is a bug."
-            )
-        _drop_world_write(env_dir, site)
-        record = {
-            "format": FORMAT_VERSION,
-            "key": key,
-            "inputs": inputs,
-            "project": str(project.root),
-            "python": str(python),
-            "interpreter": interpreter.describe(),
-            "local_sources": [s.as_json() for s in sources],
-            "lock_dirs": list(lock_dirs),
-            # What a hit checks cheaply: these names must still be there.
-            "site_packages": os.path.relpath(site, env_dir),
-            "site_entries": top_level(site),
-            "created": time.time(),
-            "build_seconds": round(time.perf_counter() - began, 3),
-        }
-        # The completion record goes last: until it exists, nobody trusts the env.
-        try:
-            write_atomic(env_dir / RECORD_NAME, json.dumps(record, indent=2).encode())
-        except OSError:
-            remove_tree(env_dir)  # a full disk: give back the space, trust nothing
-            raise
-        with contextlib.suppress(OSError):
-            (self.root / "checks" / self._freshness_token(project, lock_dirs, inputs["uv"])).touch()
-            last = {
-                "root": str(project.root),
-                "key": key,
-                "inputs": inputs,
-                "local_sources": record["local_sources"],
-            }
-            write_atomic(self._project_record(project), json.dumps(last).encode(), fsync=False)
-        return record
 
     # -- the project layer -------------------------------------------------
 
@@ -1084,135 +801,14 @@ class EnvCache:
         if layer is None:
             return plan.import_roots
         if rebuild or not _layer_intact(layer):
-            layer_lock = self._lock(f"layer-{layer.name}")
-            self._acquire(layer_lock, f"project layer {layer.name}", announce)
-            try:
-                if rebuild or not _layer_intact(layer):
-                    why = "it is damaged" if layer.exists() else "local sources changed"
-                    donor = None if rebuild else self._layer_donor(plan, layer)
-                    copied = donor is not None and self._copy_layer(donor, layer, plan)
-                    if announce and copied:
-                        assert donor is not None
-                        announce(
-                            f"linking project layer {plan.digest} of env {plan.key} "
-                            f"({plan.names()}) from env {donor.name.split('-')[0]}: {why}"
-                        )
-                    elif announce:
-                        announce(
-                            f"building project layer {plan.digest} of env {plan.key} "
-                            f"({plan.names()}): {why}"
-                        )
-                    if not copied:
-                        self._build_layer(plan, layer, interpreter, request)
-            finally:
-                layer_lock.release()
+            from pytest_uvbuild.envbuild import make_layer
+
+            make_layer(self, plan, layer, interpreter, request, announce, rebuild=rebuild)
         with contextlib.suppress(OSError):
             os.utime(layer / LAYER_RECORD_NAME)
         return (*plan.import_roots, layer / "site")
 
-    def _layer_donor(self, plan: _LayerPlan, layer: Path) -> Path | None:
-        """Another env's complete layer with the same digest, if there is one."""
-        suffix = f"-{plan.digest}"
-        try:
-            names = sorted(os.listdir(layer.parent))
-        except OSError:
-            return None
-        for name in names:
-            if name.endswith(suffix) and name != layer.name and not name.startswith("."):
-                candidate = layer.parent / name
-                if _layer_intact(candidate):
-                    return candidate
-        return None
-
-    def _copy_layer(self, donor: Path, layer: Path, plan: _LayerPlan) -> bool:
-        """Hard-link ``donor``'s files into ``layer``; ``False`` if the donor is busy or gone.
-
-        The donor's layer lock is held meanwhile, so that nobody removes or
-        rebuilds it half-way through; files that cannot be linked (another
-        filesystem) are copied.
-        """
-        held = self._try_lock(f"layer-{donor.name}")
-        if held is None:
-            return False
-        try:
-            if not _layer_intact(donor):
-                return False
-            try:
-                staging = Path(tempfile.mkdtemp(prefix=f".{layer.name}.", dir=layer.parent))
-            except OSError as exc:
-                raise self._not_writable(exc) from None
-            try:
-                shutil.copytree(
-                    donor / "site", staging / "site", symlinks=True, copy_function=_link_or_copy
-                )
-                _write_layer_record(staging, plan, copied_from=donor.name)
-                remove_tree(layer)
-                os.replace(staging, layer)
-            except BaseException:
-                remove_tree(staging)
-                raise
-        finally:
-            held.release()
-        return True
-
-    def _build_layer(
-        self, plan: _LayerPlan, layer: Path, interpreter: Interpreter, request: EnvRequest
-    ) -> None:
-        try:
-            staging = Path(tempfile.mkdtemp(prefix=f".{layer.name}.", dir=layer.parent))
-        except OSError as exc:
-            raise self._not_writable(exc) from None
-        # The base interpreter has the env's version and platform, and uv
-        # already knows it; a brand-new venv interpreter would cost uv a probe.
-        python_args = ["--python", str(interpreter.path)]
-        try:
-            wheels = staging / "wheels"
-            installables: list[str] = []
-            for source in plan.to_install:
-                path = source.path(plan.root)
-                if source.kind == "archive":
-                    installables.append(str(path))
-                    continue
-                self.uv.run(
-                    [
-                        "build",
-                        "--wheel",
-                        "--quiet",
-                        "--out-dir",
-                        str(wheels / source.name),
-                        *python_args,
-                        *_offline(request),
-                        str(path),
-                    ],
-                    what=f"`uv build --wheel` of {source.name} ({path})",
-                    cwd=path,
-                )
-                installables += sorted(str(p) for p in (wheels / source.name).glob("*.whl"))
-            self.uv.run(
-                [
-                    "pip",
-                    "install",
-                    "--no-deps",
-                    "--quiet",
-                    *python_args,
-                    "--target",
-                    str(staging / "site"),
-                    *_offline(request),
-                    *installables,
-                ],
-                what="`uv pip install` of the project layer",
-                cwd=plan.root,
-            )
-            remove_tree(wheels)
-            _drop_world_write(staging / "site")
-            _write_layer_record(staging, plan)
-            remove_tree(layer)
-            os.replace(staging, layer)
-        except BaseException:
-            remove_tree(staging)
-            raise
-
-    # -- list and prune ----------------------------------------------------
+    # -- leases ------------------------------------------------------------
 
     def _lease_in_use(self, key: str) -> bool:
         """Whether a running session holds a lease on the env."""
@@ -1234,204 +830,27 @@ class EnvCache:
                 lease.release(unlink=True)
         return busy
 
+    # -- list, prune, verify: the `cache` commands (see cacheadmin) --------
+
     def entries(self) -> list[CacheEntry]:
-        """Return every env directory in the cache, complete or not."""
-        envs = self.root / "envs"
-        try:
-            keys = sorted(k for k in os.listdir(envs) if not k.startswith("."))
-        except OSError:
-            return []
-        found: list[CacheEntry] = []
-        for key in keys:
-            path = envs / key
-            if not path.is_dir():
-                continue
-            record, _ = self._read_record(key)
-            record_path = path / RECORD_NAME
-            try:
-                last_used = record_path.stat().st_mtime
-            except OSError:
-                last_used = path.stat().st_mtime
-            found.append(
-                CacheEntry(
-                    key=key,
-                    path=path,
-                    project=str(record.get("project", "?")) if record else "?",
-                    python=str(record.get("interpreter", "?")) if record else "?",
-                    size=_dir_size(path),
-                    last_used=last_used,
-                    complete=record is not None,
-                    in_use=self._lease_in_use(key),
-                )
-            )
-        return found
+        """Every env in the cache, complete or not. See :func:`.cacheadmin.entries`."""
+        from pytest_uvbuild.cacheadmin import entries
+
+        return entries(self)
 
     def prune(
         self, *, older_than: float | None = None, everything: bool = False
     ) -> tuple[list[CacheEntry], list[CacheEntry]]:
-        """Remove envs unused for ``older_than`` seconds (or all); return (removed, kept busy).
+        """Remove unused envs; return (removed, kept busy). See :func:`.cacheadmin.prune`."""
+        from pytest_uvbuild.cacheadmin import prune
 
-        Incomplete envs are always removed. An env that some session holds a
-        lease on, or that is being built, is never removed. Project layers
-        of kept envs that were not used for ``older_than`` go as well.
-        """
-        now = time.time()
-        removed: list[CacheEntry] = []
-        busy: list[CacheEntry] = []
-        for entry in self.entries():
-            stale = (
-                everything
-                or (older_than is not None and now - entry.last_used >= older_than)
-                or not entry.complete
-            )
-            lock = self._try_lock(entry.key)
-            if lock is None:
-                if stale:
-                    busy.append(entry)
-                continue
-            try:
-                if stale:
-                    if self._withdraw(entry.key):
-                        self._remove_env(entry.key)
-                        removed.append(entry)
-                    else:
-                        busy.append(entry)
-                elif older_than is not None:
-                    self._prune_layers(entry.key, now - older_than)
-            finally:
-                lock.release()
-        self._sweep_leftovers(now)
-        return removed, busy
+        return prune(self, older_than=older_than, everything=everything)
 
     def verify(self) -> list[VerifyResult]:
-        """Check every complete env and its project layers file by file against their RECORDs.
+        """Check every env and its layers file by file. See :func:`.cacheadmin.verify`."""
+        from pytest_uvbuild.cacheadmin import verify
 
-        A damaged env loses its completion record (a note saying why takes
-        its place), and a damaged layer its ``layer.json``, so the next
-        session rebuilds them; the files stay, for any session still using
-        them. An env being built is reported busy and not checked.
-        """
-        results: list[VerifyResult] = []
-        for entry in self.entries():
-            if not entry.complete:
-                continue
-            lock = self._try_lock(entry.key)
-            if lock is None:
-                results.append(VerifyResult(entry.key, True, (), ()))
-                continue
-            try:
-                results.append(self._verify_env(entry.key))
-            finally:
-                lock.release()
-        return results
-
-    def _verify_env(self, key: str) -> VerifyResult:
-        env = self.env_dir(key)
-        site = _find_site_packages(env)
-        damage = verify_site(site) if site is not None else []
-        problems = [str(d) for d in damage] if site is not None else ["site-packages is gone"]
-        if problems:
-            write_atomic(env / DAMAGED_NAME, json.dumps({"problems": problems}, indent=1).encode())
-            (env / RECORD_NAME).unlink(missing_ok=True)
-        damaged_layers = []
-        for layer in sorted((self.root / "layers").glob(f"{key}-*")):
-            if (layer / LAYER_RECORD_NAME).is_file() and verify_site(layer / "site"):
-                damaged_layers.append(layer.name)
-                (layer / LAYER_RECORD_NAME).unlink(missing_ok=True)
-        changed = sorted({d.distribution for d in damage if d.kind == "changed"})
-        return VerifyResult(key, False, tuple(problems), tuple(damaged_layers), tuple(changed))
-
-    def _prune_layers(self, key: str, cutoff: float) -> None:
-        """Remove the env's layers unused since ``cutoff``, while no session leases the env.
-
-        As for envs (see :meth:`_withdraw`), a layer loses its ``layer.json``
-        before leases are looked at again: a session that leased the env in
-        between may be about to use the layer, which then stays.
-        """
-        if self._lease_in_use(key):
-            return
-        for layer in (self.root / "layers").glob(f"{key}-*"):
-            record = layer / LAYER_RECORD_NAME
-            try:
-                used = record.stat().st_mtime
-            except OSError:
-                used = 0.0
-            if used >= cutoff:
-                continue
-            held = self._try_lock(f"layer-{layer.name}")
-            if held is None:
-                continue  # being built right now
-            try:
-                try:
-                    saved: bytes | None = record.read_bytes()
-                except OSError:
-                    saved = None
-                record.unlink(missing_ok=True)
-                if saved is not None and self._lease_in_use(key):
-                    write_atomic(record, saved)
-                    continue
-                remove_tree(layer)
-            finally:
-                held.release()
-
-    def _remove_layer(self, layer: Path) -> None:
-        """Remove a layer, unless it is being built or copied right now (a later prune will)."""
-        held = self._try_lock(f"layer-{layer.name}")
-        if held is None:
-            return
-        try:
-            (layer / LAYER_RECORD_NAME).unlink(missing_ok=True)
-            remove_tree(layer)
-        finally:
-            held.release()
-
-    def _sweep_leftovers(self, now: float) -> None:
-        """Remove what interrupted builds and prunes left: staging and trash dirs, orphan layers."""
-        envs = self.root / "envs"
-        for parent in (envs, self.root / "layers"):
-            try:
-                names = os.listdir(parent)
-            except OSError:
-                continue
-            for name in names:
-                path = parent / name
-                if name.startswith("."):
-                    # A staging dir may belong to a build running right now;
-                    # one untouched for a day belongs to a dead process.
-                    with contextlib.suppress(OSError):
-                        if now - path.stat().st_mtime > 86400 or name.startswith(".trash-"):
-                            remove_tree(path)
-                elif parent.name == "layers" and not (envs / name.split("-", 1)[0]).is_dir():
-                    self._remove_orphan_layer(path, name.split("-", 1)[0])
-
-    def _remove_orphan_layer(self, layer: Path, key: str) -> None:
-        """Remove a layer whose env is gone, unless that env is being built right now.
-
-        A layer is built alongside its env and may be complete before uv has
-        created the env's directory; removing it then would pull it from
-        under the session that is building both.
-        """
-        lock = self._try_lock(key)
-        if lock is None:
-            return
-        try:
-            if not self.env_dir(key).is_dir():
-                self._remove_layer(layer)
-        finally:
-            lock.release()
-
-    def _remove_env(self, key: str) -> None:
-        """Remove an env whose record :meth:`_withdraw` took away, with its layers and leases."""
-        env = self.env_dir(key)
-        trash = self.root / "envs" / f".trash-{key}-{os.getpid()}"
-        try:
-            os.replace(env, trash)
-        except OSError:
-            trash = env
-        remove_tree(trash)
-        for layer in (self.root / "layers").glob(f"{key}-*"):
-            self._remove_layer(layer)
-        remove_tree(self.root / "leases" / key)
+        return verify(self)
 
 
 def _offline(request: EnvRequest) -> list[str]:
@@ -1440,19 +859,3 @@ def _offline(request: EnvRequest) -> list[str]:
 
 def _release_lease(lease: HeldLock) -> None:
     lease.release(unlink=True)
-
-
-def parse_age(text: str) -> float:
-    """Parse ``30d``, ``12h``, ``45m`` or ``90s`` (or a bare number of days) into seconds."""
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-    text = text.strip().lower()
-    number, unit = (text[:-1], text[-1]) if text and text[-1] in units else (text, "d")
-    try:
-        value = float(number)
-    except ValueError:
-        raise ValueError(
-            f"{text!r} is not an age; use a number with s, m, h, d or w (e.g. 30d)"
-        ) from None
-    if value < 0:
-        raise ValueError(f"{text!r} is negative; use e.g. 30d")
-    return value * units[unit]

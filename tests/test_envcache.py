@@ -17,8 +17,9 @@ import pytest
 import toys
 from filelock import FileLock
 
-from pytest_uvbuild import envcache
-from pytest_uvbuild.envcache import EnvCache, UvEnv, compute_key, parse_age
+from pytest_uvbuild import envbuild, envcache
+from pytest_uvbuild.cacheadmin import parse_age
+from pytest_uvbuild.envcache import EnvCache, UvEnv, compute_key
 from pytest_uvbuild.errors import CacheError, LockfileError
 from pytest_uvbuild.interpreters import current_interpreter
 from pytest_uvbuild.project import Selection
@@ -697,12 +698,12 @@ def test_a_full_disk_while_writing_the_record_is_one_clear_error(
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
         real_write(path, data, **kwargs)
 
-    monkeypatch.setattr(envcache, "write_atomic", full_disk)
+    monkeypatch.setattr(envbuild, "write_atomic", full_disk)
     cache = EnvCache(tmp_path / "cache")
     with pytest.raises(CacheError, match=r"No space left on device \(the disk is full.*Fix: free"):
         _make(cache, project)
     assert os.listdir(cache.root / "envs") == []
-    monkeypatch.setattr(envcache, "write_atomic", real_write)
+    monkeypatch.setattr(envbuild, "write_atomic", real_write)
     env = _make(cache, project)
     assert not env.hit
     env.release()
