@@ -9,15 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from pytest_uvbuild.discovery import discover, find_matching, parse_request
 from pytest_uvbuild.errors import InterpreterNotFoundError
-from pytest_uvbuild.interpreters import (
-    current_interpreter,
-    discover,
-    find_matching,
-    inspect,
-    parse_request,
-    resolve_python,
-)
+from pytest_uvbuild.interpreters import current_interpreter, inspect, resolve_python
 
 
 def test_parse_request_accepts_versions_specifiers_and_implementations() -> None:
