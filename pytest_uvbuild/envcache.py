@@ -453,7 +453,6 @@ class EnvCache:
             extras=request.extras,
             all_extras=request.all_extras,
         )
-        self._ensure_root()
         interpreter = resolve_python(
             request.python,
             project_root=project.root,
@@ -620,6 +619,9 @@ class EnvCache:
     ) -> UvEnv:
         """Under the env's build lock: reuse what another process built meanwhile, or build."""
         project, selection, interpreter, key, inputs = resolved
+        # A hit writes nothing but its lease; the layout and the write check
+        # are for builds.
+        self._ensure_root()
         lock = self._lock(key)
         self._acquire(lock, f"env {key}", announce)
         try:
