@@ -56,6 +56,7 @@ from pytest_uvbuild.audit import (
     scan_installed,
     verdict,
 )
+from pytest_uvbuild.distinfo import installed_versions
 from pytest_uvbuild.errors import UvBuildError
 from pytest_uvbuild.fsutil import hold_lock, remove_tree, write_atomic
 
@@ -623,7 +624,8 @@ def make_audit(
     """The audit of this session: drift, host differences, baseline diff, verdict."""
     installed = scan_installed(_env_paths(env))
     drift = compute_drift(rows, installed)
-    host = compute_host_differences(rows, scan_installed(_host_paths()))
+    # Only versions count on the host: no direct_url.json is read for its packages.
+    host = compute_host_differences(rows, installed_versions(_host_paths()))
     python = python_facts(env)
     diff = baseline_diff(baseline, rows, python) if baseline is not None else None
     root = next((r for r in rows if r.get("root")), None)
@@ -970,8 +972,11 @@ def _write_record(
             # record is visibly incomplete, and a crash makes the next
             # session rebuild it rather than trust it.
             (record_dir / SUMS).unlink(missing_ok=True)
+        # Only the manifest waits for the disk: after a power cut a per-run
+        # file may be empty, which its hash in SHA256SUMS shows and the next
+        # session (which cannot read its rows back) replaces.
         for name, data in per_run.items():
-            write_atomic(target / name, data)
+            write_atomic(target / name, data, fsync=False)
         sums = {**kept, **{name: _sha256(data) for name, data in per_run.items()}}
         write_atomic(target / SUMS, _sums_text(sums))
         if not reuse:

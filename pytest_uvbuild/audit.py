@@ -274,9 +274,12 @@ def compute_drift(
 
 
 def compute_host_differences(
-    packages: Sequence[Mapping[str, Any]], host: Mapping[str, InstalledDist]
+    packages: Sequence[Mapping[str, Any]], host: Mapping[str, str]
 ) -> list[dict[str, Any]]:
-    """Packages the env holds that the host lacks or has in another version."""
+    """Packages the env holds that the host lacks or has in another version.
+
+    ``host`` maps each normalised name installed on the host to its version.
+    """
     found = []
     seen: set[str] = set()
     for row in packages:
@@ -284,12 +287,12 @@ def compute_host_differences(
         if row["expected"] is not True or row["local"] or name in seen:
             continue
         seen.add(name)
-        dist = host.get(name)
-        if dist is None:
+        version = host.get(name)
+        if version is None:
             found.append({"name": name, "problem": "missing", "lock": row["version"], "host": None})
-        elif row["version"] is not None and not _versions_equal(str(row["version"]), dist.version):
+        elif row["version"] is not None and not _versions_equal(str(row["version"]), version):
             found.append(
-                {"name": name, "problem": "version", "lock": row["version"], "host": dist.version}
+                {"name": name, "problem": "version", "lock": row["version"], "host": version}
             )
     return found
 

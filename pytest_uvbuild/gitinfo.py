@@ -109,8 +109,11 @@ def _parse_status(output: bytes) -> tuple[str | None, str | None, list[bytes], l
     return commit, branch, changes, untracked
 
 
-def _diff_digest(git: str, top: Path, untracked: list[bytes]) -> str:
+def _diff_digest(git: str, root: Path, untracked: list[bytes]) -> str:
     """Digest of the uncommitted changes: the binary diff against HEAD plus untracked files."""
+    # Paths in porcelain v2 are relative to the top of the checkout, which
+    # only a dirty checkout needs to know.
+    top = Path(os.fsdecode(_git(git, root, "rev-parse", "--show-toplevel").stdout.strip()))
     digest = hashlib.sha256()
     diff = _git(git, top, "diff", "HEAD", "--binary", "--no-ext-diff", "--no-color")
     digest.update(diff.stdout)
@@ -139,8 +142,6 @@ def _remotes(config_output: bytes) -> tuple[str | None, str | None]:
 
 #: The independent queries behind :func:`git_info`: each costs milliseconds, mostly start-up.
 _QUERIES: Final = (
-    ("rev-parse", "--show-toplevel"),
-    # Paths in porcelain v2 are relative to the top of the checkout.
     ("status", "--porcelain=v2", "--branch", "--untracked-files=all", "-z"),
     ("config", "--get-regexp", r"^remote\..*\.url$"),
 )
@@ -213,14 +214,13 @@ class GitQuery:
             for proc in procs:
                 out, _ = proc.communicate(timeout=60)
                 answers.append((proc.returncode, out))
-            (top_rc, top_out), (status_rc, status_out), (_, config_out) = answers
-            if top_rc != 0 or status_rc != 0:
-                return None
-            top = Path(os.fsdecode(top_out.strip()))
+            (status_rc, status_out), (_, config_out) = answers
+            if status_rc != 0:
+                return None  # not a checkout
             commit, branch, changes, untracked = _parse_status(status_out)
             dirty = bool(changes or untracked)
             remote_name, remote_url = _remotes(config_out)
-            diff_sha = _diff_digest(git, top, untracked) if dirty and commit else None
+            diff_sha = _diff_digest(git, self.root, untracked) if dirty and commit else None
         except (OSError, subprocess.SubprocessError):
             _reap(procs)
             return None

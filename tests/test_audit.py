@@ -207,7 +207,7 @@ def test_drift_git_commit(graph: LockGraph) -> None:
 def test_host_differences(graph: LockGraph) -> None:
     """The host is compared with what the env holds: other versions and missing packages."""
     rows = list(_rows(graph, groups=("dev",)).values())
-    host = {"alpha": _dist("alpha", "1.3.0")}
+    host = {"alpha": "1.3.0"}
     assert compute_host_differences(rows, host) == [
         {"name": "alpha", "problem": "version", "lock": "1.2.0", "host": "1.3.0"},
         {"name": "pytest", "problem": "missing", "lock": "9.0", "host": None},
