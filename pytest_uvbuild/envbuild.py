@@ -81,7 +81,8 @@ def _write_layer_record(layer: Path, plan: _LayerPlan, copied_from: str | None =
     }
     if copied_from is not None:
         record["copied_from"] = copied_from
-    write_atomic(layer / LAYER_RECORD_NAME, json.dumps(record).encode())
+    # Not fsynced, like the env's completion record (see build_env).
+    write_atomic(layer / LAYER_RECORD_NAME, json.dumps(record).encode(), fsync=False)
 
 
 def _link_or_copy(source: str, target: str) -> None:
@@ -148,6 +149,43 @@ def guess_sources(
     return (LocalSource(project.name, ".", "editable"),)
 
 
+def _exported_plan(
+    cache: EnvCache, resolved: ResolvedRequest, request: EnvRequest
+) -> tuple[_LayerPlan, tuple[LocalSource, ...], tuple[str, ...]]:
+    """Ask ``uv export --locked`` which local packages the selection installs; plan their layer.
+
+    The export fails on a stale, missing or malformed lock without creating
+    anything, with the message that names ``uv lock``.
+    """
+    project, selection, interpreter, key, inputs = resolved
+    exported = cache.uv.run(
+        [
+            "export",
+            "--locked",
+            "--format",
+            "requirements-txt",
+            "--no-hashes",
+            "--no-header",
+            "--no-annotate",
+            "--quiet",
+            "--python",
+            str(interpreter.path),
+            *selection.uv_args,
+            *_offline(request),
+        ],
+        what="`uv export --locked`",
+        cwd=project.root,
+    )
+    lock = read_lock(project)
+    sources = local_sources_from_export(
+        exported.stdout, project, lock, interpreter.marker_environment()
+    )
+    plan = _LayerPlan.make(
+        project, key, inputs["install_mode"], selection.only_groups, sources, inputs
+    )
+    return plan, sources, lock_local_dirs(lock)
+
+
 def build_env(
     cache: EnvCache, resolved: ResolvedRequest, request: EnvRequest, *, rebuild: bool = False
 ) -> dict[str, Any]:
@@ -157,10 +195,11 @@ def build_env(
     export --locked`` (it checks the lock and says which local packages
     the selection installs), ``uv sync --locked --no-install-local`` into
     the env dir, and the project layer of the local packages the last
-    build installed. If the lock is stale, missing or malformed, both uv
-    commands fail; the export's error is raised, and the env dir (which
-    ``uv sync`` creates before it fails) and any layer made here are
-    removed, so a failed build leaves the cache as it was.
+    build installed (see :func:`guess_sources`). If the lock is stale,
+    missing or malformed, both uv commands fail; the export's error is
+    raised, and the env dir (which ``uv sync`` creates before it fails) and
+    any layer made here are removed, so a failed build leaves the cache as
+    it was.
     """
     from concurrent.futures import ThreadPoolExecutor
 
@@ -180,59 +219,42 @@ def build_env(
     guess_is_new = guess_dir is not None and (rebuild or not _layer_intact(guess_dir))
     remove_tree(env_dir)
     began = time.perf_counter()
+    # The sync is the longest of the three, so this thread waits for it: a
+    # waiter in another thread would need the GIL back to see it end, which
+    # costs up to a switch interval while this thread runs Python.
     with ThreadPoolExecutor(max_workers=2) as pool:
-        sync_job = pool.submit(
-            cache.uv.run,
-            [
-                "sync",
-                "--locked",
-                "--no-install-local",
-                *python_args,
-                *selection.uv_args,
-                *_offline(request),
-            ],
-            what="`uv sync --locked`",
-            cwd=project.root,
-            env={"UV_PROJECT_ENVIRONMENT": str(env_dir)},
-        )
+        export_job = pool.submit(_exported_plan, cache, resolved, request)
         layer_job = pool.submit(
             cache._ensure_layer, guess, interpreter, request, None, rebuild=rebuild
         )
         try:
-            exported = cache.uv.run(
+            cache.uv.run(
                 [
-                    "export",
+                    "sync",
                     "--locked",
-                    "--format",
-                    "requirements-txt",
-                    "--no-hashes",
-                    "--no-header",
-                    "--no-annotate",
-                    "--quiet",
+                    "--no-install-local",
                     *python_args,
                     *selection.uv_args,
                     *_offline(request),
                 ],
-                what="`uv export --locked`",
+                what="`uv sync --locked`",
                 cwd=project.root,
+                env={"UV_PROJECT_ENVIRONMENT": str(env_dir)},
             )
-            lock = read_lock(project)
-            sources = local_sources_from_export(
-                exported.stdout, project, lock, interpreter.marker_environment()
-            )
-            sync_job.result()
-            layer_job.result()
-        except BaseException:
-            # Wait for every uv started here, then remove what they made.
-            for job in (sync_job, layer_job):
-                with contextlib.suppress(Exception):
-                    job.result()
+        except BaseException as exc:
+            failed: BaseException | None = exc
+        else:
+            failed = None
+        # Wait for every job (each may still be making files), then pick the
+        # error: the export's, if any, says best what is wrong with the lock.
+        export_failed, layer_failed = export_job.exception(), layer_job.exception()
+        failed = export_failed or failed or layer_failed
+        if failed is not None:
             remove_tree(env_dir)
             if guess_is_new and guess_dir is not None:
                 remove_tree(guess_dir)
-            raise
-    lock_dirs = lock_local_dirs(lock)
-    plan = _LayerPlan.make(project, key, mode, selection.only_groups, sources, inputs)
+            raise failed
+        plan, sources, lock_dirs = export_job.result()
     if plan.layer_dir(cache.root) != guess_dir:
         # The guess missed (a path dependency was added, say): its layer
         # is of no use to anyone, and the right one is made now.
@@ -267,8 +289,11 @@ def build_env(
         "build_seconds": round(time.perf_counter() - began, 3),
     }
     # The completion record goes last: until it exists, nobody trusts the env.
+    # It is not fsynced: that would flush the whole new env to disk first (a
+    # journal commit), while a record a power cut leaves empty is unreadable,
+    # which means a rebuild, and uv does not sync the env's own files anyway.
     try:
-        write_atomic(env_dir / RECORD_NAME, json.dumps(record, indent=2).encode())
+        write_atomic(env_dir / RECORD_NAME, json.dumps(record, indent=2).encode(), fsync=False)
     except OSError:
         remove_tree(env_dir)  # a full disk: give back the space, trust nothing
         raise
