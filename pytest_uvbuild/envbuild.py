@@ -233,6 +233,8 @@ def build_env(
                     "sync",
                     "--locked",
                     "--no-install-local",
+                    # Errors are still printed; progress would only wake this thread.
+                    "--quiet",
                     *python_args,
                     *selection.uv_args,
                     *_offline(request),
