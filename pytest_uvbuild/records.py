@@ -18,17 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pytest_uvbuild.artifacts import (
-    LOCK_COPY,
-    REQUIREMENTS,
-    SUMS,
-    RecordError,
-    build_products,
-    compare_products,
-    read_sums,
-)
+from pytest_uvbuild.artifacts import LOCK_COPY, REQUIREMENTS, SUMS, RecordError, read_sums
 from pytest_uvbuild.audit import RECORD_SCHEMA, baseline_summary, load_baseline
 from pytest_uvbuild.fsutil import file_sha256, remove_tree
+from pytest_uvbuild.recordfiles import build_products, compare_products
 
 __all__ = [
     "VerifyResult",

@@ -16,13 +16,13 @@ from pytest_uvbuild.artifacts import (
     RecordError,
     build_id_of,
     check_builds_root,
-    export_args,
     is_complete,
     plan_record,
     read_sums,
     source_date_epoch,
 )
 from pytest_uvbuild.envcache import EnvCache, UvEnv
+from pytest_uvbuild.recordfiles import export_args
 from pytest_uvbuild.request import EnvRequest
 from pytest_uvbuild.sdist import SdistError, repack_sdist
 
@@ -272,19 +272,19 @@ def test_an_audit_without_a_record_keeps_the_rows_of_its_build_id(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Without a record, the lock's package rows are kept per project and reused for one id."""
-    from pytest_uvbuild import artifacts
+    from pytest_uvbuild import artifacts, recordfiles
 
     root = make_project(tmp_path / "proj")
     env = _env(root, shared_env_cache)
     uv = EnvCache(shared_env_cache).uv
     parses: list[str] = []
-    fresh_rows = artifacts._fresh_rows
+    fresh_rows = recordfiles.fresh_rows
 
-    def counting(*args: Any) -> list[dict[str, Any]]:
+    def counting(env: UvEnv, lock_bytes: bytes) -> list[dict[str, Any]]:
         parses.append("lock parsed")
-        return fresh_rows(*args)
+        return fresh_rows(env, lock_bytes)
 
-    monkeypatch.setattr(artifacts, "_fresh_rows", counting)
+    monkeypatch.setattr(recordfiles, "fresh_rows", counting)
 
     def audit() -> dict[str, Any]:
         outcome = artifacts.record_session(
