@@ -38,6 +38,26 @@ def _metadata_name_version(dist_info: Path) -> tuple[str, str] | None:
     return (str(name), str(version)) if name and version else None
 
 
+def _listing(base: Path) -> list[str]:
+    try:
+        return sorted(os.listdir(base))
+    except OSError:
+        return []
+
+
+def _name_version(base: Path, entry: str) -> tuple[str, str] | None:
+    """Normalised name and version of ``base/entry`` if it is a dist-info directory."""
+    if not entry.endswith(".dist-info"):
+        return None
+    name, _, version = entry[: -len(".dist-info")].rpartition("-")
+    if not name or not version:
+        parsed = _metadata_name_version(Path(base) / entry)
+        if parsed is None:
+            return None
+        name, version = parsed
+    return canonicalize_name(name), version
+
+
 def dist_infos(paths: Iterable[Path]) -> Iterator[tuple[str, str, Path]]:
     """Yield (normalised name, version, dist-info path) of each distribution, in path order.
 
@@ -45,26 +65,18 @@ def dist_infos(paths: Iterable[Path]) -> Iterator[tuple[str, str, Path]]:
     what Python imports.
     """
     for base in paths:
-        try:
-            entries = sorted(os.listdir(base))
-        except OSError:
-            continue
-        for entry in entries:
-            if not entry.endswith(".dist-info"):
-                continue
-            dist_info = Path(base) / entry
-            name, _, version = entry[: -len(".dist-info")].rpartition("-")
-            if not name or not version:
-                parsed = _metadata_name_version(dist_info)
-                if parsed is None:
-                    continue
-                name, version = parsed
-            yield canonicalize_name(name), version, dist_info
+        for entry in _listing(base):
+            found = _name_version(base, entry)
+            if found is not None:
+                yield found[0], found[1], Path(base) / entry
 
 
 def installed_versions(paths: Iterable[Path]) -> dict[str, str]:
     """Normalised name to version of what is installed in ``paths``; the first path wins."""
     found: dict[str, str] = {}
-    for name, version, _ in dist_infos(paths):
-        found.setdefault(name, version)
+    for base in paths:
+        for entry in _listing(base):
+            name_version = _name_version(base, entry)
+            if name_version is not None:
+                found.setdefault(*name_version)
     return dict(sorted(found.items()))
