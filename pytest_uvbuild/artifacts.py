@@ -44,13 +44,9 @@ from pytest_uvbuild.audit import (
     AUDIT_SCHEMA,
     AUDIT_SCHEMA_VERSION,
     RECORD_SCHEMA,
-    Baseline,
     audit_markdown,
-    baseline_diff,
-    baseline_summary,
     compute_drift,
     compute_host_differences,
-    diff_detail_lines,
     scan_installed,
     verdict,
 )
@@ -61,6 +57,7 @@ from pytest_uvbuild.fsutil import hold_lock, remove_tree, write_atomic
 if TYPE_CHECKING:
     import pytest
 
+    from pytest_uvbuild.baseline import Baseline
     from pytest_uvbuild.envcache import UvEnv
     from pytest_uvbuild.gitinfo import GitQuery
     from pytest_uvbuild.uvcli import Uv
@@ -369,6 +366,8 @@ class RecordOutcome(NamedTuple):
         if diff is None:
             lines.append("baseline: none given")
         else:
+            from pytest_uvbuild.baseline import baseline_summary
+
             lines.append(f"baseline {diff['baseline_id']}: {baseline_summary(diff)}")
         host = audit["host_differences"]
         lines.append(
@@ -395,6 +394,8 @@ class RecordOutcome(NamedTuple):
                 )
         diff = audit["baseline"]
         if audit["verdict"]["gate"] and diff is not None and diff["differences"]:
+            from pytest_uvbuild.baseline import diff_detail_lines
+
             lines += diff_detail_lines(diff)
         return lines
 
@@ -494,7 +495,11 @@ def make_audit(
     # Only versions count on the host: no direct_url.json is read for its packages.
     host = compute_host_differences(rows, installed_versions(_host_paths()))
     python = python_facts(env)
-    diff = baseline_diff(baseline, rows, python) if baseline is not None else None
+    diff = None
+    if baseline is not None:
+        from pytest_uvbuild.baseline import baseline_diff
+
+        diff = baseline_diff(baseline, rows, python)
     root = next((r for r in rows if r.get("root")), None)
     return {
         "schema": AUDIT_SCHEMA,

@@ -50,7 +50,7 @@ class BuildRecordPlugin:
     @pytest.hookimpl(tryfirst=True)
     def pytest_sessionstart(self, session: pytest.Session) -> None:
         """Check the build dir, the baseline and SOURCE_DATE_EPOCH before any test runs."""
-        from pytest_uvbuild import artifacts, audit
+        from pytest_uvbuild import artifacts
 
         config = self.config
         try:
@@ -61,7 +61,9 @@ class BuildRecordPlugin:
                 artifacts.check_builds_root(self.builds_root)
             baseline = _path_option(config, "uv_baseline", "uv_baseline")
             if baseline is not None:
-                self.baseline = audit.load_baseline(baseline)
+                from pytest_uvbuild.baseline import load_baseline
+
+                self.baseline = load_baseline(baseline)
             artifacts.source_date_epoch()
         except UvBuildError as exc:
             raise pytest.UsageError(str(exc)) from None

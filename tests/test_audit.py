@@ -10,19 +10,16 @@ from typing import Any
 import pytest
 
 from pytest_uvbuild.audit import (
-    BaselineError,
     InstalledDist,
     audit_markdown,
-    baseline_diff,
-    change_kind,
     compute_drift,
     compute_host_differences,
-    load_baseline,
     lock_packages,
     read_license,
     scan_installed,
     verdict,
 )
+from pytest_uvbuild.baseline import BaselineError, baseline_diff, change_kind, load_baseline
 from pytest_uvbuild.lockgraph import LockGraph, marker_environment, source_label
 
 if sys.version_info >= (3, 11):
