@@ -15,7 +15,8 @@ from pytest_uvbuild.errors import (
     UvCommandError,
     UvNotFoundError,
 )
-from pytest_uvbuild.uvcli import Uv, find_uv, translate_failure
+from pytest_uvbuild.uvcli import Uv, find_uv
+from pytest_uvbuild.uverrors import translate_failure
 
 # uv's exact messages (uv 0.13, see the shared uv-facts notes), with its chatter before them.
 STALE = (
