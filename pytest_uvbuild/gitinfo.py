@@ -147,6 +147,23 @@ _QUERIES: Final = (
 )
 
 
+def _in_checkout(root: Path) -> bool:
+    """Whether a ``.git`` (directory, or file of a worktree) is at or above ``root``.
+
+    git finds its repository the same way (the variables that would point it
+    elsewhere are not passed on), so without one it can only say "not a git
+    repository"; no process is started to hear that.
+    """
+    directory = os.path.abspath(root)
+    while True:
+        if os.path.exists(os.path.join(directory, ".git")):
+            return True
+        parent = os.path.dirname(directory)
+        if parent == directory:
+            return False
+        directory = parent
+
+
 class GitQuery:
     """The git queries about ``root``, started at once; see :meth:`result`.
 
@@ -160,7 +177,7 @@ class GitQuery:
 
     def __init__(self, root: Path, *, background: bool = False) -> None:
         self.root = root
-        self._git = shutil.which("git")
+        self._git = shutil.which("git") if _in_checkout(root) else None
         self._procs: list[subprocess.Popen[bytes]] = []
         self._starter: threading.Thread | None = None
         if self._git is None:

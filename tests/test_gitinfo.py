@@ -117,3 +117,11 @@ def test_a_query_started_early_answers_later_or_is_cancelled(repo: Path) -> None
     cancelled = GitQuery(repo, background=True)
     cancelled.cancel()
     assert cancelled.result() is None
+
+
+def test_outside_a_checkout_no_git_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without a .git at or above the project, the answer is None and no process is started."""
+    started: list[object] = []
+    monkeypatch.setattr(subprocess, "Popen", lambda *a, **k: started.append(a))
+    assert GitQuery(tmp_path, background=True).result() is None
+    assert started == []
