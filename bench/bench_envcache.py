@@ -18,8 +18,10 @@
     without ``--uv-build``, measures the env cache by itself.
 
 Everything is offline against the toy wheelhouse (``support.wheelhouse``);
-nothing touches the user's caches. Run: ``python bench/bench_envcache.py
-[--repeats N]``.
+nothing touches the user's caches. Each side takes ``3 * N`` interleaved
+samples (the in-process hit ``10 * N``): single runs on a shared 2-core
+machine vary by 10% and more, and the goals are 10-20% apart. Run:
+``python bench/bench_envcache.py [--repeats N]``.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ TRIVIAL_TEST = "def test_trivial():\n    assert True\n"
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the three comparisons and write ``bench/results/envcache.json``."""
     repeats: int = support.argument_parser(__doc__).parse_args(argv).repeats
+    samples = 3 * repeats
 
     # The in-process side (a) must see the same isolated caches as the subprocesses.
     scratch, env, house = support.workspace(SUITE, in_process=True)
@@ -130,7 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "the sync) and probes uv's version",
         ),
     ):
-        ours, base = side_by_side(cold_ours, cold_uv, repeats, setup=setup)
+        ours, base = side_by_side(cold_ours, cold_uv, samples, setup=setup)
         rows.append(
             row(
                 SUITE,
@@ -165,7 +168,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         install = [uv, "pip", "install", "--no-deps", "-q", "--target", str(layer / "site")]
         support.run_checked([*install, *common, *wheels], cwd=cold_project, env=env)
 
-    ours, base = side_by_side(cold_ours, cold_by_hand, repeats, setup=new_cache)
+    ours, base = side_by_side(cold_ours, cold_by_hand, samples, setup=new_cache)
     shutil.rmtree(scratch / "cold", ignore_errors=True)
     rows.append(
         row(
@@ -179,23 +182,39 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
 
     # (c) a warm pytest session asking for uv_env against a plain trivial run.
+    # The project is no git checkout, so the build record asks git nothing;
+    # the last case is the same project committed to git, where two git
+    # queries run while the session does.
+    checkout = Path(shutil.copytree(project, scratch / "checkout"))
+    # As in any project, bytecode is ignored (builds/ ignores itself).
+    (checkout / ".gitignore").write_text("__pycache__/\n")
+    git_env = {**env, "GIT_AUTHOR_NAME": "bench", "GIT_AUTHOR_EMAIL": "bench@example.invalid"}
+    git_env.update(GIT_COMMITTER_NAME="bench", GIT_COMMITTER_EMAIL="bench@example.invalid")
+    for git_args in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", "bench"]):
+        support.run_checked(["git", *git_args], cwd=checkout, env=git_env)
     pytest_cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
-    for case, extra in (
-        ("warm pytest --uv-build, one test using uv_env", ["--uv-build"]),
+    for case, extra, where in (
+        ("warm pytest --uv-build, one test using uv_env", ["--uv-build"], project),
         (
             "warm pytest --uv-build --uv-no-artifacts, one test using uv_env",
             ["--uv-build", "--uv-no-artifacts"],
+            project,
         ),
-        ("warm pytest (no --uv-build), one test using uv_env", []),
+        ("warm pytest (no --uv-build), one test using uv_env", [], project),
+        (
+            "warm pytest --uv-build in a git checkout, one test using uv_env",
+            ["--uv-build"],
+            checkout,
+        ),
     ):
         ours, base = side_by_side(
             functools.partial(
-                support.run_checked, [*pytest_cmd, *extra, "test_env.py"], cwd=project, env=env
+                support.run_checked, [*pytest_cmd, *extra, "test_env.py"], cwd=where, env=env
             ),
             functools.partial(
-                support.run_checked, [*pytest_cmd, "test_trivial.py"], cwd=project, env=env
+                support.run_checked, [*pytest_cmd, "test_trivial.py"], cwd=where, env=env
             ),
-            repeats,
+            samples,
         )
         rows.append(
             row(
