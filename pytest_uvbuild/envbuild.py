@@ -205,48 +205,53 @@ def build_env(
 
     project, selection, interpreter, key, inputs = resolved
     env_dir = cache.env_dir(key)
-    python_args = ["--python", str(interpreter.path)]
-    mode: InstallMode = inputs["install_mode"]
-    guess = _LayerPlan.make(
-        project,
-        key,
-        mode,
-        selection.only_groups,
-        guess_sources(cache, project, selection),
-        inputs,
-    )
-    guess_dir = guess.layer_dir(cache.root)
-    guess_is_new = guess_dir is not None and (rebuild or not _layer_intact(guess_dir))
     remove_tree(env_dir)
     began = time.perf_counter()
-    # The sync is the longest of the three, so this thread waits for it: a
-    # waiter in another thread would need the GIL back to see it end, which
-    # costs up to a switch interval while this thread runs Python.
+    # The sync is the longest job: it starts first, and this thread waits
+    # for it (a waiter in another thread would need the GIL back to see it
+    # end, which costs up to a switch interval while this thread runs Python).
+    sync = cache.uv.start(
+        [
+            "sync",
+            "--locked",
+            "--no-install-local",
+            # Errors are still printed; progress would only wake this thread.
+            "--quiet",
+            "--python",
+            str(interpreter.path),
+            *selection.uv_args,
+            *_offline(request),
+        ],
+        what="`uv sync --locked`",
+        cwd=project.root,
+        env={"UV_PROJECT_ENVIRONMENT": str(env_dir)},
+    )
+    failed: BaseException | None = None
+    try:
+        mode: InstallMode = inputs["install_mode"]
+        guess = _LayerPlan.make(
+            project,
+            key,
+            mode,
+            selection.only_groups,
+            guess_sources(cache, project, selection),
+            inputs,
+        )
+        guess_dir = guess.layer_dir(cache.root)
+        guess_is_new = guess_dir is not None and (rebuild or not _layer_intact(guess_dir))
+    except BaseException:
+        sync.wait(check=False)
+        remove_tree(env_dir)
+        raise
     with ThreadPoolExecutor(max_workers=2) as pool:
         export_job = pool.submit(_exported_plan, cache, resolved, request)
         layer_job = pool.submit(
             cache._ensure_layer, guess, interpreter, request, None, rebuild=rebuild
         )
         try:
-            cache.uv.run(
-                [
-                    "sync",
-                    "--locked",
-                    "--no-install-local",
-                    # Errors are still printed; progress would only wake this thread.
-                    "--quiet",
-                    *python_args,
-                    *selection.uv_args,
-                    *_offline(request),
-                ],
-                what="`uv sync --locked`",
-                cwd=project.root,
-                env={"UV_PROJECT_ENVIRONMENT": str(env_dir)},
-            )
+            sync.wait()
         except BaseException as exc:
-            failed: BaseException | None = exc
-        else:
-            failed = None
+            failed = exc
         # Wait for every job (each may still be making files), then pick the
         # error: the export's, if any, says best what is wrong with the lock.
         export_failed, layer_failed = export_job.exception(), layer_job.exception()

@@ -28,7 +28,7 @@ from pytest_uvbuild.errors import (
 from pytest_uvbuild.fsutil import write_atomic
 from pytest_uvbuild.probecache import probe, stat_token
 
-__all__ = ["UV_BINARY_ENV", "Uv", "find_uv"]
+__all__ = ["UV_BINARY_ENV", "Uv", "UvProcess", "find_uv"]
 
 #: Environment variable that points pytest-uvbuild at a specific uv binary.
 UV_BINARY_ENV: Final = "PYTEST_UVBUILD_UV"
@@ -160,6 +160,33 @@ def _reinstall_hint() -> str:
     return "Fix: reinstall it with `pip install --force-reinstall uv`."
 
 
+class UvProcess:
+    """A uv command that :meth:`Uv.start` started; :meth:`wait` collects it."""
+
+    def __init__(self, proc: subprocess.Popen[str], argv: list[str], what: str) -> None:
+        self._proc = proc
+        self._argv = argv
+        self.what = what
+
+    def wait(
+        self, *, check: bool = True, timeout: float | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """Wait for uv to end; on failure raise the translated error unless ``check`` is false."""
+        try:
+            out, err = self._proc.communicate(timeout=timeout)
+        except BaseException:
+            # A timeout or an interrupt: uv must not outlive the caller's cleanup.
+            self._proc.kill()
+            self._proc.communicate()
+            raise
+        proc = subprocess.CompletedProcess(self._argv, self._proc.returncode, out, err)
+        if check and proc.returncode != 0:
+            from pytest_uvbuild.uverrors import translate_failure
+
+            raise translate_failure(self.what, proc.returncode, proc.stderr)
+        return proc
+
+
 class Uv:
     """A located uv binary and the way we run it."""
 
@@ -205,6 +232,33 @@ class Uv:
 
         return str(probe(probe_dir, "uv", self.binary, compute)["version"])
 
+    def start(
+        self,
+        args: Sequence[str],
+        *,
+        what: str,
+        cwd: Path | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> UvProcess:
+        """Start ``uv *args`` and return at once; :meth:`UvProcess.wait` collects it."""
+        argv = [str(self.binary), *args]
+        try:
+            proc = subprocess.Popen(
+                argv,
+                cwd=cwd,
+                env=_uv_environ(env),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                stdin=subprocess.DEVNULL,
+                text=True,
+            )
+        except OSError as exc:
+            raise UvNotFoundError(
+                f"The uv binary at {self.binary} does not run ({exc.strerror}). "
+                + _reinstall_hint()
+            ) from None
+        return UvProcess(proc, argv, what)
+
     def run(
         self,
         args: Sequence[str],
@@ -216,27 +270,7 @@ class Uv:
         timeout: float | None = None,
     ) -> subprocess.CompletedProcess[str]:
         """Run ``uv *args``; on failure raise the translated error unless ``check`` is false."""
-        try:
-            proc = subprocess.run(
-                [str(self.binary), *args],
-                cwd=cwd,
-                env=_uv_environ(env),
-                capture_output=True,
-                text=True,
-                check=False,
-                timeout=timeout,
-                stdin=subprocess.DEVNULL,
-            )
-        except OSError as exc:
-            raise UvNotFoundError(
-                f"The uv binary at {self.binary} does not run ({exc.strerror}). "
-                + _reinstall_hint()
-            ) from None
-        if check and proc.returncode != 0:
-            from pytest_uvbuild.uverrors import translate_failure
-
-            raise translate_failure(what, proc.returncode, proc.stderr)
-        return proc
+        return self.start(args, what=what, cwd=cwd, env=env).wait(check=check, timeout=timeout)
 
     def install_python(self, request: str, *, offline: bool = False) -> Path:
         """Download a Python matching ``request`` with uv and return its interpreter path.

@@ -242,3 +242,13 @@ def test_a_uv_outside_the_venv_is_looked_up_every_time(
     assert find_uv(tmp_path / "cache") == elsewhere
     assert find_uv(tmp_path / "cache") == elsewhere
     assert lookups == ["asked", "asked"]
+
+
+def test_a_started_command_is_collected_by_wait(tmp_path: Path) -> None:
+    """start() returns while uv runs; wait() gives its output or raises the translated error."""
+    uv = Uv(toys.UV)
+    version = uv.start(["--version"], what="`uv --version`").wait()
+    assert version.stdout.startswith("uv ")
+    failing = uv.start(["lock", "--check", "--offline"], what="`uv lock --check`", cwd=tmp_path)
+    with pytest.raises(UvCommandError, match=r"No `pyproject\.toml` found"):
+        failing.wait()
