@@ -188,8 +188,10 @@ def _exported_plan(
 
 def build_env(
     cache: EnvCache, resolved: ResolvedRequest, request: EnvRequest, *, rebuild: bool = False
-) -> dict[str, Any]:
-    """Build the env in place under its lock; the completion record is written last.
+) -> tuple[dict[str, Any], _LayerPlan]:
+    """Build the env in place under its lock; return its completion record and layer plan.
+
+    The completion record is written last.
 
     Three things run at once, since none needs another's result: ``uv
     export --locked`` (it checks the lock and says which local packages
@@ -313,7 +315,7 @@ def build_env(
             "local_sources": record["local_sources"],
         }
         write_atomic(cache._project_record(project), json.dumps(last).encode(), fsync=False)
-    return record
+    return record, plan
 
 
 def _layer_donor(cache: EnvCache, plan: _LayerPlan, layer: Path) -> Path | None:

@@ -661,6 +661,7 @@ class EnvCache:
             else:
                 record, reason = self._read_record(key)
             hit = record is not None
+            plan: _LayerPlan | None = None
             if record is None:
                 from pytest_uvbuild.envbuild import build_env, why_new
 
@@ -671,7 +672,7 @@ class EnvCache:
                         f"{selection.describe()}, install {inputs['install_mode']}: {reason}"
                     )
                 with self._writing():
-                    record = build_env(self, resolved, request, rebuild=rebuild)
+                    record, plan = build_env(self, resolved, request, rebuild=rebuild)
             else:
                 self._check_lock_fresh(project, interpreter, record, request)
             # Taken last, still under the lock (so prune cannot slip in): a
@@ -679,7 +680,7 @@ class EnvCache:
             lease = self._take_lease(key)
         finally:
             lock.release()
-        return self._ready(resolved, record, request, lease, hit, reason, announce)
+        return self._ready(resolved, record, request, lease, hit, reason, announce, plan)
 
     def _ready(
         self,
@@ -690,8 +691,12 @@ class EnvCache:
         hit: bool,
         reason: str,
         announce: Callable[[str], None] | None,
+        plan: _LayerPlan | None = None,
     ) -> UvEnv:
-        """The env for a trusted record (the caller's lease passes to it), with its layer."""
+        """The env for a trusted record (the caller's lease passes to it), with its layer.
+
+        ``plan`` is the layer plan a build just made; otherwise it is made here.
+        """
         project, selection, interpreter, key, inputs = resolved
         try:
             sources = tuple(LocalSource.from_json(s) for s in record.get("local_sources", []))
@@ -712,9 +717,10 @@ class EnvCache:
                 env.site_packages = env.path / record["site_packages"]
             with contextlib.suppress(OSError):
                 os.utime(self.env_dir(key) / RECORD_NAME)
-            plan = _LayerPlan.make(
-                project, key, env.install_mode, selection.only_groups, sources, inputs
-            )
+            if plan is None:
+                plan = _LayerPlan.make(
+                    project, key, env.install_mode, selection.only_groups, sources, inputs
+                )
             # A cold build made the layer alongside the env and already said
             # so; the layer is announced on its own only when it alone is built.
             with self._writing():
