@@ -404,10 +404,12 @@ def _host_paths() -> list[Path]:
     return [Path(p) for p in sys.path if p and os.path.isdir(p)]
 
 
-def _host_python() -> dict[str, Any]:
-    from pytest_uvbuild.interpreters import current_interpreter
+def _host_python(env: UvEnv) -> dict[str, Any]:
+    interp = env.interpreter
+    if interp.path != Path(os.path.realpath(sys.executable)):
+        from pytest_uvbuild.interpreters import current_interpreter
 
-    interp = current_interpreter()
+        interp = current_interpreter()
     return {
         "implementation": interp.implementation,
         "version": interp.version,
@@ -517,7 +519,7 @@ def make_audit(
             "extras": list(env.selection.extras),
             "only_groups": bool(env.selection.only_groups),
         },
-        "host": {"python": _host_python()},
+        "host": {"python": _host_python(env)},
         "packages": rows,
         "drift": drift,
         "host_differences": host,

@@ -17,7 +17,6 @@ import os
 import platform
 import subprocess
 import sys
-import sysconfig
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,6 +70,8 @@ print(json.dumps({
 """
 #: Probe records made by an older ``_INFO_SCRIPT`` lack fields; a new kind ignores them.
 _PROBE_KIND: Final = "python-2"
+#: The running interpreter's own facts, computed in-process.
+_RUNNING_KIND: Final = "running-python-1"
 
 
 @dataclass(frozen=True)
@@ -127,16 +128,39 @@ def _from_info(path: Path, info: dict[str, Any]) -> Interpreter:
     )
 
 
-def current_interpreter() -> Interpreter:
-    """Describe the interpreter running pytest, without starting a process."""
+def current_interpreter(probe_dir: Path | None = None) -> Interpreter:
+    """Describe the interpreter running pytest, without starting a process.
+
+    With a ``probe_dir`` the facts are kept in a probe record (made here,
+    in-process, when the binary is new), which spares a warm session
+    importing ``sysconfig`` for the platform.
+    """
+    real = Path(os.path.realpath(sys.executable))
+
+    def compute() -> dict[str, Any]:
+        import sysconfig
+
+        return {
+            "implementation": sys.implementation.name,
+            "version": platform.python_version(),
+            "version_info": list(sys.version_info),
+            "abiflags": getattr(sys, "abiflags", ""),
+            "platform": sysconfig.get_platform(),
+            "machine": platform.machine(),
+        }
+
+    try:
+        facts = probe(probe_dir, _RUNNING_KIND, real, compute)
+    except OSError:
+        facts = compute()
     return Interpreter(
-        path=Path(os.path.realpath(sys.executable)),
-        implementation=sys.implementation.name,
-        version=platform.python_version(),
-        version_info=tuple(sys.version_info),
-        abiflags=getattr(sys, "abiflags", ""),
-        platform=sysconfig.get_platform(),
-        machine=platform.machine(),
+        path=real,
+        implementation=str(facts["implementation"]),
+        version=str(facts["version"]),
+        version_info=tuple(facts["version_info"]),
+        abiflags=str(facts["abiflags"]),
+        platform=str(facts["platform"]),
+        machine=str(facts["machine"]),
     )
 
 
@@ -239,7 +263,7 @@ def _resolve_local(
         from pytest_uvbuild.discovery import find_matching
 
         return find_matching(wanted, probe_dir)
-    current = current_interpreter()
+    current = current_interpreter(probe_dir)
     if not requires_python:
         return current
     allowed = _requires_python_allows(requires_python, current, probe_dir)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -141,3 +142,18 @@ def test_probe_results_are_cached_by_stat(
     again = inspect(real, tmp_path)
     assert again is not None
     assert again.version == "3.12.99"
+
+
+def test_the_running_interpreter_is_read_back_from_its_probe(tmp_path: Path) -> None:
+    """With a probe dir the running interpreter's facts are kept, then read without sysconfig."""
+    script = (
+        "import sys; from pathlib import Path; "
+        "from pytest_uvbuild.interpreters import current_interpreter; "
+        f"kept = current_interpreter(Path({str(tmp_path)!r})); "
+        "loaded = 'sysconfig' in sys.modules; "
+        "print(kept.key_fields == current_interpreter().key_fields, loaded)"
+    )
+    first = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    again = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert first.stdout.split() == ["True", "True"]
+    assert again.stdout.split() == ["True", "False"]
