@@ -438,8 +438,7 @@ def make_layer(
     A layer another env has with the same digest is hard-linked; else the
     local packages are built as wheels of the working tree and installed.
     """
-    layer_lock = cache._lock(f"layer-{layer.name}")
-    cache._acquire(layer_lock, f"project layer {layer.name}", announce)
+    layer_lock = cache._acquire(f"layer-{layer.name}", f"project layer {layer.name}", announce)
     try:
         if rebuild or not _layer_intact(layer):
             why = "it is damaged" if layer.exists() else "local sources changed"

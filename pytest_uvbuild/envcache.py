@@ -59,10 +59,6 @@ from pytest_uvbuild.request import EnvRequest, InstallMode
 from pytest_uvbuild.uvcli import Uv
 
 if TYPE_CHECKING:
-    # filelock costs about as much to import as the rest of a cache hit; only
-    # a build (which may wait for another builder) takes its locks with it.
-    from filelock import BaseFileLock
-
     from pytest_uvbuild.cacheadmin import CacheEntry, VerifyResult
 
 __all__ = [
@@ -532,39 +528,36 @@ class EnvCache:
                 return None, f"the cached env is damaged ({shown} gone from site-packages)"
         return record, ""
 
-    def _lock(self, name: str) -> BaseFileLock:
-        """The build lock ``locks/<name>.lock`` (an env key, or ``layer-<layer>``)."""
-        from filelock import FileLock
-
-        return FileLock(str(self.root / "locks" / f"{name}.lock"))
-
     def _try_lock(self, name: str) -> HeldLock | None:
         """Take ``locks/<name>.lock`` now, or ``None`` if a builder holds it (prune never waits)."""
         return hold_lock(self.root / "locks" / f"{name}.lock")
 
-    def _acquire(
-        self, lock: BaseFileLock, what: str, announce: Callable[[str], None] | None
-    ) -> None:
-        """Take a build lock, waiting up to ``BUILD_WAIT_SECONDS`` for another builder."""
-        from filelock import Timeout
+    def _acquire(self, name: str, what: str, announce: Callable[[str], None] | None) -> HeldLock:
+        """Take the build lock ``locks/<name>.lock`` (an env key, or ``layer-<layer>``).
 
+        Another builder is waited for up to ``BUILD_WAIT_SECONDS``, polling
+        the lock every 50 ms (as filelock does, which is not imported here).
+        """
+        path = self.root / "locks" / f"{name}.lock"
         try:
-            lock.acquire(timeout=0)
-            return
-        except Timeout:
-            pass
+            held = hold_lock(path)
+            if held is not None:
+                return held
+            if announce:
+                announce(f"waiting for another process to finish building {what}")
+            deadline = time.monotonic() + BUILD_WAIT_SECONDS
+            while time.monotonic() < deadline:
+                time.sleep(0.05)
+                held = hold_lock(path)
+                if held is not None:
+                    return held
         except OSError as exc:
             raise self._not_writable(exc) from None
-        if announce:
-            announce(f"waiting for another process to finish building {what}")
-        try:
-            lock.acquire(timeout=BUILD_WAIT_SECONDS)
-        except Timeout:
-            raise CacheError(
-                f"Gave up after {BUILD_WAIT_SECONDS:.0f} s waiting for another process to finish "
-                f"building {what} (lock {lock.lock_file}). Fix: wait for that pytest run to end "
-                "and try again, or use a separate cache with --uv-cache-dir=DIR."
-            ) from None
+        raise CacheError(
+            f"Gave up after {BUILD_WAIT_SECONDS:.0f} s waiting for another process to finish "
+            f"building {what} (lock {path}). Fix: wait for that pytest run to end "
+            "and try again, or use a separate cache with --uv-cache-dir=DIR."
+        )
 
     def _take_lease(self, key: str) -> HeldLock:
         leases = self.root / "leases" / key
@@ -645,8 +638,7 @@ class EnvCache:
         # A hit writes nothing but its lease; the layout and the write check
         # are for builds.
         self._ensure_root()
-        lock = self._lock(key)
-        self._acquire(lock, f"env {key}", announce)
+        lock = self._acquire(key, f"env {key}", announce)
         try:
             if rebuild:
                 if not self._withdraw(key):

@@ -108,12 +108,11 @@ def hold_lock(path: Path, *, wait: bool = False) -> HeldLock | None:
     """Lock ``path`` (created if missing); ``None`` if another process holds it and not ``wait``.
 
     This is the lock :mod:`filelock` takes on POSIX (``flock`` on the file),
-    so both see each other's locks. It is used where a session takes a lock
-    on every run (the env lease of a cache hit, the build record): importing
-    filelock costs about as much as the rest of a cache hit. A file that is
-    removed while we wait for it guards nothing, so the lock is taken again
-    on a fresh file. Without flock (Windows, or a filesystem without it),
-    filelock does the work.
+    so both see each other's locks. The env cache and the build record take
+    all their locks with it: importing filelock costs about as much as the
+    rest of a cache hit. A file that is removed while we wait for it guards
+    nothing, so the lock is taken again on a fresh file. Without flock
+    (Windows, or a filesystem without it), filelock does the work.
     """
     if sys.platform == "win32":  # pragma: no cover - exercised on Windows only
         return _hold_with_filelock(path, wait=wait)
