@@ -318,6 +318,14 @@ def is_complete(record_dir: Path) -> bool:
     return all((record_dir / name).is_file() for name in sums)
 
 
+def _holds(path: Path, data: bytes) -> bool:
+    """Whether the file at ``path`` has exactly these bytes."""
+    try:
+        return path.read_bytes() == data
+    except OSError:
+        return False
+
+
 def _sums_text(sums: Mapping[str, str]) -> bytes:
     return "".join(f"{sums[name]}  {name}\n" for name in sorted(sums)).encode()
 
@@ -832,7 +840,9 @@ def _write_record(
         # file may be empty, which its hash in SHA256SUMS shows and the next
         # session (which cannot read its rows back) replaces.
         for name, data in per_run.items():
-            write_atomic(target / name, data, fsync=False)
+            # An unchanged audit (the usual case) is not written again.
+            if not (reuse and _holds(target / name, data)):
+                write_atomic(target / name, data, fsync=False)
         sums = {**kept, **{name: _sha256(data) for name, data in per_run.items()}}
         write_atomic(target / SUMS, _sums_text(sums))
         if not reuse:
