@@ -302,7 +302,7 @@ def build_env(
     # journal commit), while a record a power cut leaves empty is unreadable,
     # which means a rebuild, and uv does not sync the env's own files anyway.
     try:
-        write_atomic(env_dir / RECORD_NAME, json.dumps(record, indent=2).encode(), fsync=False)
+        write_atomic(env_dir / RECORD_NAME, json.dumps(record).encode(), fsync=False)
     except OSError:
         remove_tree(env_dir)  # a full disk: give back the space, trust nothing
         raise
