@@ -32,41 +32,34 @@ import contextlib
 import hashlib
 import json
 import os
-import secrets
 import sys
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
-
-from filelock import FileLock
+from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 from pytest_uvbuild import __version__
 from pytest_uvbuild.audit import (
     AUDIT_SCHEMA,
     AUDIT_SCHEMA_VERSION,
     RECORD_SCHEMA,
-    Baseline,
     audit_markdown,
-    baseline_diff,
-    baseline_summary,
     compute_drift,
     compute_host_differences,
-    diff_detail_lines,
-    lock_packages,
-    read_license,
     scan_installed,
     verdict,
 )
+from pytest_uvbuild.distinfo import installed_versions
 from pytest_uvbuild.errors import UvBuildError
-from pytest_uvbuild.fsutil import remove_tree, write_atomic
+from pytest_uvbuild.fsutil import hold_lock, remove_tree, write_atomic
 
 if TYPE_CHECKING:
     import pytest
 
+    from pytest_uvbuild.baseline import Baseline
     from pytest_uvbuild.envcache import UvEnv
+    from pytest_uvbuild.gitinfo import GitQuery
     from pytest_uvbuild.uvcli import Uv
 
 __all__ = [
@@ -75,9 +68,7 @@ __all__ = [
     "RecordOutcome",
     "RecordPlan",
     "append_step_summary",
-    "build_products",
     "check_builds_root",
-    "export_args",
     "is_complete",
     "plan_record",
     "read_sums",
@@ -116,25 +107,6 @@ def source_date_epoch() -> int | None:
     if value < 0:
         raise RecordError("SOURCE_DATE_EPOCH is negative. Fix: set it to a Unix time >= 0.")
     return value
-
-
-def export_args(groups: Sequence[str], extras: Sequence[str], only_groups: bool) -> list[str]:
-    """uv flags selecting exactly ``groups`` and ``extras``, spelled one canonical way.
-
-    The record stores the effective selection, not the user's flags, so a
-    later ``verify`` rebuilds the same export from the metadata alone.
-    """
-    args: list[str] = []
-    if only_groups:
-        for group in groups:
-            args += ["--only-group", group]
-    else:
-        args.append("--no-default-groups")
-        for group in groups:
-            args += ["--group", group]
-    for extra in extras:
-        args += ["--extra", extra]
-    return args
 
 
 # -- which files go into the sdist -------------------------------------------
@@ -197,8 +169,9 @@ def _source_digest(project_root: Path, files: Sequence[str]) -> str:
 # -- planning: the id ----------------------------------------------------------
 
 
-@dataclass
-class RecordPlan:
+# NamedTuples, not dataclasses: they cost a tenth as much to define, and every
+# --uv-build session imports this module.
+class RecordPlan(NamedTuple):
     """The id of the record this session maps to, and what it was computed from."""
 
     build_id: str
@@ -213,7 +186,6 @@ class RecordPlan:
         """Remove the scratch directory of the prebuilt sdist."""
         if self.scratch is not None:
             remove_tree(self.scratch)
-            self.scratch = None
 
 
 def build_id_of(inputs: Mapping[str, Any]) -> str:
@@ -292,7 +264,7 @@ def plan_record(index_dir: Path | None, env: UvEnv, uv: Uv, *, offline: bool) ->
                     "dirs": _dir_stamps(project.root, files),
                 }
                 with contextlib.suppress(OSError):
-                    write_atomic(index, json.dumps(payload, indent=1).encode())
+                    write_atomic(index, json.dumps(payload, indent=1).encode(), fsync=False)
     selection = env.selection
     inputs: dict[str, Any] = {
         "plugin_version": __version__,
@@ -318,83 +290,6 @@ def plan_record(index_dir: Path | None, env: UvEnv, uv: Uv, *, offline: bool) ->
         prebuilt_sdist=prebuilt,
         scratch=scratch,
     )
-
-
-# -- the deterministic files ---------------------------------------------------
-
-
-def export_requirements(
-    uv: Uv, project_root: Path, inputs: Mapping[str, Any], *, offline: bool
-) -> bytes:
-    """``uv export --frozen`` of the recorded selection, with hashes, without the project."""
-    args = [
-        "export",
-        "--frozen",
-        "--format",
-        "requirements-txt",
-        "--no-emit-project",
-        "--no-header",
-        *export_args(inputs["groups"], inputs["extras"], bool(inputs["only_groups"])),
-    ]
-    if offline:
-        args.append("--offline")
-    proc = uv.run(args, what="`uv export --frozen`", cwd=project_root)
-    return proc.stdout.encode()
-
-
-def build_products(
-    uv: Uv,
-    project_root: Path,
-    is_package: bool,
-    inputs: Mapping[str, Any],
-    lock_bytes: bytes,
-    out_dir: Path,
-    *,
-    python: Path | None,
-    offline: bool,
-    prebuilt_sdist: Path | None = None,
-) -> dict[str, Path]:
-    """Write requirements.txt, the lock copy and the repacked sdist into ``out_dir``."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    requirements = export_requirements(uv, project_root, inputs, offline=offline)
-    made = {REQUIREMENTS: out_dir / REQUIREMENTS, LOCK_COPY: out_dir / LOCK_COPY}
-    made[REQUIREMENTS].write_bytes(requirements)
-    made[LOCK_COPY].write_bytes(lock_bytes)
-    if is_package:
-        from pytest_uvbuild.sdist import build_sdist, repack_sdist
-
-        scratch = None
-        sdist = prebuilt_sdist
-        try:
-            if sdist is None:
-                scratch = Path(tempfile.mkdtemp(prefix="pytest-uvbuild-sdist-"))
-                sdist = build_sdist(uv, project_root, scratch, python=python, offline=offline)
-            dest = out_dir / sdist.name
-            repack_sdist(
-                sdist,
-                dest,
-                {REQUIREMENTS: requirements, LOCK_COPY: lock_bytes},
-                mtime=inputs["source_date_epoch"] or 0,
-            )
-            made[sdist.name] = dest
-        finally:
-            if scratch is not None:
-                remove_tree(scratch)
-    return made
-
-
-def compare_products(expected: Mapping[str, Path], rebuilt: Mapping[str, Path]) -> dict[str, Any]:
-    """Compare two sets of products byte for byte."""
-    states = {}
-    for name in sorted(set(expected) | set(rebuilt)):
-        if name not in rebuilt:
-            states[name] = "missing from the rebuild"
-        elif name not in expected:
-            states[name] = "missing from the record"
-        else:
-            same = expected[name].read_bytes() == rebuilt[name].read_bytes()
-            states[name] = "identical" if same else "different"
-    return {"ok": all(s == "identical" for s in states.values()), "files": states}
 
 
 # -- completeness and the manifest ------------------------------------------
@@ -423,6 +318,14 @@ def is_complete(record_dir: Path) -> bool:
     return all((record_dir / name).is_file() for name in sums)
 
 
+def _holds(path: Path, data: bytes) -> bool:
+    """Whether the file at ``path`` has exactly these bytes."""
+    try:
+        return path.read_bytes() == data
+    except OSError:
+        return False
+
+
 def _sums_text(sums: Mapping[str, str]) -> bytes:
     return "".join(f"{sums[name]}  {name}\n" for name in sorted(sums)).encode()
 
@@ -434,8 +337,7 @@ def _sha256(data: bytes) -> str:
 # -- the session ---------------------------------------------------------------
 
 
-@dataclass
-class RecordOutcome:
+class RecordOutcome(NamedTuple):
     """What the session's record and audit came to; the plugin reports it."""
 
     build_id: str
@@ -447,7 +349,7 @@ class RecordOutcome:
     verify: dict[str, Any] | None
     markdown: str
     seconds: float
-    notes: list[str] = field(default_factory=list)
+    notes: tuple[str, ...] = ()
 
     @property
     def failed(self) -> bool:
@@ -472,6 +374,8 @@ class RecordOutcome:
         if diff is None:
             lines.append("baseline: none given")
         else:
+            from pytest_uvbuild.baseline import baseline_summary
+
             lines.append(f"baseline {diff['baseline_id']}: {baseline_summary(diff)}")
         host = audit["host_differences"]
         lines.append(
@@ -498,6 +402,8 @@ class RecordOutcome:
                 )
         diff = audit["baseline"]
         if audit["verdict"]["gate"] and diff is not None and diff["differences"]:
+            from pytest_uvbuild.baseline import diff_detail_lines
+
             lines += diff_detail_lines(diff)
         return lines
 
@@ -506,10 +412,12 @@ def _host_paths() -> list[Path]:
     return [Path(p) for p in sys.path if p and os.path.isdir(p)]
 
 
-def _host_python() -> dict[str, Any]:
-    from pytest_uvbuild.interpreters import current_interpreter
+def _host_python(env: UvEnv) -> dict[str, Any]:
+    interp = env.interpreter
+    if interp.path != Path(os.path.realpath(sys.executable)):
+        from pytest_uvbuild.interpreters import current_interpreter
 
-    interp = current_interpreter()
+        interp = current_interpreter()
     return {
         "implementation": interp.implementation,
         "version": interp.version,
@@ -523,37 +431,47 @@ def _env_paths(env: UvEnv) -> list[Path]:
     return [*env.layer, env.site_packages]
 
 
-def _fresh_rows(env: UvEnv, lock_bytes: bytes) -> list[dict[str, Any]]:
-    """Package rows from the lock graph (the cold path: parses uv.lock)."""
-    from pytest_uvbuild.lockgraph import LockGraph, marker_environment
+def _kept_rows(rows_dir: Path | None, env: UvEnv, build_id: str) -> list[dict[str, Any]] | None:
+    """The package rows kept for this project if they are for this build id (no lock parse).
 
-    if sys.version_info >= (3, 11):
-        import tomllib
-    else:  # pragma: no cover - Python 3.10
-        import tomli as tomllib
+    The rows depend only on what the build id addresses (the env key, the
+    lock, pyproject.toml, the sources); a session without a record to read
+    them back from (``--uv-no-artifacts``) finds them here.
+    """
+    if rows_dir is None:
+        return None
     try:
-        lock = tomllib.loads(lock_bytes.decode("utf-8"))
-    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise RecordError(
-            f"{env.project.lock_path} cannot be parsed ({exc}). Fix: run `uv lock`."
-        ) from None
-    graph = LockGraph.from_lock(lock)
-    installed = scan_installed(_env_paths(env))
-    licenses = {name: read_license(dist.path) for name, dist in installed.items()}
-    return lock_packages(
-        graph,
-        project=env.project.name,
-        groups=env.selection.groups,
-        extras=env.selection.extras,
-        only_groups=bool(env.selection.only_groups),
-        environment=marker_environment(
-            implementation=env.interpreter.implementation,
-            version=env.interpreter.version,
-            machine=env.interpreter.machine,
-        ),
-        install_mode=env.install_mode,
-        licenses=licenses,
-    )
+        data = json.loads(_index_path(rows_dir, env.project.root).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or (
+        data.get("schema"),
+        data.get("schema_version"),
+        data.get("plugin_version"),
+        data.get("build_id"),
+    ) != (AUDIT_SCHEMA, AUDIT_SCHEMA_VERSION, __version__, build_id):
+        return None
+    rows = data.get("packages")
+    return rows if isinstance(rows, list) else None
+
+
+def _keep_rows(
+    rows_dir: Path | None, env: UvEnv, build_id: str, rows: list[dict[str, Any]]
+) -> None:
+    if rows_dir is None:
+        return
+    payload = {
+        "schema": AUDIT_SCHEMA,
+        "schema_version": AUDIT_SCHEMA_VERSION,
+        "plugin_version": __version__,
+        "build_id": build_id,
+        "packages": rows,
+    }
+    # Only a cache: one that cannot be written costs the next session a lock parse.
+    with contextlib.suppress(OSError):
+        write_atomic(
+            _index_path(rows_dir, env.project.root), json.dumps(payload).encode(), fsync=False
+        )
 
 
 def _previous_rows(record_dir: Path, build_id: str) -> list[dict[str, Any]] | None:
@@ -584,9 +502,14 @@ def make_audit(
     """The audit of this session: drift, host differences, baseline diff, verdict."""
     installed = scan_installed(_env_paths(env))
     drift = compute_drift(rows, installed)
-    host = compute_host_differences(rows, scan_installed(_host_paths()))
+    # Only versions count on the host: no direct_url.json is read for its packages.
+    host = compute_host_differences(rows, installed_versions(_host_paths()))
     python = python_facts(env)
-    diff = baseline_diff(baseline, rows, python) if baseline is not None else None
+    diff = None
+    if baseline is not None:
+        from pytest_uvbuild.baseline import baseline_diff
+
+        diff = baseline_diff(baseline, rows, python)
     root = next((r for r in rows if r.get("root")), None)
     return {
         "schema": AUDIT_SCHEMA,
@@ -604,7 +527,7 @@ def make_audit(
             "extras": list(env.selection.extras),
             "only_groups": bool(env.selection.only_groups),
         },
-        "host": {"python": _host_python()},
+        "host": {"python": _host_python(env)},
         "packages": rows,
         "drift": drift,
         "host_differences": host,
@@ -722,34 +645,6 @@ def prepare_builds_root(builds_root: Path) -> None:
         ) from None
 
 
-def _env_products(
-    uv: Uv, env: UvEnv, plan: RecordPlan, out_dir: Path, *, offline: bool, reuse_sdist: bool
-) -> dict[str, Path]:
-    return build_products(
-        uv,
-        env.project.root,
-        env.project.is_package,
-        plan.inputs,
-        plan.lock_bytes,
-        out_dir,
-        python=env.interpreter.path,
-        offline=offline,
-        prebuilt_sdist=plan.prebuilt_sdist if reuse_sdist else None,
-    )
-
-
-def _verify(
-    uv: Uv, env: UvEnv, plan: RecordPlan, products: Mapping[str, Path], *, offline: bool
-) -> dict[str, Any]:
-    """Rebuild in a fresh temporary directory (never reusing an sdist) and compare bytes."""
-    fresh = Path(tempfile.mkdtemp(prefix="pytest-uvbuild-verify-"))
-    try:
-        rebuilt = _env_products(uv, env, plan, fresh / "out", offline=offline, reuse_sdist=False)
-        return compare_products(products, rebuilt)
-    finally:
-        remove_tree(fresh)
-
-
 def record_session(
     env: UvEnv,
     uv: Uv,
@@ -761,11 +656,15 @@ def record_session(
     verify: bool,
     offline: bool,
     run: dict[str, Any],
+    git: GitQuery | None = None,
+    rows_dir: Path | None = None,
 ) -> RecordOutcome:
     """Audit the session and write (or reuse and refresh) its build record.
 
     With ``builds_root`` ``None`` (``--uv-no-artifacts``) nothing is written,
-    but the audit, the gate and ``--uv-verify`` still run.
+    but the audit, the gate and ``--uv-verify`` still run. ``git`` is the
+    session's git query if it started one (else git is asked here);
+    ``rows_dir`` keeps the lock's package rows per project between sessions.
     """
     started = time.perf_counter()
     if builds_root is not None:
@@ -773,13 +672,27 @@ def record_session(
     plan = plan_record(index_dir, env, uv, offline=offline)
     try:
         if builds_root is None:
-            return _audit_only(env, uv, plan, baseline, gate, verify, offline, started)
+            return _audit_only(env, uv, plan, baseline, gate, verify, offline, started, rows_dir)
         record_dir = builds_root / plan.build_id
         try:
-            with FileLock(str(builds_root / ".locks" / f"{plan.build_id}.lock")):
+            lock = hold_lock(builds_root / ".locks" / f"{plan.build_id}.lock", wait=True)
+            try:
                 return _write_record(
-                    env, uv, plan, record_dir, baseline, gate, verify, offline, run, started
+                    env,
+                    uv,
+                    plan,
+                    record_dir,
+                    baseline,
+                    gate,
+                    verify,
+                    offline,
+                    run,
+                    started,
+                    git,
+                    rows_dir,
                 )
+            finally:
+                lock.release()
         except RecordError:
             raise
         except OSError as exc:
@@ -805,14 +718,22 @@ def _audit_only(
     verify: bool,
     offline: bool,
     started: float,
+    rows_dir: Path | None,
 ) -> RecordOutcome:
-    rows = _fresh_rows(env, plan.lock_bytes)
+    rows = _kept_rows(rows_dir, env, plan.build_id)
+    if rows is None:
+        from pytest_uvbuild.recordfiles import fresh_rows
+
+        rows = fresh_rows(env, plan.lock_bytes)
+        _keep_rows(rows_dir, env, plan.build_id, rows)
     verify_result = None
     if verify:
         scratch = Path(tempfile.mkdtemp(prefix="pytest-uvbuild-products-"))
         try:
-            products = _env_products(uv, env, plan, scratch, offline=offline, reuse_sdist=True)
-            verify_result = _verify(uv, env, plan, products, offline=offline)
+            from pytest_uvbuild.recordfiles import env_products, verify_products
+
+            products = env_products(uv, env, plan, scratch, offline=offline, reuse_sdist=True)
+            verify_result = verify_products(uv, env, plan, products, offline=offline)
         finally:
             remove_tree(scratch)
     audit = make_audit(env, plan.build_id, rows, baseline=baseline, gate=gate, verify=verify_result)
@@ -840,6 +761,8 @@ def _write_record(
     offline: bool,
     run: dict[str, Any],
     started: float,
+    git: GitQuery | None,
+    rows_dir: Path | None,
 ) -> RecordOutcome:
     from pytest_uvbuild.gitinfo import git_info
 
@@ -864,20 +787,31 @@ def _write_record(
     else:
         # mkdir (unlike mkdtemp) honours the umask, so the renamed record
         # gets the same permissions as any directory the user creates.
+        import secrets  # only for a new record: its import is not free
+
         target = builds_root / f".tmp-{plan.build_id}-{os.getpid()}-{secrets.token_hex(4)}"
         target.mkdir()
         created = _utc(time.time())
         state = "written"
     try:
         if not reuse:
-            products = _env_products(uv, env, plan, target, offline=offline, reuse_sdist=True)
-            rows = _fresh_rows(env, plan.lock_bytes)
-            sbom = _sbom_bytes(env, plan, rows, uv)
+            from pytest_uvbuild.recordfiles import env_products, fresh_rows, sbom_bytes
+
+            products = env_products(uv, env, plan, target, offline=offline, reuse_sdist=True)
+            rows = _kept_rows(rows_dir, env, plan.build_id)
+            if rows is None:
+                rows = fresh_rows(env, plan.lock_bytes)
+                _keep_rows(rows_dir, env, plan.build_id, rows)
+            sbom = sbom_bytes(env, plan, rows, uv)
             (target / SBOM).write_bytes(sbom)
             kept = {name: _sha256(path.read_bytes()) for name, path in products.items()}
             kept[SBOM] = _sha256(sbom)
         assert rows is not None
-        verify_result = _verify(uv, env, plan, products, offline=offline) if verify else None
+        verify_result = None
+        if verify:
+            from pytest_uvbuild.recordfiles import verify_products
+
+            verify_result = verify_products(uv, env, plan, products, offline=offline)
         audit = make_audit(
             env, plan.build_id, rows, baseline=baseline, gate=gate, verify=verify_result
         )
@@ -887,7 +821,7 @@ def _write_record(
             plan,
             audit,
             sdist_name=_sdist_name(kept),
-            git=git_info(env.project.root),
+            git=git.result() if git is not None else git_info(env.project.root),
             run=run,
             verify=verify_result,
             created=created,
@@ -902,8 +836,13 @@ def _write_record(
             # record is visibly incomplete, and a crash makes the next
             # session rebuild it rather than trust it.
             (record_dir / SUMS).unlink(missing_ok=True)
+        # Only the manifest waits for the disk: after a power cut a per-run
+        # file may be empty, which its hash in SHA256SUMS shows and the next
+        # session (which cannot read its rows back) replaces.
         for name, data in per_run.items():
-            write_atomic(target / name, data)
+            # An unchanged audit (the usual case) is not written again.
+            if not (reuse and _holds(target / name, data)):
+                write_atomic(target / name, data, fsync=False)
         sums = {**kept, **{name: _sha256(data) for name, data in per_run.items()}}
         write_atomic(target / SUMS, _sums_text(sums))
         if not reuse:
@@ -934,26 +873,6 @@ def _move_into_place(staging: Path, record_dir: Path) -> None:
         os.replace(record_dir, trash)
         remove_tree(trash)
     os.replace(staging, record_dir)
-
-
-def _sbom_bytes(env: UvEnv, plan: RecordPlan, rows: list[dict[str, Any]], uv: Uv) -> bytes:
-    from pytest_uvbuild.sbom import build_sbom
-
-    root = next((r for r in rows if r.get("root")), None)
-    bom = build_sbom(
-        rows,
-        project_name=env.project.name,
-        project_version=root["version"] if root else None,
-        tool_versions={"pytest-uvbuild": __version__, "uv": plan.inputs["uv_version"]},
-        properties={
-            "pytest-uvbuild:build-id": plan.build_id,
-            "pytest-uvbuild:env-key": env.key,
-            "pytest-uvbuild:groups": ",".join(plan.inputs["groups"]),
-            "pytest-uvbuild:extras": ",".join(plan.inputs["extras"]),
-        },
-        source_date_epoch=plan.inputs["source_date_epoch"],
-    )
-    return _json_bytes(bom)
 
 
 def append_step_summary(markdown: str) -> bool:

@@ -9,7 +9,8 @@
 * **Baseline ↔ now** compares this audit with an earlier build record's:
   packages added and removed, upgrades and downgrades by kind, changed
   sources, a changed Python or platform. With ``--uv-gate`` any difference
-  fails the session.
+  fails the session. The comparison lives in :mod:`~pytest_uvbuild.baseline`,
+  imported only by sessions that have a baseline.
 
 Each package also says whether it is a direct dependency, through which
 parents the lock reaches it, and its license from the installed metadata.
@@ -20,14 +21,12 @@ readable ``audit.md``.
 from __future__ import annotations
 
 import json
-import os
-import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
-from pytest_uvbuild.errors import UvBuildError
+from pytest_uvbuild.distinfo import dist_infos, parse_headers
+from pytest_uvbuild.project import canonicalize_name
 
 if TYPE_CHECKING:
     # The lock graph is walked only when a record is built; a warm session
@@ -36,17 +35,10 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AUDIT_SCHEMA",
-    "Baseline",
-    "BaselineError",
     "InstalledDist",
     "audit_markdown",
-    "baseline_diff",
-    "change_kind",
     "compute_drift",
     "compute_host_differences",
-    "diff_detail_lines",
-    "diff_records",
-    "load_baseline",
     "lock_packages",
     "read_license",
     "scan_installed",
@@ -58,15 +50,12 @@ AUDIT_SCHEMA_VERSION: Final = 1
 RECORD_SCHEMA: Final = "pytest-uvbuild/build-record"
 
 
-class BaselineError(UvBuildError, ValueError):
-    """The ``--uv-baseline`` path is not an earlier build record."""
-
-
 # -- installed distributions -------------------------------------------------
 
 
-@dataclass(frozen=True)
-class InstalledDist:
+# A NamedTuple, not a dataclass: it costs a tenth as much to define, and every
+# warm session imports this module.
+class InstalledDist(NamedTuple):
     """One ``*.dist-info`` directory: name, version and where the files came from."""
 
     name: str
@@ -76,24 +65,6 @@ class InstalledDist:
     source_kind: str
     commit: str | None
     path: Path
-
-
-_NAME_SEPARATORS: Final = re.compile(r"[-_.]+")
-
-
-def _canonical_name(name: str) -> str:
-    """PEP 503 normalisation (as ``packaging.utils.canonicalize_name``, without the import).
-
-    Every session scans dist-info names; importing packaging for this alone
-    would cost a warm session more than the scan itself.
-    """
-    return _NAME_SEPARATORS.sub("-", name).lower()
-
-
-def _parse_headers(fh: Any) -> Any:
-    from email.parser import HeaderParser  # only on the cold path
-
-    return HeaderParser().parse(fh)
 
 
 def _source_kind(label: str) -> str:
@@ -118,45 +89,18 @@ def _direct_url_kind(dist_info: Path) -> tuple[str, str | None]:
     return "url", None
 
 
-def _metadata_name_version(dist_info: Path) -> tuple[str, str] | None:
-    try:
-        with (dist_info / "METADATA").open(encoding="utf-8", errors="replace") as fh:
-            headers = _parse_headers(fh)
-    except OSError:
-        return None
-    name, version = headers.get("Name"), headers.get("Version")
-    return (str(name), str(version)) if name and version else None
-
-
 def scan_installed(paths: Iterable[Path]) -> dict[str, InstalledDist]:
     """Find the distributions installed in ``paths``; the first path holding a name wins.
 
-    Names and versions come from the ``*.dist-info`` directory names (the
-    wheel spec makes them exact), which is fast enough for every session;
-    odd names fall back to reading ``METADATA``.
+    Names and versions come from the ``*.dist-info`` directory names (see
+    :mod:`~pytest_uvbuild.distinfo`), which is fast enough for every session.
     """
     found: dict[str, InstalledDist] = {}
-    for base in paths:
-        try:
-            entries = sorted(os.listdir(base))
-        except OSError:
+    for key, version, dist_info in dist_infos(paths):
+        if key in found:
             continue
-        for entry in entries:
-            if not entry.endswith(".dist-info"):
-                continue
-            dist_info = Path(base) / entry
-            stem = entry[: -len(".dist-info")]
-            name, _, version = stem.rpartition("-")
-            if not name or not version:
-                parsed = _metadata_name_version(dist_info)
-                if parsed is None:
-                    continue
-                name, version = parsed
-            key = _canonical_name(name)
-            if key in found:
-                continue
-            kind, commit = _direct_url_kind(dist_info)
-            found[key] = InstalledDist(key, version, kind, commit, dist_info)
+        kind, commit = _direct_url_kind(dist_info)
+        found[key] = InstalledDist(key, version, kind, commit, dist_info)
     return found
 
 
@@ -169,7 +113,7 @@ def read_license(dist_info: Path) -> tuple[str, str] | None:
     """
     try:
         with (dist_info / "METADATA").open(encoding="utf-8", errors="replace") as fh:
-            headers = _parse_headers(fh)
+            headers = parse_headers(fh)
     except OSError:
         return None
     expression = headers.get("License-Expression")
@@ -237,7 +181,7 @@ def lock_packages(
     for ref, entry in selected.items():
         package = entry.package
         kind = _source_kind(package.source)
-        is_root = project is not None and package.name == _canonical_name(project)
+        is_root = project is not None and package.name == canonicalize_name(project)
         expected: bool | None = entry.in_env
         if kind == "virtual":
             expected = False  # a virtual project is never installed
@@ -319,9 +263,12 @@ def compute_drift(
 
 
 def compute_host_differences(
-    packages: Sequence[Mapping[str, Any]], host: Mapping[str, InstalledDist]
+    packages: Sequence[Mapping[str, Any]], host: Mapping[str, str]
 ) -> list[dict[str, Any]]:
-    """Packages the env holds that the host lacks or has in another version."""
+    """Packages the env holds that the host lacks or has in another version.
+
+    ``host`` maps each normalised name installed on the host to its version.
+    """
     found = []
     seen: set[str] = set()
     for row in packages:
@@ -329,262 +276,20 @@ def compute_host_differences(
         if row["expected"] is not True or row["local"] or name in seen:
             continue
         seen.add(name)
-        dist = host.get(name)
-        if dist is None:
+        version = host.get(name)
+        if version is None:
             found.append({"name": name, "problem": "missing", "lock": row["version"], "host": None})
-        elif row["version"] is not None and not _versions_equal(str(row["version"]), dist.version):
+        elif row["version"] is not None and not _versions_equal(str(row["version"]), version):
             found.append(
-                {"name": name, "problem": "version", "lock": row["version"], "host": dist.version}
+                {"name": name, "problem": "version", "lock": row["version"], "host": version}
             )
     return found
 
 
-# -- baseline ----------------------------------------------------------------
+def _summary(diff: Mapping[str, Any]) -> str:
+    from pytest_uvbuild.baseline import baseline_summary  # only when there is a baseline
 
-
-@dataclass(frozen=True)
-class Baseline:
-    """What a baseline comparison needs from an earlier build record."""
-
-    origin: str
-    build_id: str | None
-    python: Mapping[str, Any]
-    #: Normalised name to the sorted versions and sources the record lists.
-    packages: Mapping[str, tuple[tuple[str, ...], tuple[str, ...]]]
-
-
-def _packages_view(
-    rows: Iterable[Mapping[str, Any]],
-) -> dict[str, tuple[tuple[str, ...], tuple[str, ...]]]:
-    versions: dict[str, set[str]] = {}
-    sources: dict[str, set[str]] = {}
-    for row in rows:
-        if row.get("root"):
-            continue
-        name = _canonical_name(str(row["name"]))
-        versions.setdefault(name, set()).add(str(row.get("version")))
-        sources.setdefault(name, set()).add(str(row.get("source")))
-    return {n: (tuple(sorted(versions[n])), tuple(sorted(sources[n]))) for n in sorted(versions)}
-
-
-def baseline_from_json(data: Any, origin: str) -> Baseline:
-    """Read an ``audit.json`` or ``metadata.json`` payload as a baseline."""
-    if not isinstance(data, dict):
-        raise BaselineError(f"{origin} is not a pytest-uvbuild build record (not a JSON object).")
-    schema = data.get("schema")
-    try:
-        if schema == AUDIT_SCHEMA:
-            return Baseline(
-                origin=origin,
-                build_id=data.get("build_id"),
-                python=dict(data["env"]["python"]),
-                packages=_packages_view(data["packages"]),
-            )
-        if schema == RECORD_SCHEMA:
-            rows = [
-                {"name": p["name"], "version": p["version"], "source": p["source"]}
-                for p in data["packages"]
-            ]
-            return Baseline(
-                origin=origin,
-                build_id=data.get("id"),
-                python=dict(data["inputs"]["python"]),
-                packages=_packages_view(rows),
-            )
-    except (KeyError, TypeError, AttributeError) as exc:
-        raise BaselineError(
-            f"{origin} is a pytest-uvbuild record but lacks {exc} "
-            "(damaged, or written by another version). Fix: point --uv-baseline at a build "
-            "directory written by this version, or at its audit.json or metadata.json."
-        ) from None
-    raise BaselineError(
-        f"{origin} is not a pytest-uvbuild audit.json or metadata.json "
-        f"(schema {schema!r}). Fix: point --uv-baseline at a build directory "
-        "(builds/<id>/) or at its audit.json or metadata.json."
-    )
-
-
-def load_baseline(path: Path) -> Baseline:
-    """Load a baseline from a build directory, its ``audit.json`` or its ``metadata.json``."""
-    if path.is_dir():
-        candidates = [path / "audit.json", path / "metadata.json"]
-        chosen = next((c for c in candidates if c.is_file()), None)
-        if chosen is None:
-            raise BaselineError(
-                f"Baseline {path} is a directory without audit.json or metadata.json. "
-                "Fix: point --uv-baseline at a build directory (builds/<id>/) or at its "
-                "audit.json or metadata.json."
-            )
-        path = chosen
-    elif not path.exists():
-        raise BaselineError(
-            f"Baseline {path} does not exist. Fix: point --uv-baseline at an earlier "
-            "build directory (builds/<id>/) or its audit.json or metadata.json."
-        )
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise BaselineError(
-            f"Baseline {path} is not a text file, let alone JSON. Fix: point --uv-baseline "
-            "at a build directory (builds/<id>/) or at its audit.json or metadata.json."
-        ) from None
-    except OSError as exc:
-        raise BaselineError(
-            f"Baseline {path} cannot be read ({exc.strerror or exc}). Fix: make it readable, "
-            "or point --uv-baseline at another build directory or its audit.json."
-        ) from None
-    try:
-        data = json.loads(text)
-    except ValueError as exc:
-        raise BaselineError(
-            f"Baseline {path} is not JSON ({exc}). Fix: point --uv-baseline at a build "
-            "directory (builds/<id>/) or at its audit.json or metadata.json."
-        ) from None
-    return baseline_from_json(data, str(path))
-
-
-def change_kind(old: str, new: str) -> tuple[str, str]:
-    """Classify a version change as (``upgrade``/``downgrade``/``changed``, kind).
-
-    The kind is the first release component that differs: ``major``,
-    ``minor`` or ``patch``; with equal releases, ``pre-release`` when a pre-
-    or dev-release part differs, else ``other`` (post-release, local, or an
-    unparseable version).
-    """
-    from packaging.version import InvalidVersion, Version
-
-    try:
-        a, b = Version(old), Version(new)
-    except InvalidVersion:
-        return "changed", "other"
-    direction = "upgrade" if b > a else "downgrade" if b < a else "changed"
-    if a.epoch != b.epoch:
-        return direction, "major"
-    ra = (*a.release, 0, 0, 0)
-    rb = (*b.release, 0, 0, 0)
-    for index, kind in enumerate(("major", "minor", "patch")):
-        if ra[index] != rb[index]:
-            return direction, kind
-    if a.pre != b.pre or a.dev != b.dev:
-        return direction, "pre-release"
-    return direction, "other"
-
-
-def _python_facts(python: Mapping[str, Any]) -> tuple[str, str]:
-    impl = str(python.get("implementation", "?"))
-    return f"{impl} {python.get('version', '?')}", str(python.get("platform", "?"))
-
-
-def baseline_diff(
-    baseline: Baseline, now_packages: Sequence[Mapping[str, Any]], now_python: Mapping[str, Any]
-) -> dict[str, Any]:
-    """Differences between a baseline and this build: what a gate fails on."""
-    now = Baseline(
-        origin="this build", build_id=None, python=now_python, packages=_packages_view(now_packages)
-    )
-    return diff_records(baseline, now)
-
-
-def diff_records(baseline: Baseline, current: Baseline) -> dict[str, Any]:
-    """Differences from ``baseline`` to ``current``: packages, versions, sources, Python."""
-    now = current.packages
-    before = baseline.packages
-    added = [
-        {"name": n, "version": ", ".join(now[n][0]), "source": ", ".join(now[n][1])}
-        for n in sorted(set(now) - set(before))
-    ]
-    removed = [
-        {"name": n, "version": ", ".join(before[n][0]), "source": ", ".join(before[n][1])}
-        for n in sorted(set(before) - set(now))
-    ]
-    changed = []
-    sources = []
-    for name in sorted(set(now) & set(before)):
-        old_versions, old_sources = before[name]
-        new_versions, new_sources = now[name]
-        if old_versions != new_versions:
-            if len(old_versions) == 1 and len(new_versions) == 1:
-                direction, kind = change_kind(old_versions[0], new_versions[0])
-            else:
-                direction, kind = "changed", "other"
-            changed.append(
-                {
-                    "name": name,
-                    "from": ", ".join(old_versions),
-                    "to": ", ".join(new_versions),
-                    "direction": direction,
-                    "kind": kind,
-                }
-            )
-        if old_sources != new_sources:
-            sources.append(
-                {"name": name, "from": ", ".join(old_sources), "to": ", ".join(new_sources)}
-            )
-    old_python, old_platform = _python_facts(baseline.python)
-    new_python, new_platform = _python_facts(current.python)
-    python = {"from": old_python, "to": new_python} if old_python != new_python else None
-    platform = {"from": old_platform, "to": new_platform} if old_platform != new_platform else None
-    count = len(added) + len(removed) + len(changed) + len(sources)
-    count += (python is not None) + (platform is not None)
-    return {
-        "baseline": baseline.origin,
-        "baseline_id": baseline.build_id,
-        "added": added,
-        "removed": removed,
-        "changed": changed,
-        "source_changed": sources,
-        "python": python,
-        "platform": platform,
-        "differences": count,
-    }
-
-
-def baseline_summary(diff: Mapping[str, Any]) -> str:
-    """One line such as ``3 differences: 2 upgraded (1 major), 1 added``."""
-    if not diff["differences"]:
-        return "no differences"
-    parts = []
-    ups = [c for c in diff["changed"] if c["direction"] == "upgrade"]
-    downs = [c for c in diff["changed"] if c["direction"] == "downgrade"]
-    others = [c for c in diff["changed"] if c["direction"] == "changed"]
-    for label, items in (("upgraded", ups), ("downgraded", downs), ("changed", others)):
-        if items:
-            kinds: dict[str, int] = {}
-            for item in items:
-                kinds[item["kind"]] = kinds.get(item["kind"], 0) + 1
-            detail = ", ".join(f"{n} {k}" for k, n in sorted(kinds.items()))
-            parts.append(f"{len(items)} {label} ({detail})")
-    for label, key in (("added", "added"), ("removed", "removed")):
-        if diff[key]:
-            parts.append(f"{len(diff[key])} {label}")
-    if diff["source_changed"]:
-        parts.append(f"{len(diff['source_changed'])} changed source")
-    if diff["python"]:
-        parts.append(f"python {diff['python']['from']} -> {diff['python']['to']}")
-    if diff["platform"]:
-        parts.append(f"platform {diff['platform']['from']} -> {diff['platform']['to']}")
-    noun = "difference" if diff["differences"] == 1 else "differences"
-    return f"{diff['differences']} {noun}: " + ", ".join(parts)
-
-
-def diff_detail_lines(diff: Mapping[str, Any]) -> list[str]:
-    """One indented line per difference of a :func:`diff_records` result."""
-    lines = [
-        f"  {c['name']}: {c['from']} -> {c['to']} ({c['direction']}, {c['kind']})"
-        for c in diff["changed"]
-    ]
-    lines += [f"  {a['name']}: added {a['version']}" for a in diff["added"]]
-    lines += [f"  {r['name']}: removed (was {r['version']})" for r in diff["removed"]]
-    lines += [f"  {s['name']}: source {s['from']} -> {s['to']}" for s in diff["source_changed"]]
-    lines += [
-        f"  {key}: {diff[key]['from']} -> {diff[key]['to']}"
-        for key in ("python", "platform")
-        if diff[key]
-    ]
-    return lines
-
-
-# -- verdict and report ------------------------------------------------------
+    return baseline_summary(diff)
 
 
 def verdict(
@@ -603,7 +308,7 @@ def verdict(
         )
     if gate and baseline is not None and baseline["differences"]:
         reasons.append(
-            f"--uv-gate: {baseline_summary(baseline)} against baseline {baseline['baseline']}. "
+            f"--uv-gate: {_summary(baseline)} against baseline {baseline['baseline']}. "
             "Fix: revert the lock change, or refresh the baseline from this build."
         )
     if verify is not None and not verify.get("ok", False):
@@ -668,7 +373,7 @@ def audit_markdown(audit: Mapping[str, Any]) -> str:
         out += ["No baseline given (`--uv-baseline`).", ""]
     else:
         out += [f"Baseline: `{diff['baseline']}` (build {diff['baseline_id']})", ""]
-        out += [baseline_summary(diff) + ".", ""]
+        out += [_summary(diff) + ".", ""]
         if diff["changed"]:
             out += _table(
                 ("package", "from", "to", "change", "kind"),

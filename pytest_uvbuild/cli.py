@@ -15,7 +15,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from pytest_uvbuild.envcache import EnvCache, default_cache_dir, parse_age
+from pytest_uvbuild.cacheadmin import parse_age
+from pytest_uvbuild.envcache import EnvCache, default_cache_dir
 from pytest_uvbuild.errors import UvBuildError
 from pytest_uvbuild.request import INSTALL_MODES, EnvRequest
 

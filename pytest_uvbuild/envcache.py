@@ -6,22 +6,26 @@ Layout under the cache root::
     envs/<key>/                 the dependency env, built by ``uv sync --locked``
     envs/<key>/pytest-uvbuild.json   completion record, written last
     layers/<key>-<digest>/      the project layer: wheels of the project and local deps
-    locks/<key>.lock            held while an env is built, checked or pruned
+    locks/<key>.lock            held while an env is built, withdrawn or pruned
     leases/<key>/<pid>-<n>.lock held by every session using the env
     checks/<token>              `uv lock --check` passed for these pyproject/lock bytes
-    projects/<digest>.json      inputs of the last env built per project (to say why)
+    projects/<digest>.json      the last env built per project (to say why, and what to build)
     probes/                     cached facts about interpreters and uv
+    sdist-sources/, audit-rows/ the build record's per-project caches
 
 An env is trusted only if its completion record names its own key, its
 interpreter is still there, and nothing recorded at the top of its
 ``site-packages`` is gone (see :mod:`~pytest_uvbuild.integrity`; a file
 removed deeper down is found by ``cache verify``); anything else is rebuilt
-under the lock. A hit runs no uv command and parses no lock: it hashes
-``uv.lock`` and the pyproject files, reads one small record and lists one
-directory. The
-dependency env never contains the project or other local packages, so it is
-immutable and shared by every checkout: those live in a per-content *project
-layer* that is put on ``sys.path`` via ``PYTHONPATH``.
+under the lock. A hit runs no uv command, parses no lock and takes no build
+lock: it hashes ``uv.lock`` and the pyproject files, takes its lease, reads
+one small record and lists one directory. The dependency env never contains
+the project or other local packages, so it is immutable and shared by every
+checkout: those live in a *project layer*, addressed by their sources, the
+interpreter and uv, that is put on ``sys.path`` via ``PYTHONPATH``.
+
+Building lives in :mod:`~pytest_uvbuild.envbuild` and the ``cache``
+commands in :mod:`~pytest_uvbuild.cacheadmin`, so that a hit imports neither.
 """
 
 from __future__ import annotations
@@ -31,45 +35,39 @@ import errno
 import hashlib
 import json
 import os
-import stat
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
-from filelock import FileLock, Timeout
-
+from pytest_uvbuild.distinfo import installed_versions
 from pytest_uvbuild.errors import CacheError, UvBuildError
-from pytest_uvbuild.fsutil import remove_tree, write_atomic
-from pytest_uvbuild.integrity import missing_top_level, top_level, verify_site
+from pytest_uvbuild.fsutil import HeldLock, hold_lock, write_atomic
+from pytest_uvbuild.integrity import missing_top_level
 from pytest_uvbuild.interpreters import Interpreter, resolve_python
 from pytest_uvbuild.project import (
     LocalSource,
     Selection,
     UvProject,
-    canonicalize_name,
     find_project,
     import_root,
-    local_sources_from_export,
-    lock_local_dirs,
-    read_lock,
 )
 from pytest_uvbuild.request import EnvRequest, InstallMode
 from pytest_uvbuild.uvcli import Uv
 
+if TYPE_CHECKING:
+    from pytest_uvbuild.cacheadmin import CacheEntry, VerifyResult
+
 __all__ = [
     "CACHE_DIR_ENV",
     "FORMAT_VERSION",
-    "CacheEntry",
     "EnvCache",
     "EnvRequest",
+    "ResolvedRequest",
     "UvEnv",
-    "VerifyResult",
     "default_cache_dir",
 ]
 
@@ -113,24 +111,48 @@ def default_cache_dir() -> Path:
     return Path(base) / "pytest-uvbuild"
 
 
-@dataclass
 class UvEnv:
-    """A ready, locked environment: what the ``uv_env`` fixture returns."""
+    """A ready, locked environment: what the ``uv_env`` fixture returns.
 
-    path: Path
-    python: Path
-    key: str
-    project: UvProject
-    interpreter: Interpreter
-    selection: Selection
-    install_mode: InstallMode
-    inputs: dict[str, Any]
-    #: Extra ``sys.path`` entries: the project layer (wheel mode) or import roots (source mode).
-    layer: tuple[Path, ...] = ()
-    hit: bool = True
-    reason: str = ""
-    seconds: float = 0.0
-    _lease: FileLock | None = field(default=None, repr=False)
+    A plain class rather than a dataclass: defining one costs about 0.6 ms
+    here, which every session that asks for an env would pay on import.
+    """
+
+    def __init__(
+        self,
+        *,
+        path: Path,
+        python: Path,
+        key: str,
+        project: UvProject,
+        interpreter: Interpreter,
+        selection: Selection,
+        install_mode: InstallMode,
+        inputs: dict[str, Any],
+        layer: tuple[Path, ...] = (),
+        hit: bool = True,
+        reason: str = "",
+        seconds: float = 0.0,
+        _lease: HeldLock | None = None,
+    ) -> None:
+        self.path = path
+        self.python = python
+        self.key = key
+        self.project = project
+        self.interpreter = interpreter
+        self.selection = selection
+        self.install_mode: InstallMode = install_mode
+        self.inputs = inputs
+        #: Extra ``sys.path`` entries: the project layer (wheel mode) or import roots (source).
+        self.layer = layer
+        self.hit = hit
+        self.reason = reason
+        self.seconds = seconds
+        self._lease = _lease
+
+    def __repr__(self) -> str:
+        state = "hit" if self.hit else "miss"
+        return f"UvEnv(key={self.key!r}, path={str(self.path)!r}, {state})"
 
     @property
     def bin_dir(self) -> Path:
@@ -149,30 +171,16 @@ class UvEnv:
 
     @cached_property
     def packages(self) -> dict[str, str]:
-        """Normalised distribution name to version, as installed (the project layer wins)."""
-        from importlib.metadata import distributions
+        """Normalised distribution name to version, as installed (the project layer wins).
 
-        found: dict[str, str] = {}
-        for dist in distributions(path=[*map(str, self.layer), str(self.site_packages)]):
-            name = dist.metadata["Name"]
-            if name:
-                found.setdefault(canonicalize_name(name), dist.version)
-        return dict(sorted(found.items()))
+        Read from the ``*.dist-info`` directory names, which the wheel spec
+        makes ``{name}-{version}`` (see :mod:`~pytest_uvbuild.distinfo`).
+        """
+        return installed_versions([*self.layer, self.site_packages])
 
     def package_count(self) -> int:
-        """How many distributions are installed, counted without reading their metadata.
-
-        Reading every METADATA file (what :attr:`packages` does) costs
-        milliseconds per hundred packages; the terminal summary only needs
-        the number.
-        """
-        names: set[str] = set()
-        for directory in (*self.layer, self.site_packages):
-            with contextlib.suppress(OSError), os.scandir(directory) as entries:
-                for entry in entries:
-                    if entry.name.endswith(".dist-info"):
-                        names.add(canonicalize_name(entry.name.split("-", 1)[0]))
-        return len(names)
+        """How many distributions are installed (for the terminal summary)."""
+        return len(self.packages)
 
     def environ(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
         """Return ``os.environ`` adjusted so that commands resolve into this env."""
@@ -209,33 +217,6 @@ class UvEnv:
             self._lease = None
 
 
-@dataclass(frozen=True)
-class CacheEntry:
-    """One env in the cache, as ``cache list`` shows it."""
-
-    key: str
-    path: Path
-    project: str
-    python: str
-    size: int
-    last_used: float
-    complete: bool
-    in_use: bool
-
-    def as_json(self) -> dict[str, Any]:
-        """Return the entry as a JSON-ready dict."""
-        return {
-            "key": self.key,
-            "path": str(self.path),
-            "project": self.project,
-            "python": self.python,
-            "size": self.size,
-            "last_used": self.last_used,
-            "complete": self.complete,
-            "in_use": self.in_use,
-        }
-
-
 def compute_key(
     *,
     lock_sha256: str,
@@ -257,29 +238,6 @@ def compute_key(
     return hashlib.sha256(blob).hexdigest()[:16], inputs
 
 
-def _find_site_packages(env_dir: Path) -> Path | None:
-    if sys.platform == "win32":
-        site = env_dir / "Lib" / "site-packages"
-        return site if site.is_dir() else None
-    found = sorted(env_dir.glob("lib/*/site-packages"))
-    return found[0] if found else None
-
-
-def _drop_world_write(*directories: Path) -> None:
-    """Take write permission for others off the entries directly in ``directories``.
-
-    uv leaves its lock file (``.lock``) in an env and in a ``--target``
-    directory with mode 0o666, whatever the umask; nothing in the cache
-    should be writable by other users.
-    """
-    for directory in directories:
-        with contextlib.suppress(OSError), os.scandir(directory) as entries:
-            for entry in entries:
-                mode = entry.stat(follow_symlinks=False).st_mode
-                if not stat.S_ISLNK(mode) and mode & stat.S_IWOTH:
-                    os.chmod(entry.path, stat.S_IMODE(mode) & ~stat.S_IWOTH)
-
-
 def _layer_intact(layer: Path) -> bool:
     """Whether a project layer is complete and nothing recorded at its top is gone."""
     try:
@@ -288,32 +246,6 @@ def _layer_intact(layer: Path) -> bool:
         return False
     entries = data.get("entries") if isinstance(data, dict) else None
     return not (isinstance(entries, list) and missing_top_level(layer / "site", entries))
-
-
-@dataclass(frozen=True)
-class VerifyResult:
-    """What ``cache verify`` found for one env: problems per checked site directory."""
-
-    key: str
-    busy: bool
-    problems: tuple[str, ...]
-    damaged_layers: tuple[str, ...]
-    #: Distributions with a file changed in place: uv's cache may hold the same change.
-    changed: tuple[str, ...] = ()
-
-    @property
-    def damaged(self) -> bool:
-        """Whether any file of the env or of its project layers is missing or changed."""
-        return bool(self.problems or self.damaged_layers)
-
-
-def _dir_size(path: Path) -> int:
-    total = 0
-    for root, _dirs, files in os.walk(path):
-        for name in files:
-            with contextlib.suppress(OSError):
-                total += os.lstat(os.path.join(root, name)).st_size
-    return total
 
 
 def _is_test_file(name: str) -> bool:
@@ -387,33 +319,14 @@ def fingerprint_sources(
     return digest.hexdigest()[:16]
 
 
-def _differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
-    """Say, in words, which key inputs differ between two builds of one project."""
-    said: list[str] = []
-    if old.get("lock_sha256") != new.get("lock_sha256"):
-        said.append("uv.lock changed")
-    old_py, new_py = old.get("python") or {}, new.get("python") or {}
-    if old_py != new_py:
-        said.append(
-            f"interpreter changed ({old_py.get('version', '?')} {old_py.get('path', '?')} -> "
-            f"{new_py.get('version', '?')} {new_py.get('path', '?')})"
-        )
-    if old.get("selection") != new.get("selection"):
-        said.append("groups or extras changed")
-    if old.get("install_mode") != new.get("install_mode"):
-        said.append(
-            f"install mode changed ({old.get('install_mode')} -> {new.get('install_mode')})"
-        )
-    if old.get("uv") != new.get("uv"):
-        said.append(f"uv changed ({old.get('uv')} -> {new.get('uv')})")
-    if old.get("format") != new.get("format"):
-        said.append("pytest-uvbuild's cache format changed")
-    return said
+class _LayerPlan(NamedTuple):
+    """What goes next to an env for one checkout: import roots and packages to install.
 
-
-@dataclass(frozen=True)
-class _LayerPlan:
-    """What goes next to an env for one checkout: import roots and packages to install."""
+    The digest addresses what decides the layer's files: the local packages'
+    sources (names, sizes and mtimes), the interpreter and uv. It leaves the
+    lock out, since a wheel is built from the working tree alone; that is how
+    a new lock with unchanged sources reuses the layer of the previous env.
+    """
 
     root: Path
     key: str
@@ -429,6 +342,7 @@ class _LayerPlan:
         install_mode: InstallMode,
         only_groups: bool,
         sources: Sequence[LocalSource],
+        inputs: Mapping[str, Any],
     ) -> _LayerPlan:
         """Split the selected local packages by install mode and fingerprint what is installed."""
         root = project.root
@@ -452,7 +366,15 @@ class _LayerPlan:
             and not only_groups
         ):
             import_roots.insert(0, import_root(root, project.pyproject))
-        digest = fingerprint_sources(root, to_install, {root: project.pyproject})
+        fingerprint = fingerprint_sources(root, to_install, {root: project.pyproject})
+        addressed = {
+            "format": FORMAT_VERSION,
+            "python": inputs.get("python"),
+            "uv": inputs.get("uv"),
+            "sources": fingerprint,
+        }
+        blob = json.dumps(addressed, sort_keys=True, separators=(",", ":")).encode()
+        digest = hashlib.sha256(blob).hexdigest()[:16]
         return cls(root, key, tuple(dict.fromkeys(import_roots)), tuple(to_install), digest)
 
     def layer_dir(self, cache_root: Path) -> Path | None:
@@ -460,6 +382,20 @@ class _LayerPlan:
         if not self.to_install:
             return None
         return cache_root / "layers" / f"{self.key}-{self.digest}"
+
+    def names(self) -> str:
+        """The installed packages' names, for messages."""
+        return ", ".join(s.name for s in self.to_install)
+
+
+class ResolvedRequest(NamedTuple):
+    """What an env request comes to: project, selection, interpreter, the key and its inputs."""
+
+    project: UvProject
+    selection: Selection
+    interpreter: Interpreter
+    key: str
+    inputs: dict[str, Any]
 
 
 class EnvCache:
@@ -473,7 +409,7 @@ class EnvCache:
     def uv(self) -> Uv:
         """The uv binary, located on first use."""
         if self._uv is None:
-            self._uv = Uv.locate()
+            self._uv = Uv.locate(self.probe_dir)
         return self._uv
 
     @property
@@ -526,9 +462,7 @@ class EnvCache:
 
     # -- key ---------------------------------------------------------------
 
-    def resolve(
-        self, request: EnvRequest, start_dir: Path
-    ) -> tuple[UvProject, Selection, Interpreter, str, dict[str, Any]]:
+    def resolve(self, request: EnvRequest, start_dir: Path) -> ResolvedRequest:
         """Find the project and interpreter for ``request`` and compute the env key."""
         project = find_project(start_dir, request.project_dir)
         selection = project.select(
@@ -538,7 +472,6 @@ class EnvCache:
             extras=request.extras,
             all_extras=request.all_extras,
         )
-        self._ensure_root()
         interpreter = resolve_python(
             request.python,
             project_root=project.root,
@@ -560,7 +493,7 @@ class EnvCache:
             install_mode=mode,
             uv_version=self.uv.version(self.probe_dir),
         )
-        return project, selection, interpreter, key, inputs
+        return ResolvedRequest(project, selection, interpreter, key, inputs)
 
     # -- materialise -------------------------------------------------------
 
@@ -595,38 +528,52 @@ class EnvCache:
                 return None, f"the cached env is damaged ({shown} gone from site-packages)"
         return record, ""
 
-    def _lock(self, key: str) -> FileLock:
-        return FileLock(str(self.root / "locks" / f"{key}.lock"))
+    def _try_lock(self, name: str) -> HeldLock | None:
+        """Take ``locks/<name>.lock`` now, or ``None`` if a builder holds it (prune never waits)."""
+        return hold_lock(self.root / "locks" / f"{name}.lock")
 
-    def _acquire(self, lock: FileLock, what: str, announce: Callable[[str], None] | None) -> None:
-        """Take a build lock, waiting up to ``BUILD_WAIT_SECONDS`` for another builder."""
+    def _acquire(self, name: str, what: str, announce: Callable[[str], None] | None) -> HeldLock:
+        """Take the build lock ``locks/<name>.lock`` (an env key, or ``layer-<layer>``).
+
+        Another builder is waited for up to ``BUILD_WAIT_SECONDS``, polling
+        the lock every 50 ms (as filelock does, which is not imported here).
+        """
+        path = self.root / "locks" / f"{name}.lock"
         try:
-            lock.acquire(timeout=0)
-            return
-        except Timeout:
-            pass
+            held = hold_lock(path)
+            if held is not None:
+                return held
+            if announce:
+                announce(f"waiting for another process to finish building {what}")
+            deadline = time.monotonic() + BUILD_WAIT_SECONDS
+            while time.monotonic() < deadline:
+                time.sleep(0.05)
+                held = hold_lock(path)
+                if held is not None:
+                    return held
         except OSError as exc:
             raise self._not_writable(exc) from None
-        if announce:
-            announce(f"waiting for another process to finish building {what}")
-        try:
-            lock.acquire(timeout=BUILD_WAIT_SECONDS)
-        except Timeout:
-            raise CacheError(
-                f"Gave up after {BUILD_WAIT_SECONDS:.0f} s waiting for another process to finish "
-                f"building {what} (lock {lock.lock_file}). Fix: wait for that pytest run to end "
-                "and try again, or use a separate cache with --uv-cache-dir=DIR."
-            ) from None
+        raise CacheError(
+            f"Gave up after {BUILD_WAIT_SECONDS:.0f} s waiting for another process to finish "
+            f"building {what} (lock {path}). Fix: wait for that pytest run to end "
+            "and try again, or use a separate cache with --uv-cache-dir=DIR."
+        )
 
-    def _take_lease(self, key: str) -> FileLock:
+    def _take_lease(self, key: str) -> HeldLock:
         leases = self.root / "leases" / key
         try:
-            leases.mkdir(parents=True, exist_ok=True)
-            lease = FileLock(str(leases / f"{os.getpid()}-{time.monotonic_ns()}.lock"))
-            lease.acquire(timeout=0)
+            while True:
+                leases.mkdir(parents=True, exist_ok=True)
+                try:
+                    lease = hold_lock(leases / f"{os.getpid()}-{time.monotonic_ns()}.lock")
+                except FileNotFoundError:
+                    continue  # the directory was removed as empty just now: make it again
+                if lease is not None:
+                    return lease
+                # `cache prune` holds this brand-new file for a moment (it takes
+                # every lease it can, to clear those of dead sessions): use a new name.
         except OSError as exc:
             raise self._not_writable(exc) from None
-        return lease
 
     def materialise(
         self,
@@ -642,34 +589,82 @@ class EnvCache:
         that ``cache prune`` leaves it alone while it is in use.
         """
         started = time.perf_counter()
-        project, selection, interpreter, key, inputs = self.resolve(request, start_dir)
-        lock = self._lock(key)
-        self._acquire(lock, f"env {key}", announce)
+        resolved = self.resolve(request, start_dir)
+        env = None if rebuild else self._reuse(resolved, request, announce)
+        if env is None:
+            env = self._build_or_wait(resolved, request, rebuild, announce)
+        env.seconds = time.perf_counter() - started
+        return env
+
+    def _reuse(
+        self,
+        resolved: ResolvedRequest,
+        request: EnvRequest,
+        announce: Callable[[str], None] | None,
+    ) -> UvEnv | None:
+        """The cache hit: a trusted env, leased without taking the build lock; else ``None``.
+
+        The lease is taken before the record is read. Whatever removes or
+        replaces an env withdraws its record first and looks for leases after
+        (see :meth:`_withdraw`): either it sees this lease and keeps the env,
+        or this session finds no record and builds (or waits) under the lock.
+        """
+        key = resolved.key
+        if not os.path.exists(self.env_dir(key) / RECORD_NAME):
+            return None
+        lease = self._take_lease(key)
         try:
-            if rebuild and self._lease_in_use(key):
-                # Rebuilding deletes the env first: a session using it would
-                # lose its interpreter and packages mid-run.
-                raise CacheError(
-                    f"--uv-rebuild would replace env {key} while another running session "
-                    "uses it. Fix: let that pytest run end, then rerun with --uv-rebuild "
-                    "(`python -m pytest_uvbuild cache list` marks envs in use)."
-                )
+            record, _ = self._read_record(key)
+            if record is None:
+                _release_lease(lease)
+                with contextlib.suppress(OSError):
+                    os.rmdir(self.root / "leases" / key)  # leave leases/ as it was
+                return None
+            self._check_lock_fresh(resolved.project, resolved.interpreter, record, request)
+        except BaseException:
+            _release_lease(lease)
+            raise
+        return self._ready(resolved, record, request, lease, True, "", announce)
+
+    def _build_or_wait(
+        self,
+        resolved: ResolvedRequest,
+        request: EnvRequest,
+        rebuild: bool,
+        announce: Callable[[str], None] | None,
+    ) -> UvEnv:
+        """Under the env's build lock: reuse what another process built meanwhile, or build."""
+        project, selection, interpreter, key, inputs = resolved
+        # A hit writes nothing but its lease; the layout and the write check
+        # are for builds.
+        self._ensure_root()
+        lock = self._acquire(key, f"env {key}", announce)
+        try:
             if rebuild:
+                if not self._withdraw(key):
+                    # Rebuilding deletes the env first: a session using it would
+                    # lose its interpreter and packages mid-run.
+                    raise CacheError(
+                        f"--uv-rebuild would replace env {key} while another running session "
+                        "uses it. Fix: let that pytest run end, then rerun with --uv-rebuild "
+                        "(`python -m pytest_uvbuild cache list` marks envs in use)."
+                    )
                 record, reason = None, "--uv-rebuild was given"
             else:
                 record, reason = self._read_record(key)
             hit = record is not None
+            plan: _LayerPlan | None = None
             if record is None:
-                reason = reason or self._why_new(project, inputs)
+                from pytest_uvbuild.envbuild import build_env, why_new
+
+                reason = reason or why_new(self, project, inputs)
                 if announce:
                     announce(
                         f"building env {key} for {project.root} with {interpreter.describe()}, "
                         f"{selection.describe()}, install {inputs['install_mode']}: {reason}"
                     )
                 with self._writing():
-                    record = self._build(
-                        project, selection, interpreter, key, inputs, request, rebuild=rebuild
-                    )
+                    record, plan = build_env(self, resolved, request, rebuild=rebuild)
             else:
                 self._check_lock_fresh(project, interpreter, record, request)
             # Taken last, still under the lock (so prune cannot slip in): a
@@ -677,6 +672,24 @@ class EnvCache:
             lease = self._take_lease(key)
         finally:
             lock.release()
+        return self._ready(resolved, record, request, lease, hit, reason, announce, plan)
+
+    def _ready(
+        self,
+        resolved: ResolvedRequest,
+        record: Mapping[str, Any],
+        request: EnvRequest,
+        lease: HeldLock,
+        hit: bool,
+        reason: str,
+        announce: Callable[[str], None] | None,
+        plan: _LayerPlan | None = None,
+    ) -> UvEnv:
+        """The env for a trusted record (the caller's lease passes to it), with its layer.
+
+        ``plan`` is the layer plan a build just made; otherwise it is made here.
+        """
+        project, selection, interpreter, key, inputs = resolved
         try:
             sources = tuple(LocalSource.from_json(s) for s in record.get("local_sources", []))
             env = UvEnv(
@@ -692,9 +705,14 @@ class EnvCache:
                 reason=reason,
                 _lease=lease,
             )
+            if isinstance(record.get("site_packages"), str):
+                env.site_packages = env.path / record["site_packages"]
             with contextlib.suppress(OSError):
                 os.utime(self.env_dir(key) / RECORD_NAME)
-            plan = _LayerPlan.make(project, key, env.install_mode, selection.only_groups, sources)
+            if plan is None:
+                plan = _LayerPlan.make(
+                    project, key, env.install_mode, selection.only_groups, sources, inputs
+                )
             # A cold build made the layer alongside the env and already said
             # so; the layer is announced on its own only when it alone is built.
             with self._writing():
@@ -704,8 +722,29 @@ class EnvCache:
         except BaseException:
             _release_lease(lease)
             raise
-        env.seconds = time.perf_counter() - started
         return env
+
+    def _withdraw(self, key: str) -> bool:
+        """Take the env's completion record away, unless a running session holds a lease on it.
+
+        Called under the build lock before an env is removed or rebuilt. A
+        cache hit takes its lease without that lock and reads the record
+        after, so leases are looked at again once the record is gone: a
+        session that leased the env in between may have read the record, and
+        then the record goes back and the env stays.
+        """
+        if self._lease_in_use(key):
+            return False
+        record = self.env_dir(key) / RECORD_NAME
+        try:
+            saved = record.read_bytes()
+        except OSError:
+            return True  # nothing that a session could trust
+        record.unlink(missing_ok=True)
+        if self._lease_in_use(key):
+            write_atomic(record, saved)
+            return False
+        return True
 
     # -- is the lock still in sync with pyproject.toml? --------------------
 
@@ -757,133 +796,7 @@ class EnvCache:
         name = hashlib.sha256(str(project.root).encode()).hexdigest()[:16]
         return self.root / "projects" / f"{name}.json"
 
-    def _why_new(self, project: UvProject, inputs: Mapping[str, Any]) -> str:
-        """Explain a miss by comparing with the last env built for this project."""
-        try:
-            last = json.loads(self._project_record(project).read_text(encoding="utf-8"))
-            previous = last["inputs"]
-        except (OSError, ValueError, KeyError, TypeError):
-            return "first build for this project in this cache"
-        said = _differences(previous, inputs)
-        if not said:
-            return "the env for this key was removed from the cache"
-        return "; ".join(said)
-
     # -- building ----------------------------------------------------------
-
-    def _build(
-        self,
-        project: UvProject,
-        selection: Selection,
-        interpreter: Interpreter,
-        key: str,
-        inputs: dict[str, Any],
-        request: EnvRequest,
-        *,
-        rebuild: bool = False,
-    ) -> dict[str, Any]:
-        env_dir = self.env_dir(key)
-        python_args = ["--python", str(interpreter.path)]
-        # `uv sync --locked` creates the env dir before it notices a stale
-        # lock, so `uv export --locked` goes first: it fails on a stale,
-        # missing or malformed lock without creating anything, and it says
-        # which local packages this selection installs.
-        exported = self.uv.run(
-            [
-                "export",
-                "--locked",
-                "--format",
-                "requirements-txt",
-                "--no-hashes",
-                "--no-header",
-                "--no-annotate",
-                "--quiet",
-                *python_args,
-                *selection.uv_args,
-                *_offline(request),
-            ],
-            what="`uv export --locked`",
-            cwd=project.root,
-        )
-        lock = read_lock(project)
-        sources = local_sources_from_export(
-            exported.stdout, project, lock, interpreter.marker_environment()
-        )
-        lock_dirs = lock_local_dirs(lock)
-        plan = _LayerPlan.make(project, key, inputs["install_mode"], selection.only_groups, sources)
-        remove_tree(env_dir)
-        began = time.perf_counter()
-        # The project layer needs only the base interpreter, not the env, so
-        # it is built while uv syncs the dependencies (two cores, half the wait).
-        from concurrent.futures import ThreadPoolExecutor
-
-        layer_dir = plan.layer_dir(self.root)
-        new_layer = layer_dir is not None and not (layer_dir / LAYER_RECORD_NAME).is_file()
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            layer_job = pool.submit(
-                self._ensure_layer, plan, interpreter, request, None, rebuild=rebuild
-            )
-            try:
-                self.uv.run(
-                    [
-                        "sync",
-                        "--locked",
-                        "--no-install-local",
-                        *python_args,
-                        *selection.uv_args,
-                        *_offline(request),
-                    ],
-                    what="`uv sync --locked`",
-                    cwd=project.root,
-                    env={"UV_PROJECT_ENVIRONMENT": str(env_dir)},
-                )
-            except BaseException:
-                # Leave nothing that looks like an env behind; a later session
-                # would rebuild anyway, but a failed build should not cost disk.
-                remove_tree(env_dir)
-                with contextlib.suppress(Exception):
-                    layer_job.result()
-                if new_layer and layer_dir is not None:
-                    # A failed build leaves the cache as it was.
-                    remove_tree(layer_dir)
-                raise
-            layer_job.result()
-        python = env_dir / ("Scripts/python.exe" if sys.platform == "win32" else "bin/python")
-        site = _find_site_packages(env_dir)
-        if not python.exists() or site is None:
-            remove_tree(env_dir)
-            raise CacheError(
-                f"uv sync finished but {python} or site-packages does not exist; this is a bug."
-            )
-        _drop_world_write(env_dir, site)
-        record = {
-            "format": FORMAT_VERSION,
-            "key": key,
-            "inputs": inputs,
-            "project": str(project.root),
-            "python": str(python),
-            "interpreter": interpreter.describe(),
-            "local_sources": [s.as_json() for s in sources],
-            "lock_dirs": list(lock_dirs),
-            # What a hit checks cheaply: these names must still be there.
-            "site_packages": os.path.relpath(site, env_dir),
-            "site_entries": top_level(site),
-            "created": time.time(),
-            "build_seconds": round(time.perf_counter() - began, 3),
-        }
-        # The completion record goes last: until it exists, nobody trusts the env.
-        try:
-            write_atomic(env_dir / RECORD_NAME, json.dumps(record, indent=2).encode())
-        except OSError:
-            remove_tree(env_dir)  # a full disk: give back the space, trust nothing
-            raise
-        with contextlib.suppress(OSError):
-            (self.root / "checks" / self._freshness_token(project, lock_dirs, inputs["uv"])).touch()
-            write_atomic(
-                self._project_record(project),
-                json.dumps({"root": str(project.root), "key": key, "inputs": inputs}).encode(),
-            )
-        return record
 
     # -- the project layer -------------------------------------------------
 
@@ -896,103 +809,29 @@ class EnvCache:
         *,
         rebuild: bool = False,
     ) -> tuple[Path, ...]:
-        """Return the layer's path entries, building its wheels first if they are missing.
+        """Return the layer's path entries, making its files first if they are missing.
 
         ``wheel`` builds each local package as a wheel of the working tree and
         installs them into ``layers/<key>-<digest>/site``; ``source`` puts
         their import roots on the path instead. Wheels or sdists on disk are
         installed into the layer in every mode. The digest covers every
-        source file, so an edit always yields a fresh layer.
+        source file, so an edit always yields a fresh layer. When another
+        env already has a layer with the same digest (the same sources,
+        interpreter and uv, another lock), its files are hard-linked instead
+        of built again.
         """
         layer = plan.layer_dir(self.root)
         if layer is None:
             return plan.import_roots
         if rebuild or not _layer_intact(layer):
-            layer_lock = FileLock(str(self.root / "locks" / f"layer-{layer.name}.lock"))
-            self._acquire(layer_lock, f"project layer {layer.name}", announce)
-            try:
-                if rebuild or not _layer_intact(layer):
-                    if announce:
-                        names = ", ".join(s.name for s in plan.to_install)
-                        why = "it is damaged" if layer.exists() else "local sources changed"
-                        announce(
-                            f"building project layer {plan.digest} of env {plan.key} ({names}): "
-                            + why
-                        )
-                    self._build_layer(plan, layer, interpreter, request)
-            finally:
-                layer_lock.release()
+            from pytest_uvbuild.envbuild import make_layer
+
+            make_layer(self, plan, layer, interpreter, request, announce, rebuild=rebuild)
         with contextlib.suppress(OSError):
             os.utime(layer / LAYER_RECORD_NAME)
         return (*plan.import_roots, layer / "site")
 
-    def _build_layer(
-        self, plan: _LayerPlan, layer: Path, interpreter: Interpreter, request: EnvRequest
-    ) -> None:
-        try:
-            staging = Path(tempfile.mkdtemp(prefix=f".{layer.name}.", dir=layer.parent))
-        except OSError as exc:
-            raise self._not_writable(exc) from None
-        # The base interpreter has the env's version and platform, and uv
-        # already knows it; a brand-new venv interpreter would cost uv a probe.
-        python_args = ["--python", str(interpreter.path)]
-        try:
-            wheels = staging / "wheels"
-            installables: list[str] = []
-            for source in plan.to_install:
-                path = source.path(plan.root)
-                if source.kind == "archive":
-                    installables.append(str(path))
-                    continue
-                self.uv.run(
-                    [
-                        "build",
-                        "--wheel",
-                        "--quiet",
-                        "--out-dir",
-                        str(wheels / source.name),
-                        *python_args,
-                        *_offline(request),
-                        str(path),
-                    ],
-                    what=f"`uv build --wheel` of {source.name} ({path})",
-                    cwd=path,
-                )
-                installables += sorted(str(p) for p in (wheels / source.name).glob("*.whl"))
-            self.uv.run(
-                [
-                    "pip",
-                    "install",
-                    "--no-deps",
-                    "--quiet",
-                    *python_args,
-                    "--target",
-                    str(staging / "site"),
-                    *_offline(request),
-                    *installables,
-                ],
-                what="`uv pip install` of the project layer",
-                cwd=plan.root,
-            )
-            remove_tree(wheels)
-            _drop_world_write(staging / "site")
-            write_atomic(
-                staging / LAYER_RECORD_NAME,
-                json.dumps(
-                    {
-                        "key": plan.key,
-                        "sources": [str(s.path(plan.root)) for s in plan.to_install],
-                        "entries": top_level(staging / "site"),
-                    }
-                ).encode(),
-            )
-            remove_tree(layer)
-            os.replace(staging, layer)
-        except BaseException:
-            remove_tree(staging)
-            raise
-
-    # -- list and prune ----------------------------------------------------
+    # -- leases ------------------------------------------------------------
 
     def _lease_in_use(self, key: str) -> bool:
         """Whether a running session holds a lease on the env."""
@@ -1003,213 +842,43 @@ class EnvCache:
             return False
         busy = False
         for name in names:
-            lease = FileLock(str(leases / name))
             try:
-                lease.acquire(timeout=0)
-            except Timeout:
-                busy = True
+                lease = hold_lock(leases / name)
             except OSError:
                 continue
+            if lease is None:
+                busy = True
             else:
                 # Its session ended without releasing it (killed): clean up.
-                lease.release()
-                (leases / name).unlink(missing_ok=True)
+                lease.release(unlink=True)
         return busy
 
+    # -- list, prune, verify: the `cache` commands (see cacheadmin) --------
+
     def entries(self) -> list[CacheEntry]:
-        """Return every env directory in the cache, complete or not."""
-        envs = self.root / "envs"
-        try:
-            keys = sorted(k for k in os.listdir(envs) if not k.startswith("."))
-        except OSError:
-            return []
-        found: list[CacheEntry] = []
-        for key in keys:
-            path = envs / key
-            if not path.is_dir():
-                continue
-            record, _ = self._read_record(key)
-            record_path = path / RECORD_NAME
-            try:
-                last_used = record_path.stat().st_mtime
-            except OSError:
-                last_used = path.stat().st_mtime
-            found.append(
-                CacheEntry(
-                    key=key,
-                    path=path,
-                    project=str(record.get("project", "?")) if record else "?",
-                    python=str(record.get("interpreter", "?")) if record else "?",
-                    size=_dir_size(path),
-                    last_used=last_used,
-                    complete=record is not None,
-                    in_use=self._lease_in_use(key),
-                )
-            )
-        return found
+        """Every env in the cache, complete or not. See :func:`.cacheadmin.entries`."""
+        from pytest_uvbuild.cacheadmin import entries
+
+        return entries(self)
 
     def prune(
         self, *, older_than: float | None = None, everything: bool = False
     ) -> tuple[list[CacheEntry], list[CacheEntry]]:
-        """Remove envs unused for ``older_than`` seconds (or all); return (removed, kept busy).
+        """Remove unused envs; return (removed, kept busy). See :func:`.cacheadmin.prune`."""
+        from pytest_uvbuild.cacheadmin import prune
 
-        Incomplete envs are always removed. An env that some session holds a
-        lease on, or that is being built, is never removed. Project layers
-        of kept envs that were not used for ``older_than`` go as well.
-        """
-        now = time.time()
-        removed: list[CacheEntry] = []
-        busy: list[CacheEntry] = []
-        for entry in self.entries():
-            stale = (
-                everything
-                or (older_than is not None and now - entry.last_used >= older_than)
-                or not entry.complete
-            )
-            lock = self._lock(entry.key)
-            try:
-                lock.acquire(timeout=0)
-            except Timeout:
-                if stale:
-                    busy.append(entry)
-                continue
-            try:
-                if self._lease_in_use(entry.key):
-                    if stale:
-                        busy.append(entry)
-                    continue
-                if stale:
-                    self._remove_env(entry.key)
-                    removed.append(entry)
-                elif older_than is not None:
-                    self._prune_layers(entry.key, now - older_than)
-            finally:
-                lock.release()
-        self._sweep_leftovers(now)
-        return removed, busy
+        return prune(self, older_than=older_than, everything=everything)
 
     def verify(self) -> list[VerifyResult]:
-        """Check every complete env and its project layers file by file against their RECORDs.
+        """Check every env and its layers file by file. See :func:`.cacheadmin.verify`."""
+        from pytest_uvbuild.cacheadmin import verify
 
-        A damaged env loses its completion record (a note saying why takes
-        its place), and a damaged layer its ``layer.json``, so the next
-        session rebuilds them; the files stay, for any session still using
-        them. An env being built is reported busy and not checked.
-        """
-        results: list[VerifyResult] = []
-        for entry in self.entries():
-            if not entry.complete:
-                continue
-            lock = self._lock(entry.key)
-            try:
-                lock.acquire(timeout=0)
-            except Timeout:
-                results.append(VerifyResult(entry.key, True, (), ()))
-                continue
-            try:
-                results.append(self._verify_env(entry.key))
-            finally:
-                lock.release()
-        return results
-
-    def _verify_env(self, key: str) -> VerifyResult:
-        env = self.env_dir(key)
-        site = _find_site_packages(env)
-        damage = verify_site(site) if site is not None else []
-        problems = [str(d) for d in damage] if site is not None else ["site-packages is gone"]
-        if problems:
-            write_atomic(env / DAMAGED_NAME, json.dumps({"problems": problems}, indent=1).encode())
-            (env / RECORD_NAME).unlink(missing_ok=True)
-        damaged_layers = []
-        for layer in sorted((self.root / "layers").glob(f"{key}-*")):
-            if (layer / LAYER_RECORD_NAME).is_file() and verify_site(layer / "site"):
-                damaged_layers.append(layer.name)
-                (layer / LAYER_RECORD_NAME).unlink(missing_ok=True)
-        changed = sorted({d.distribution for d in damage if d.kind == "changed"})
-        return VerifyResult(key, False, tuple(problems), tuple(damaged_layers), tuple(changed))
-
-    def _prune_layers(self, key: str, cutoff: float) -> None:
-        for layer in (self.root / "layers").glob(f"{key}-*"):
-            try:
-                used = (layer / LAYER_RECORD_NAME).stat().st_mtime
-            except OSError:
-                used = 0.0
-            if used < cutoff:
-                remove_tree(layer)
-
-    def _sweep_leftovers(self, now: float) -> None:
-        """Remove what interrupted builds and prunes left: staging and trash dirs, orphan layers."""
-        envs = self.root / "envs"
-        for parent in (envs, self.root / "layers"):
-            try:
-                names = os.listdir(parent)
-            except OSError:
-                continue
-            for name in names:
-                path = parent / name
-                if name.startswith("."):
-                    # A staging dir may belong to a build running right now;
-                    # one untouched for a day belongs to a dead process.
-                    with contextlib.suppress(OSError):
-                        if now - path.stat().st_mtime > 86400 or name.startswith(".trash-"):
-                            remove_tree(path)
-                elif parent.name == "layers" and not (envs / name.split("-", 1)[0]).is_dir():
-                    self._remove_orphan_layer(path, name.split("-", 1)[0])
-
-    def _remove_orphan_layer(self, layer: Path, key: str) -> None:
-        """Remove a layer whose env is gone, unless that env is being built right now.
-
-        A layer is built alongside its env and may be complete before uv has
-        created the env's directory; removing it then would pull it from
-        under the session that is building both.
-        """
-        lock = self._lock(key)
-        try:
-            lock.acquire(timeout=0)
-        except Timeout:
-            return
-        try:
-            if not self.env_dir(key).is_dir():
-                remove_tree(layer)
-        finally:
-            lock.release()
-
-    def _remove_env(self, key: str) -> None:
-        env = self.env_dir(key)
-        # Invalidate first: once the record is gone nobody trusts the rest.
-        (env / RECORD_NAME).unlink(missing_ok=True)
-        trash = self.root / "envs" / f".trash-{key}-{os.getpid()}"
-        try:
-            os.replace(env, trash)
-        except OSError:
-            trash = env
-        remove_tree(trash)
-        for layer in (self.root / "layers").glob(f"{key}-*"):
-            remove_tree(layer)
-        remove_tree(self.root / "leases" / key)
+        return verify(self)
 
 
 def _offline(request: EnvRequest) -> list[str]:
     return ["--offline"] if request.offline else []
 
 
-def _release_lease(lease: FileLock) -> None:
-    lock_file = Path(lease.lock_file)
-    lease.release()
-    lock_file.unlink(missing_ok=True)
-
-
-def parse_age(text: str) -> float:
-    """Parse ``30d``, ``12h``, ``45m`` or ``90s`` (or a bare number of days) into seconds."""
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-    text = text.strip().lower()
-    number, unit = (text[:-1], text[-1]) if text and text[-1] in units else (text, "d")
-    try:
-        value = float(number)
-    except ValueError:
-        raise ValueError(
-            f"{text!r} is not an age; use a number with s, m, h, d or w (e.g. 30d)"
-        ) from None
-    if value < 0:
-        raise ValueError(f"{text!r} is negative; use e.g. 30d")
-    return value * units[unit]
+def _release_lease(lease: HeldLock) -> None:
+    lease.release(unlink=True)

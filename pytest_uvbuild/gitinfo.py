@@ -13,11 +13,12 @@ import os
 import re
 import shutil
 import subprocess
+import threading
 from pathlib import Path
 from typing import Any, Final
 from urllib.parse import urlsplit, urlunsplit
 
-__all__ = ["git_info", "redact_url"]
+__all__ = ["GitQuery", "git_info", "redact_url"]
 
 _SCP_LIKE: Final = re.compile(r"^(?P<user>[^@/:]+)@(?P<host>[^/:]+):(?P<path>.*)$")
 # git itself forwards these to child processes; a user's GIT_DIR must not make
@@ -108,8 +109,11 @@ def _parse_status(output: bytes) -> tuple[str | None, str | None, list[bytes], l
     return commit, branch, changes, untracked
 
 
-def _diff_digest(git: str, top: Path, untracked: list[bytes]) -> str:
+def _diff_digest(git: str, root: Path, untracked: list[bytes]) -> str:
     """Digest of the uncommitted changes: the binary diff against HEAD plus untracked files."""
+    # Paths in porcelain v2 are relative to the top of the checkout, which
+    # only a dirty checkout needs to know.
+    top = Path(os.fsdecode(_git(git, root, "rev-parse", "--show-toplevel").stdout.strip()))
     digest = hashlib.sha256()
     diff = _git(git, top, "diff", "HEAD", "--binary", "--no-ext-diff", "--no-color")
     digest.update(diff.stdout)
@@ -136,53 +140,125 @@ def _remotes(config_output: bytes) -> tuple[str | None, str | None]:
     return name, redact_url(remotes[name])
 
 
-def _git_parallel(git: str, root: Path, *commands: tuple[str, ...]) -> list[tuple[int, bytes]]:
-    """Run independent git queries at once: each costs milliseconds, mostly start-up."""
-    procs = [
-        subprocess.Popen(
-            [git, "-C", str(root), *args],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            stdin=subprocess.DEVNULL,
-            env=_git_environ(),
-        )
-        for args in commands
-    ]
-    results = []
+#: The independent queries behind :func:`git_info`: each costs milliseconds, mostly start-up.
+_QUERIES: Final = (
+    ("status", "--porcelain=v2", "--branch", "--untracked-files=all", "-z"),
+    ("config", "--get-regexp", r"^remote\..*\.url$"),
+)
+
+
+def _in_checkout(root: Path) -> bool:
+    """Whether a ``.git`` (directory, or file of a worktree) is at or above ``root``.
+
+    git finds its repository the same way (the variables that would point it
+    elsewhere are not passed on), so without one it can only say "not a git
+    repository"; no process is started to hear that.
+    """
+    directory = os.path.abspath(root)
+    while True:
+        if os.path.exists(os.path.join(directory, ".git")):
+            return True
+        parent = os.path.dirname(directory)
+        if parent == directory:
+            return False
+        directory = parent
+
+
+class GitQuery:
+    """The git queries about ``root``, started at once; see :meth:`result`.
+
+    With ``background``, a short-lived thread starts the git processes
+    (each start costs the starter a few milliseconds, waiting for ``exec``),
+    so that a session pays nothing for them while it collects; call
+    :meth:`started` before anything that may fork (the tests), so that no
+    thread of ours is alive then. The answer describes the checkout as it
+    was when git was asked.
+    """
+
+    def __init__(self, root: Path, *, background: bool = False) -> None:
+        self.root = root
+        self._git = shutil.which("git") if _in_checkout(root) else None
+        self._procs: list[subprocess.Popen[bytes]] = []
+        self._starter: threading.Thread | None = None
+        if self._git is None:
+            return
+        if background:
+            self._starter = threading.Thread(
+                target=self._start, name="pytest-uvbuild-git", daemon=True
+            )
+            self._starter.start()
+        else:
+            self._start()
+
+    def _start(self) -> None:
+        assert self._git is not None
+        try:
+            for args in _QUERIES:
+                self._procs.append(
+                    subprocess.Popen(
+                        [self._git, "-C", str(self.root), *args],
+                        stdout=subprocess.PIPE,
+                        stderr=subprocess.DEVNULL,
+                        stdin=subprocess.DEVNULL,
+                        env=_git_environ(),
+                    )
+                )
+        except OSError:
+            self._git = None  # result() then answers None; cancel() reaps what started
+
+    def started(self) -> None:
+        """Wait until every git process has been started (the starter thread is gone)."""
+        if self._starter is not None:
+            self._starter.join()
+            self._starter = None
+
+    def cancel(self) -> None:
+        """Stop queries that are still running (the session ends without a record)."""
+        self.started()
+        _reap(self._procs)
+        self._procs = []
+
+    def result(self) -> dict[str, Any] | None:
+        """The checkout's facts; ``None`` outside a git checkout or without git."""
+        self.started()
+        git, procs = self._git, self._procs
+        self._procs = []
+        if git is None or len(procs) != len(_QUERIES):
+            _reap(procs)
+            return None
+        try:
+            answers = []
+            for proc in procs:
+                out, _ = proc.communicate(timeout=60)
+                answers.append((proc.returncode, out))
+            (status_rc, status_out), (_, config_out) = answers
+            if status_rc != 0:
+                return None  # not a checkout
+            commit, branch, changes, untracked = _parse_status(status_out)
+            dirty = bool(changes or untracked)
+            remote_name, remote_url = _remotes(config_out)
+            diff_sha = _diff_digest(git, self.root, untracked) if dirty and commit else None
+        except (OSError, subprocess.SubprocessError):
+            _reap(procs)
+            return None
+        return {
+            "commit": commit,
+            "branch": branch,
+            "dirty": dirty,
+            "diff_sha256": diff_sha,
+            "remote": remote_name,
+            "remote_url": remote_url,
+        }
+
+
+def _reap(procs: list[subprocess.Popen[bytes]]) -> None:
+    """Stop and wait for git processes whose answer is not wanted."""
     for proc in procs:
-        out, _ = proc.communicate(timeout=60)
-        results.append((proc.returncode, out))
-    return results
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
 
 
 def git_info(root: Path) -> dict[str, Any] | None:
     """Describe the git checkout containing ``root``; ``None`` outside one or without git."""
-    git = shutil.which("git")
-    if git is None:
-        return None
-    try:
-        (top_rc, top_out), (status_rc, status_out), (_, config_out) = _git_parallel(
-            git,
-            root,
-            ("rev-parse", "--show-toplevel"),
-            # Paths in porcelain v2 are relative to the top of the checkout.
-            ("status", "--porcelain=v2", "--branch", "--untracked-files=all", "-z"),
-            ("config", "--get-regexp", r"^remote\..*\.url$"),
-        )
-        if top_rc != 0 or status_rc != 0:
-            return None
-        top = Path(os.fsdecode(top_out.strip()))
-        commit, branch, changes, untracked = _parse_status(status_out)
-        dirty = bool(changes or untracked)
-        remote_name, remote_url = _remotes(config_out)
-        diff_sha = _diff_digest(git, top, untracked) if dirty and commit else None
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return {
-        "commit": commit,
-        "branch": branch,
-        "dirty": dirty,
-        "diff_sha256": diff_sha,
-        "remote": remote_name,
-        "remote_url": remote_url,
-    }
+    return GitQuery(root).result()

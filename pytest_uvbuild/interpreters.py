@@ -3,9 +3,10 @@
 uv's own discovery asks the first ``python3.12`` on ``PATH``; on machines
 with pyenv that is a shim which exits 127 unless 3.12 is the active version,
 and uv gives up. We therefore look for interpreters ourselves, skip shims,
-and always hand uv an absolute path. Facts about each interpreter come from
-running it once and are cached by the binary's stat, so a warm session runs
-nothing.
+and always hand uv an absolute path (the search is in
+:mod:`~pytest_uvbuild.discovery`, imported only when a request needs it).
+Facts about each interpreter come from running it once and are cached by the
+binary's stat, so a warm session runs nothing.
 """
 
 from __future__ import annotations
@@ -14,11 +15,9 @@ import hashlib
 import json
 import os
 import platform
-import re
 import subprocess
 import sys
-import sysconfig
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -29,14 +28,11 @@ from pytest_uvbuild.probecache import probe
 if TYPE_CHECKING:
     # packaging costs ~10 ms to import; the cache-hit path avoids it (see
     # _requires_python_allows), so it is imported where it is needed.
-    from packaging.specifiers import SpecifierSet
-    from packaging.version import Version
+    pass
 
 __all__ = [
     "Interpreter",
     "current_interpreter",
-    "discover",
-    "find_matching",
     "inspect",
     "resolve_python",
 ]
@@ -74,9 +70,8 @@ print(json.dumps({
 """
 #: Probe records made by an older ``_INFO_SCRIPT`` lack fields; a new kind ignores them.
 _PROBE_KIND: Final = "python-2"
-
-_NAME_RE: Final = re.compile(r"^python(\d+(?:\.\d+)?)?$")
-_REQUEST_RE: Final = re.compile(r"^(?P<impl>cpython|pypy|python|cp|pp)?(?P<version>\d[\d.]*)?$")
+#: The running interpreter's own facts, computed in-process.
+_RUNNING_KIND: Final = "running-python-1"
 
 
 @dataclass(frozen=True)
@@ -133,16 +128,39 @@ def _from_info(path: Path, info: dict[str, Any]) -> Interpreter:
     )
 
 
-def current_interpreter() -> Interpreter:
-    """Describe the interpreter running pytest, without starting a process."""
+def current_interpreter(probe_dir: Path | None = None) -> Interpreter:
+    """Describe the interpreter running pytest, without starting a process.
+
+    With a ``probe_dir`` the facts are kept in a probe record (made here,
+    in-process, when the binary is new), which spares a warm session
+    importing ``sysconfig`` for the platform.
+    """
+    real = Path(os.path.realpath(sys.executable))
+
+    def compute() -> dict[str, Any]:
+        import sysconfig
+
+        return {
+            "implementation": sys.implementation.name,
+            "version": platform.python_version(),
+            "version_info": list(sys.version_info),
+            "abiflags": getattr(sys, "abiflags", ""),
+            "platform": sysconfig.get_platform(),
+            "machine": platform.machine(),
+        }
+
+    try:
+        facts = probe(probe_dir, _RUNNING_KIND, real, compute)
+    except OSError:
+        facts = compute()
     return Interpreter(
-        path=Path(os.path.realpath(sys.executable)),
-        implementation=sys.implementation.name,
-        version=platform.python_version(),
-        version_info=tuple(sys.version_info),
-        abiflags=getattr(sys, "abiflags", ""),
-        platform=sysconfig.get_platform(),
-        machine=platform.machine(),
+        path=real,
+        implementation=str(facts["implementation"]),
+        version=str(facts["version"]),
+        version_info=tuple(facts["version_info"]),
+        abiflags=str(facts["abiflags"]),
+        platform=str(facts["platform"]),
+        machine=str(facts["machine"]),
     )
 
 
@@ -177,178 +195,6 @@ def inspect(path: Path, probe_dir: Path | None) -> Interpreter | None:
     if not info.get("ok"):
         return None
     return _from_info(real, info)
-
-
-def _is_shim(path: Path) -> bool:
-    # pyenv and asdf shims are small shell scripts that re-dispatch; they
-    # fail for versions that are installed but not active.
-    if "shims" in path.parts:
-        return True
-    try:
-        with path.open("rb") as fh:
-            head = fh.read(512)
-    except OSError:
-        return True
-    return head.startswith(b"#!") and (b"pyenv" in head or b"asdf" in head)
-
-
-def _pyenv_root() -> Path:
-    return Path(os.environ.get("PYENV_ROOT") or Path.home() / ".pyenv")
-
-
-def _version_sort_key(name: str) -> Version:
-    from packaging.version import InvalidVersion, Version
-
-    try:
-        return Version(name)
-    except InvalidVersion:
-        return Version("0")
-
-
-def discover() -> Iterator[Path]:
-    """Yield candidate interpreter paths in preference order, shims excluded.
-
-    The order is ``PATH`` first (as a shell would pick), then pyenv's
-    ``versions/`` (newest first), then uv-managed interpreters.
-    """
-    seen: set[str] = set()
-
-    def candidates_in(directory: Path) -> Iterator[Path]:
-        try:
-            names = sorted(os.listdir(directory), reverse=True)
-        except OSError:
-            return
-        for name in names:
-            if not _NAME_RE.match(name):
-                continue
-            path = directory / name
-            if not os.access(path, os.X_OK) or path.is_dir() or _is_shim(path):
-                continue
-            real = os.path.realpath(path)
-            if real in seen:
-                continue
-            seen.add(real)
-            yield path
-
-    for entry in os.environ.get("PATH", "").split(os.pathsep):
-        if entry:
-            yield from candidates_in(Path(entry))
-    versions = _pyenv_root() / "versions"
-    try:
-        pyenv_versions = sorted(os.listdir(versions), key=_version_sort_key, reverse=True)
-    except OSError:
-        pyenv_versions = []
-    for name in pyenv_versions:
-        yield from candidates_in(versions / name / "bin")
-    uv_pythons = Path(
-        os.environ.get("UV_PYTHON_INSTALL_DIR")
-        or Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
-        / "uv"
-        / "python"
-    )
-    try:
-        managed = sorted(os.listdir(uv_pythons), reverse=True)
-    except OSError:
-        managed = []
-    for name in managed:
-        yield from candidates_in(uv_pythons / name / "bin")
-
-
-@dataclass(frozen=True)
-class _Request:
-    implementation: str | None
-    specifier: SpecifierSet
-    text: str
-
-    def matches(self, interp: Interpreter) -> bool:
-        if self.implementation and interp.implementation != self.implementation:
-            return False
-        return self.specifier.contains(interp.version, prereleases=True)
-
-    def name_may_match(self, path: Path) -> bool:
-        """Cheap pre-filter on ``pythonX.Y`` names, so likely binaries are run first."""
-        m = _NAME_RE.match(path.name)
-        if not m or not m.group(1) or "." not in m.group(1):
-            return True
-        named = m.group(1)
-        return any(self.specifier.contains(f"{named}.{patch}") for patch in (0, 1, 5, 10, 20))
-
-
-def parse_request(text: str) -> _Request:
-    """Parse ``3.12``, ``3.12.1``, ``cpython3.12``, ``pypy3.10`` or ``>=3.11,<3.13``."""
-    from packaging.specifiers import InvalidSpecifier, SpecifierSet
-
-    text = text.strip()
-    m = _REQUEST_RE.match(text)
-    if m and m.group("version"):
-        impl = m.group("impl")
-        implementation = {"pypy": "pypy", "pp": "pypy"}.get(impl or "", "cpython" if impl else None)
-        version = m.group("version").rstrip(".")
-        return _Request(implementation, SpecifierSet(f"=={version}.*"), text)
-    try:
-        return _Request(None, SpecifierSet(text), text)
-    except InvalidSpecifier:
-        raise InterpreterNotFoundError(
-            f"--uv-python={text!r} is neither a version (3.12), a version specifier "
-            "(>=3.11,<3.13) nor a path to an interpreter. Fix: pass one of those."
-        ) from None
-
-
-def _looks_like_path(text: str) -> bool:
-    return os.sep in text or text.startswith(".") or text.startswith("~")
-
-
-def _not_found(
-    request: str, found: list[Interpreter], uv_request: str | None
-) -> InterpreterNotFoundError:
-    unique = {i.path: i for i in found}.values()
-    ordered = sorted(unique, key=lambda i: _version_sort_key(i.version))
-    listing = ", ".join(f"{i.version} ({i.path})" for i in ordered) or "none"
-    error = InterpreterNotFoundError(
-        f"No Python interpreter matching {request!r} was found on this machine. "
-        f"Found: {listing}. Fix: install that Python (e.g. `pyenv install` or "
-        "`uv python install`), pass --uv-python=/path/to/python, pick one of those found, "
-        "or let uv download it with --uv-python-downloads=automatic."
-    )
-    error.request = uv_request
-    return error
-
-
-def find_matching(request: str, probe_dir: Path | None) -> Interpreter:
-    """Return the first interpreter, in :func:`discover` order, that satisfies ``request``."""
-    if _looks_like_path(request):
-        path = Path(request).expanduser()
-        interp = inspect(path, probe_dir) if path.is_file() else None
-        if interp is None:
-            raise InterpreterNotFoundError(
-                f"--uv-python={request!r} is not a working Python interpreter. "
-                "Fix: pass the path of a python executable, or a version such as 3.12."
-            )
-        return interp
-    req = parse_request(request)
-    current = current_interpreter()
-    if req.matches(current):
-        return current
-    seen: list[Interpreter] = [current]
-    deferred: list[Path] = []
-    for path in discover():
-        if not req.name_may_match(path):
-            deferred.append(path)
-            continue
-        interp = inspect(path, probe_dir)
-        if interp is None:
-            continue
-        seen.append(interp)
-        if req.matches(interp):
-            return interp
-    for path in deferred:
-        interp = inspect(path, probe_dir)
-        if interp is None:
-            continue
-        seen.append(interp)
-        if req.matches(interp):
-            return interp
-    raise _not_found(request, seen, request)
 
 
 def _read_python_version_file(project_root: Path) -> str | None:
@@ -393,6 +239,8 @@ def resolve_python(
         if download is None or exc.request is None:
             raise
         wanted = exc.request
+    from pytest_uvbuild.discovery import parse_request
+
     path = download(wanted)
     interp = inspect(path, probe_dir)
     if interp is None or not parse_request(wanted).matches(interp):
@@ -410,29 +258,20 @@ def _resolve_local(
     requires_python: str | None,
     probe_dir: Path | None,
 ) -> Interpreter:
-    if request:
-        return find_matching(request, probe_dir)
-    pinned = _read_python_version_file(project_root)
-    if pinned:
-        return find_matching(pinned, probe_dir)
-    current = current_interpreter()
+    wanted = request or _read_python_version_file(project_root)
+    if wanted:
+        from pytest_uvbuild.discovery import find_matching
+
+        return find_matching(wanted, probe_dir)
+    current = current_interpreter(probe_dir)
     if not requires_python:
         return current
     allowed = _requires_python_allows(requires_python, current, probe_dir)
     if allowed is None or allowed:
         return current
-    from packaging.specifiers import SpecifierSet
+    from pytest_uvbuild.discovery import newest_matching
 
-    spec = SpecifierSet(requires_python)
-    found: list[Interpreter] = [current]
-    for path in discover():
-        interp = inspect(path, probe_dir)
-        if interp is not None:
-            found.append(interp)
-    matching = [i for i in found if spec.contains(i.version, prereleases=True)]
-    if not matching:
-        raise _not_found(f"requires-python {requires_python}", found, requires_python)
-    return max(matching, key=lambda i: _version_sort_key(i.version))
+    return newest_matching(requires_python, current, probe_dir)
 
 
 def _requires_python_allows(

@@ -18,10 +18,11 @@ from typing import Any
 
 from pytest_uvbuild.fsutil import write_atomic
 
-__all__ = ["probe"]
+__all__ = ["probe", "stat_token"]
 
 
-def _stat_token(path: Path) -> str:
+def stat_token(path: Path) -> str:
+    """The real path, size, modification time and inode of a file, as one string."""
     real = os.path.realpath(path)
     st = os.stat(real)
     return f"{real}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ino}"
@@ -41,7 +42,7 @@ def probe(
     """
     if cache_dir is None:
         return compute()
-    token = _stat_token(binary)
+    token = stat_token(binary)
     digest = hashlib.sha256(f"{kind}\0{token}".encode()).hexdigest()[:32]
     record = cache_dir / "probes" / f"{kind}-{digest}.json"
     try:
@@ -57,5 +58,5 @@ def probe(
     # An unwritable cache only costs speed here; the env cache itself
     # reports unwritable directories with a proper error.
     with contextlib.suppress(OSError):
-        write_atomic(record, json.dumps({"token": token, "value": value}).encode())
+        write_atomic(record, json.dumps({"token": token, "value": value}).encode(), fsync=False)
     return value

@@ -13,9 +13,8 @@ import os
 import re
 import sys
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from pytest_uvbuild.errors import LockfileError, ProjectNotFoundError, SelectionError
 
@@ -45,18 +44,24 @@ __all__ = [
     "load_project",
     "local_sources_from_export",
     "lock_local_dirs",
+    "nearest_project_dir",
     "read_lock",
 ]
 
 
-@dataclass(frozen=True)
-class Selection:
-    """The dependency groups and extras an env is built with, as uv will apply them."""
+# A NamedTuple, not a dataclass: it costs a tenth as much to define, and every
+# warm session imports this module.
+class Selection(NamedTuple):
+    """The dependency groups and extras an env is built with, as uv will apply them.
+
+    ``uv_args`` are the flags that produce it; the env key uses
+    :meth:`key_fields`, in which they do not appear.
+    """
 
     groups: tuple[str, ...]
     extras: tuple[str, ...]
     only_groups: bool
-    uv_args: tuple[str, ...] = field(compare=False)
+    uv_args: tuple[str, ...]
 
     def key_fields(self) -> dict[str, Any]:
         """The effective selection, normalised; the uv flags that produce it do not matter."""
@@ -75,8 +80,7 @@ class Selection:
 LocalKind = Literal["directory", "editable", "archive"]
 
 
-@dataclass(frozen=True)
-class LocalSource:
+class LocalSource(NamedTuple):
     """A package that uv installs from this checkout (the project, members, path deps).
 
     ``relpath`` is as uv writes it, relative to the project root, so that a
@@ -120,8 +124,7 @@ def _read_toml(path: Path, what: str) -> dict[str, Any]:
         raise LockfileError(f"{path} cannot be read ({exc.strerror}).") from None
 
 
-@dataclass(frozen=True)
-class UvProject:
+class UvProject(NamedTuple):
     """A directory with ``pyproject.toml`` and ``uv.lock``, and what its pyproject says."""
 
     root: Path
@@ -273,14 +276,23 @@ def load_project(root: Path) -> UvProject:
     return UvProject(root=root, pyproject=pyproject)
 
 
+def nearest_project_dir(start: Path) -> Path | None:
+    """The nearest directory at or above ``start`` that holds ``pyproject.toml`` and ``uv.lock``."""
+    start = start.resolve()
+    for directory in (start, *start.parents):
+        if (directory / "pyproject.toml").is_file() and (directory / "uv.lock").is_file():
+            return directory
+    return None
+
+
 def find_project(start: Path, explicit: Path | None = None) -> UvProject:
     """Return the explicit project, else the nearest dir at or above ``start`` with both files."""
     if explicit is not None:
         return load_project(explicit)
+    found = nearest_project_dir(start)
+    if found is not None:
+        return load_project(found)
     start = start.resolve()
-    for directory in (start, *start.parents):
-        if (directory / "pyproject.toml").is_file() and (directory / "uv.lock").is_file():
-            return load_project(directory)
     for directory in (start, *start.parents):
         if (directory / "pyproject.toml").is_file():
             raise LockfileError(

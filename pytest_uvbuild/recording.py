@@ -11,12 +11,15 @@ drift, a failed gate or a failed verify into a failing exit status.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from pytest_uvbuild.errors import UvBuildError
 from pytest_uvbuild.session import SESSION_KEY
+
+if TYPE_CHECKING:
+    from pytest_uvbuild.gitinfo import GitQuery
 
 __all__ = ["BuildRecordPlugin"]
 
@@ -42,11 +45,12 @@ class BuildRecordPlugin:
         self.baseline: Any = None
         self.outcome: Any = None
         self.error: str | None = None
+        self.git: GitQuery | None = None
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_sessionstart(self, session: pytest.Session) -> None:
         """Check the build dir, the baseline and SOURCE_DATE_EPOCH before any test runs."""
-        from pytest_uvbuild import artifacts, audit
+        from pytest_uvbuild import artifacts
 
         config = self.config
         try:
@@ -57,7 +61,9 @@ class BuildRecordPlugin:
                 artifacts.check_builds_root(self.builds_root)
             baseline = _path_option(config, "uv_baseline", "uv_baseline")
             if baseline is not None:
-                self.baseline = audit.load_baseline(baseline)
+                from pytest_uvbuild.baseline import load_baseline
+
+                self.baseline = load_baseline(baseline)
             artifacts.source_date_epoch()
         except UvBuildError as exc:
             raise pytest.UsageError(str(exc)) from None
@@ -68,10 +74,45 @@ class BuildRecordPlugin:
                 "--uv-baseline=PATH (an earlier builds/<id>/ or its audit.json) or set "
                 "uv_baseline in the ini file."
             )
+        if self.builds_root is not None and not config.getoption("collectonly"):
+            self._start_git()
+
+    def _start_git(self) -> None:
+        """Start asking git about the project's checkout, so that it answers while we work.
+
+        The project is found the way the env cache finds it; should the env
+        turn out to be another project's, the answer is dropped at the end.
+        """
+        from pytest_uvbuild.gitinfo import GitQuery
+        from pytest_uvbuild.project import nearest_project_dir
+
+        explicit = self.config.stash[SESSION_KEY].request.project_dir
+        root = explicit.resolve() if explicit is not None else None
+        if root is None:
+            root = nearest_project_dir(self.config.rootpath)
+        if root is not None and root.is_dir():
+            self.git = GitQuery(root, background=True)
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtestloop(self, session: pytest.Session) -> None:
+        """No thread of ours may be alive while tests run (a test may fork)."""
+        if self.git is not None:
+            self.git.started()
 
     @pytest.hookimpl(trylast=True)
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
         """Audit the env, write the record, and fail the session on drift or a gate."""
+        try:
+            self._finish(session, exitstatus)
+        finally:
+            self.pytest_unconfigure()
+
+    def pytest_unconfigure(self) -> None:
+        """Reap git queries nobody collected (a session that stopped early, or no record)."""
+        if self.git is not None:
+            self.git.cancel()
+
+    def _finish(self, session: pytest.Session, exitstatus: int) -> None:
         if exitstatus in (
             pytest.ExitCode.INTERRUPTED,
             pytest.ExitCode.INTERNAL_ERROR,
@@ -84,6 +125,7 @@ class BuildRecordPlugin:
             return
         from pytest_uvbuild import artifacts
 
+        git = self.git if self.git is not None and self.git.root == env.project.root else None
         try:
             self.outcome = artifacts.record_session(
                 env,
@@ -95,6 +137,8 @@ class BuildRecordPlugin:
                 verify=bool(self.config.getoption("uv_verify")),
                 offline=uvbuild.request.offline,
                 run=artifacts.run_facts(self.config, session, env, uvbuild.started, exitstatus),
+                git=git,
+                rows_dir=uvbuild.cache.root / "audit-rows",
             )
         except UvBuildError as exc:
             self.error = str(exc)

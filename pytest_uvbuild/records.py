@@ -18,17 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pytest_uvbuild.artifacts import (
-    LOCK_COPY,
-    REQUIREMENTS,
-    SUMS,
-    RecordError,
-    build_products,
-    compare_products,
-    read_sums,
-)
-from pytest_uvbuild.audit import RECORD_SCHEMA, baseline_summary, load_baseline
+from pytest_uvbuild.artifacts import LOCK_COPY, REQUIREMENTS, SUMS, RecordError, read_sums
+from pytest_uvbuild.audit import RECORD_SCHEMA
+from pytest_uvbuild.baseline import baseline_summary, load_baseline
 from pytest_uvbuild.fsutil import file_sha256, remove_tree
+from pytest_uvbuild.recordfiles import build_products, compare_products
 
 __all__ = [
     "VerifyResult",
@@ -150,7 +144,7 @@ def show_lines(record_dir: Path) -> list[str]:
 
 def diff_lines(a: Path, b: Path) -> tuple[bool, list[str]]:
     """The audit difference from record ``a`` to record ``b``; (differs, lines)."""
-    from pytest_uvbuild.audit import diff_detail_lines, diff_records
+    from pytest_uvbuild.baseline import diff_detail_lines, diff_records
 
     diff = diff_records(load_baseline(a), load_baseline(b))
     lines = [f"{a} -> {b}: {baseline_summary(diff)}", *diff_detail_lines(diff)]

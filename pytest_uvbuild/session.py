@@ -22,7 +22,7 @@ from pytest_uvbuild.errors import UvBuildError
 from pytest_uvbuild.request import INSTALL_MODES, EnvRequest, InstallMode
 
 if TYPE_CHECKING:
-    # The cache machinery (filelock, packaging) is imported only when an env
+    # The cache machinery (uv, interpreters, packaging) is imported only when an env
     # is needed, so that the installed plugin costs nothing when it is unused.
     from pytest_uvbuild.envcache import EnvCache, UvEnv
 

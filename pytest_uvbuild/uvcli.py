@@ -3,29 +3,32 @@
 uv does all resolution, installation, export and building. This module only
 finds the binary the way ``uv.find_uv_bin()`` does, runs it with a controlled
 environment, and translates uv's exit status and stderr into one clear
-:class:`~pytest_uvbuild.errors.UvBuildError` that names the fix.
+:class:`~pytest_uvbuild.errors.UvBuildError` that names the fix (see
+:mod:`~pytest_uvbuild.uverrors`, imported when uv fails).
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
 import os
-import re
 import shutil
-import signal
 import subprocess
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Final
 
 from pytest_uvbuild.errors import (
     InterpreterNotFoundError,
-    LockfileError,
     UvCommandError,
     UvNotFoundError,
 )
-from pytest_uvbuild.probecache import probe
+from pytest_uvbuild.fsutil import write_atomic
+from pytest_uvbuild.probecache import probe, stat_token
 
-__all__ = ["UV_BINARY_ENV", "Uv", "exit_description", "find_uv"]
+__all__ = ["UV_BINARY_ENV", "Uv", "UvProcess", "find_uv"]
 
 #: Environment variable that points pytest-uvbuild at a specific uv binary.
 UV_BINARY_ENV: Final = "PYTEST_UVBUILD_UV"
@@ -44,12 +47,13 @@ _STRIPPED_FOR_UV: Final = (
 )
 
 
-def find_uv() -> Path:
+def find_uv(probe_dir: Path | None = None) -> Path:
     """Return the uv binary to use.
 
     ``$PYTEST_UVBUILD_UV`` wins; otherwise the binary that the ``uv`` PyPI
     package installed (found with its own ``find_uv_bin``), and last ``uv``
-    on ``PATH``.
+    on ``PATH``. With a ``probe_dir``, an answer that cannot have changed is
+    read back instead of asked again (see :func:`_remembered_uv`).
     """
     override = os.environ.get(UV_BINARY_ENV)
     if override:
@@ -60,15 +64,22 @@ def find_uv() -> Path:
                 f"Fix: unset {UV_BINARY_ENV} or point it at a uv binary."
             )
         return path
+    remembered = _remembered_uv(probe_dir) if probe_dir is not None else None
+    if remembered is not None:
+        return remembered
     tried: list[str] = []
     try:
         import uv
 
-        return Path(uv.find_uv_bin())
+        found = Path(uv.find_uv_bin())
     except ImportError:
         tried.append("the 'uv' Python package (not installed)")
     except FileNotFoundError as exc:
         tried.append(f"the 'uv' Python package ({str(exc).splitlines()[0]})")
+    else:
+        if probe_dir is not None:
+            _remember_uv(probe_dir, found)
+        return found
     on_path = shutil.which("uv")
     if on_path:
         return Path(on_path)
@@ -78,6 +89,58 @@ def find_uv() -> Path:
         + ", ".join(tried)
         + ". Fix: `pip install uv` into the environment that runs pytest."
     )
+
+
+def _venv_uv() -> str | None:
+    """Where the ``uv`` package puts its binary in the running virtual environment.
+
+    ``uv.find_uv_bin()`` looks there first (a venv's scripts directory is
+    ``<prefix>/bin``), so a binary found there is its answer for as long as
+    that file stays. Outside a venv the order of its candidates depends on
+    the install scheme, and nothing is remembered.
+    """
+    if sys.prefix == sys.base_prefix:
+        return None
+    if sys.platform == "win32":  # pragma: no cover - exercised on Windows only
+        return os.path.join(sys.prefix, "Scripts", "uv.exe")
+    return os.path.join(sys.prefix, "bin", "uv")
+
+
+def _location_record(probe_dir: Path) -> Path:
+    # One record per venv: several venvs may share one env cache.
+    digest = hashlib.sha256(sys.prefix.encode()).hexdigest()[:16]
+    return probe_dir / "probes" / f"uv-location-{digest}.json"
+
+
+def _remembered_uv(probe_dir: Path) -> Path | None:
+    """The uv binary found earlier in this venv, if it is still the very same file.
+
+    ``uv.find_uv_bin()`` costs a few milliseconds of ``sysconfig`` lookups,
+    more than the rest of a cache hit's uv facts; its answer is kept with
+    the binary's stat and trusted while the file is unchanged.
+    """
+    expected = _venv_uv()
+    if expected is None:
+        return None
+    try:
+        data = json.loads(_location_record(probe_dir).read_text(encoding="utf-8"))
+        if not isinstance(data, dict) or data.get("binary") != expected:
+            return None
+        if data.get("token") != stat_token(Path(expected)):
+            return None
+    except (OSError, ValueError):
+        return None
+    return Path(expected)
+
+
+def _remember_uv(probe_dir: Path, found: Path) -> None:
+    if str(found) != _venv_uv():
+        return
+    # An unwritable cache only costs speed here; the env cache itself
+    # reports unwritable directories with a proper error.
+    with contextlib.suppress(OSError):
+        record = {"binary": str(found), "token": stat_token(found)}
+        write_atomic(_location_record(probe_dir), json.dumps(record).encode(), fsync=False)
 
 
 def _uv_environ(extra: Mapping[str, str] | None) -> dict[str, str]:
@@ -91,121 +154,37 @@ def _uv_environ(extra: Mapping[str, str] | None) -> dict[str, str]:
     return env
 
 
-_NETWORK_PATTERNS: Final = (
-    "error sending request",
-    "dns error",
-    "failed to lookup address",
-    "connection refused",
-    "Could not connect",
-    "tcp connect error",
-    "operation timed out",
-    "Failed to fetch",
-)
-
-
-# uv's progress chatter ("Using CPython ...", "Creating virtual environment
-# at ...") says nothing about a failure; the message starts at "error:".
-def _first_error_lines(stderr: str, limit: int = 8) -> str:
-    lines = [ln.rstrip() for ln in stderr.splitlines() if ln.strip()]
-    for index, line in enumerate(lines):
-        if line.lstrip().startswith("error:"):
-            lines = lines[index:]
-            break
-    return "\n".join("  " + ln for ln in lines[:limit])
-
-
-# What a program sees when the disk (or a quota, or `ulimit -f`) stops a write.
-_DISK_FULL_PATTERNS: Final = (
-    "No space left on device",
-    "Disk quota exceeded",
-    "File too large",
-)
-
-
-def exit_description(returncode: int) -> str:
-    """Say how a process ended: ``exit status 2`` or ``killed by SIGXFSZ (file size limit)``."""
-    if returncode >= 0:
-        return f"exit status {returncode}"
-    try:
-        name = signal.Signals(-returncode).name
-    except ValueError:
-        return f"killed by signal {-returncode}"
-    if name == "SIGXFSZ":
-        return "killed by SIGXFSZ (file size limit exceeded)"
-    return f"killed by {name}"
-
-
-def _disk_full(returncode: int, flat: str) -> bool:
-    xfsz = getattr(signal, "SIGXFSZ", None)
-    return (xfsz is not None and returncode == -xfsz) or any(p in flat for p in _DISK_FULL_PATTERNS)
-
-
 def _reinstall_hint() -> str:
     if os.environ.get(UV_BINARY_ENV):
         return f"Fix: point {UV_BINARY_ENV} at a working uv binary, or unset it."
     return "Fix: reinstall it with `pip install --force-reinstall uv`."
 
 
-def translate_failure(what: str, returncode: int, stderr: str) -> UvCommandError | LockfileError:
-    """Map a failed uv call to one error whose message names the fix."""
-    detail = _first_error_lines(stderr)
-    # uv wraps its messages to the terminal width ($COLUMNS, often 80 in CI),
-    # so a phrase may be split over lines: match on the text with every run
-    # of whitespace made one space.
-    flat = " ".join(stderr.split())
-    if "needs to be updated, but `--locked` was provided" in flat or (
-        "needs to be updated" in flat and "--check" in what
-    ):
-        return LockfileError(
-            "uv.lock is out of date with pyproject.toml. Fix: run `uv lock` and commit uv.lock."
-        )
-    if "Unable to find lockfile" in flat:
-        return LockfileError(
-            "uv.lock is missing. Fix: run `uv lock` in the project and commit uv.lock."
-        )
-    if "Failed to parse `uv.lock`" in flat or "unsupported schema version" in flat:
-        return LockfileError(
-            "uv.lock cannot be parsed:\n"
-            f"{detail}\nFix: regenerate it with `uv lock` (or upgrade uv if the lock is newer)."
-        )
-    if "Network connectivity is disabled" in flat:
-        return UvCommandError(
-            f"{what} needs packages that are not in uv's cache, and offline mode is on:\n"
-            f"{detail}\nFix: run once without --uv-offline (or UV_OFFLINE) to fill the cache.",
-            returncode=returncode,
-            stderr=stderr,
-        )
-    if any(p.lower() in flat.lower() for p in _NETWORK_PATTERNS):
-        return UvCommandError(
-            f"{what} could not reach the package index:\n{detail}\n"
-            "Fix: check the network or index URL, or use --uv-offline with a warm uv cache.",
-            returncode=returncode,
-            stderr=stderr,
-        )
-    if _disk_full(returncode, flat):
-        return UvCommandError(
-            f"{what} could not write its files: the disk is full or a file size limit "
-            f"stopped it (uv {exit_description(returncode)}).\n{detail}\n"
-            "Fix: free disk space where uv's cache (UV_CACHE_DIR) and the env cache "
-            "(--uv-cache-dir) live, or raise the limit (ulimit -f).",
-            returncode=returncode,
-            stderr=stderr,
-        )
-    hash_match = re.search(r"Hash mismatch for `([^`]+)`", flat)
-    if hash_match:
-        return UvCommandError(
-            f"{what} refused {hash_match.group(1)}: its hash does not match uv.lock.\n{detail}\n"
-            "Fix: check the index for tampering, or re-lock with `uv lock --refresh`.",
-            returncode=returncode,
-            stderr=stderr,
-        )
-    return UvCommandError(
-        f"{what} failed (uv {exit_description(returncode)}):\n{detail}\n"
-        "Fix: correct what uv reports above; running the same uv command in the project "
-        "shows its full output.",
-        returncode=returncode,
-        stderr=stderr,
-    )
+class UvProcess:
+    """A uv command that :meth:`Uv.start` started; :meth:`wait` collects it."""
+
+    def __init__(self, proc: subprocess.Popen[str], argv: list[str], what: str) -> None:
+        self._proc = proc
+        self._argv = argv
+        self.what = what
+
+    def wait(
+        self, *, check: bool = True, timeout: float | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """Wait for uv to end; on failure raise the translated error unless ``check`` is false."""
+        try:
+            out, err = self._proc.communicate(timeout=timeout)
+        except BaseException:
+            # A timeout or an interrupt: uv must not outlive the caller's cleanup.
+            self._proc.kill()
+            self._proc.communicate()
+            raise
+        proc = subprocess.CompletedProcess(self._argv, self._proc.returncode, out, err)
+        if check and proc.returncode != 0:
+            from pytest_uvbuild.uverrors import translate_failure
+
+            raise translate_failure(self.what, proc.returncode, proc.stderr)
+        return proc
 
 
 class Uv:
@@ -215,9 +194,9 @@ class Uv:
         self.binary = binary
 
     @classmethod
-    def locate(cls) -> Uv:
+    def locate(cls, probe_dir: Path | None = None) -> Uv:
         """Find the uv binary (see :func:`find_uv`)."""
-        return cls(find_uv())
+        return cls(find_uv(probe_dir))
 
     def version(self, probe_dir: Path | None = None) -> str:
         """Return uv's version string, e.g. ``"0.13.9"``; cached by the binary's stat."""
@@ -238,6 +217,8 @@ class Uv:
                 ) from None
             parts = proc.stdout.split()
             if proc.returncode != 0 or len(parts) < 2 or parts[0] != "uv":
+                from pytest_uvbuild.uverrors import exit_description
+
                 ended = (
                     f"exited {proc.returncode}"
                     if proc.returncode >= 0
@@ -251,6 +232,33 @@ class Uv:
 
         return str(probe(probe_dir, "uv", self.binary, compute)["version"])
 
+    def start(
+        self,
+        args: Sequence[str],
+        *,
+        what: str,
+        cwd: Path | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> UvProcess:
+        """Start ``uv *args`` and return at once; :meth:`UvProcess.wait` collects it."""
+        argv = [str(self.binary), *args]
+        try:
+            proc = subprocess.Popen(
+                argv,
+                cwd=cwd,
+                env=_uv_environ(env),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                stdin=subprocess.DEVNULL,
+                text=True,
+            )
+        except OSError as exc:
+            raise UvNotFoundError(
+                f"The uv binary at {self.binary} does not run ({exc.strerror}). "
+                + _reinstall_hint()
+            ) from None
+        return UvProcess(proc, argv, what)
+
     def run(
         self,
         args: Sequence[str],
@@ -262,25 +270,7 @@ class Uv:
         timeout: float | None = None,
     ) -> subprocess.CompletedProcess[str]:
         """Run ``uv *args``; on failure raise the translated error unless ``check`` is false."""
-        try:
-            proc = subprocess.run(
-                [str(self.binary), *args],
-                cwd=cwd,
-                env=_uv_environ(env),
-                capture_output=True,
-                text=True,
-                check=False,
-                timeout=timeout,
-                stdin=subprocess.DEVNULL,
-            )
-        except OSError as exc:
-            raise UvNotFoundError(
-                f"The uv binary at {self.binary} does not run ({exc.strerror}). "
-                + _reinstall_hint()
-            ) from None
-        if check and proc.returncode != 0:
-            raise translate_failure(what, proc.returncode, proc.stderr)
-        return proc
+        return self.start(args, what=what, cwd=cwd, env=env).wait(check=check, timeout=timeout)
 
     def install_python(self, request: str, *, offline: bool = False) -> Path:
         """Download a Python matching ``request`` with uv and return its interpreter path.
@@ -303,9 +293,11 @@ class Uv:
                 env=downloads,
             )
         except UvCommandError as exc:
+            from pytest_uvbuild.uverrors import first_error_lines
+
             raise InterpreterNotFoundError(
                 f"No Python matching {request!r} is installed, and uv could not download one:\n"
-                f"{_first_error_lines(exc.stderr)}\n"
+                f"{first_error_lines(exc.stderr)}\n"
                 "Fix: install that Python yourself (e.g. `pyenv install`), "
                 "or pass --uv-python=/path/to/python."
             ) from None

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -99,6 +99,19 @@ def _isolated_environment(
         "PYTEST_XDIST_TESTRUNUID",
     ):
         monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def pyenv_python() -> Callable[[str], Path]:
+    """Find pyenv's real interpreter for ``3.X``; the test is skipped on a machine without it."""
+
+    def find(minor: str) -> Path:
+        found = toys.pyenv_interpreter(minor)
+        if found is None:
+            pytest.skip(f"pyenv has no Python {minor} here")
+        return found
+
+    return find
 
 
 class MakeProject(Protocol):

@@ -16,13 +16,13 @@ from pytest_uvbuild.artifacts import (
     RecordError,
     build_id_of,
     check_builds_root,
-    export_args,
     is_complete,
     plan_record,
     read_sums,
     source_date_epoch,
 )
 from pytest_uvbuild.envcache import EnvCache, UvEnv
+from pytest_uvbuild.recordfiles import export_args
 from pytest_uvbuild.request import EnvRequest
 from pytest_uvbuild.sdist import SdistError, repack_sdist
 
@@ -263,3 +263,48 @@ def test_lock_changed_during_session(
     (root / "uv.lock").write_text((root / "uv.lock").read_text() + "\n")
     with pytest.raises(RecordError, match="changed during the session"):
         plan_record(None, env, EnvCache(shared_env_cache).uv, offline=True)
+
+
+def test_an_audit_without_a_record_keeps_the_rows_of_its_build_id(
+    make_project: MakeProject,
+    tmp_path: Path,
+    shared_env_cache: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Without a record, the lock's package rows are kept per project and reused for one id."""
+    from pytest_uvbuild import artifacts, recordfiles
+
+    root = make_project(tmp_path / "proj")
+    env = _env(root, shared_env_cache)
+    uv = EnvCache(shared_env_cache).uv
+    parses: list[str] = []
+    fresh_rows = recordfiles.fresh_rows
+
+    def counting(env: UvEnv, lock_bytes: bytes) -> list[dict[str, Any]]:
+        parses.append("lock parsed")
+        return fresh_rows(env, lock_bytes)
+
+    monkeypatch.setattr(recordfiles, "fresh_rows", counting)
+
+    def audit() -> dict[str, Any]:
+        outcome = artifacts.record_session(
+            env,
+            uv,
+            builds_root=None,
+            index_dir=tmp_path / "index",
+            baseline=None,
+            gate=False,
+            verify=False,
+            offline=True,
+            run={},
+            rows_dir=tmp_path / "rows",
+        )
+        return outcome.audit
+
+    first = audit()
+    assert audit()["packages"] == first["packages"]
+    assert parses == ["lock parsed"]
+    (root / "src" / "demo" / "__init__.py").write_text("EDITED = True\n")  # another build id
+    assert audit()["build_id"] != first["build_id"]
+    assert parses == ["lock parsed", "lock parsed"]
+    env.release()

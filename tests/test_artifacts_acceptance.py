@@ -230,17 +230,20 @@ def test_record_files_and_fields(
 
 
 def test_warm_session_reuses_and_crashes_rebuild(uv_pytester: pytest.Pytester) -> None:
-    """The same id is reused without rebuilding; a half-written record is rewritten."""
+    """The same id is reused, an unchanged audit is not rewritten, a half-written record is."""
     uv_pytester.makepyfile(test_pkg=PASSING_TEST)
     uv_pytester.runpytest_subprocess("--uv-build").assert_outcomes(passed=1)
     record = only_record(uv_pytester.path / "builds")
     before = {n: (record / n).read_bytes() for n in DETERMINISTIC}
-    stamps = {n: (record / n).stat().st_mtime_ns for n in DETERMINISTIC}
+    unchanged = [*DETERMINISTIC, "audit.json", "audit.md"]
+    stamps = {n: (record / n).stat().st_mtime_ns for n in unchanged}
+    metadata = (record / "metadata.json").read_bytes()
 
     warm = uv_pytester.runpytest_subprocess("--uv-build")
     warm.assert_outcomes(passed=1)
     warm.stdout.fnmatch_lines([f"build {record.name} reused: {record} in * ms"])
-    assert {n: (record / n).stat().st_mtime_ns for n in DETERMINISTIC} == stamps
+    assert {n: (record / n).stat().st_mtime_ns for n in unchanged} == stamps
+    assert (record / "metadata.json").read_bytes() != metadata
     assert load(record, "metadata.json")["run"]["record"] == "reused"
 
     # A crash mid-write: no manifest, a truncated sdist, a stale staging dir.

@@ -10,19 +10,16 @@ from typing import Any
 import pytest
 
 from pytest_uvbuild.audit import (
-    BaselineError,
     InstalledDist,
     audit_markdown,
-    baseline_diff,
-    change_kind,
     compute_drift,
     compute_host_differences,
-    load_baseline,
     lock_packages,
     read_license,
     scan_installed,
     verdict,
 )
+from pytest_uvbuild.baseline import BaselineError, baseline_diff, change_kind, load_baseline
 from pytest_uvbuild.lockgraph import LockGraph, marker_environment, source_label
 
 if sys.version_info >= (3, 11):
@@ -207,7 +204,7 @@ def test_drift_git_commit(graph: LockGraph) -> None:
 def test_host_differences(graph: LockGraph) -> None:
     """The host is compared with what the env holds: other versions and missing packages."""
     rows = list(_rows(graph, groups=("dev",)).values())
-    host = {"alpha": _dist("alpha", "1.3.0")}
+    host = {"alpha": "1.3.0"}
     assert compute_host_differences(rows, host) == [
         {"name": "alpha", "problem": "version", "lock": "1.2.0", "host": "1.3.0"},
         {"name": "pytest", "problem": "missing", "lock": "9.0", "host": None},

@@ -7,11 +7,11 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import toys
-from test_interpreters import pyenv_python
 
 from conftest import MakeProject
 from pytest_uvbuild.cli import main
@@ -52,6 +52,7 @@ def test_key_changes_with_each_input(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
+    pyenv_python: Callable[[str], Path],
 ) -> None:
     """Lock bytes, interpreter, groups, extras, install mode and uv version each change the key."""
     pyenv_python("3.12")

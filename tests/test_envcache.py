@@ -11,57 +11,20 @@ import textwrap
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 import toys
 from filelock import FileLock
 
-from pytest_uvbuild import envcache
-from pytest_uvbuild.envcache import EnvCache, UvEnv, compute_key, parse_age
+from pytest_uvbuild import envbuild, envcache
+from pytest_uvbuild.cacheadmin import parse_age
+from pytest_uvbuild.envcache import EnvCache, UvEnv, compute_key
 from pytest_uvbuild.errors import CacheError, LockfileError
 from pytest_uvbuild.interpreters import current_interpreter
 from pytest_uvbuild.project import Selection
 from pytest_uvbuild.request import EnvRequest
 from pytest_uvbuild.uvcli import Uv
-
-
-def logging_uv(
-    directory: Path, *, before_sync: str = "", after_sync: str = ""
-) -> tuple[Path, Path]:
-    """Write a uv wrapper that logs each call's arguments, then runs the real uv.
-
-    ``before_sync``/``after_sync`` are shell lines run around a ``uv sync``
-    (to slow it down, or to stop there). Returns (wrapper, log file).
-    """
-    directory.mkdir(parents=True, exist_ok=True)
-    log = directory / "uv-calls.log"
-    wrapper = directory / "uv"
-    wrapper.write_text(
-        textwrap.dedent(
-            f"""\
-            #!/bin/sh
-            printf '%s\\n' "$*" >> "{log}"
-            if [ "$1" = sync ]; then
-                {before_sync or ":"}
-                "{toys.UV}" "$@" || exit $?
-                {after_sync or ":"}
-                exit 0
-            fi
-            exec "{toys.UV}" "$@"
-            """
-        )
-    )
-    wrapper.chmod(0o755)
-    return wrapper, log
-
-
-def uv_calls(log: Path, command: str | None = None) -> list[str]:
-    """The logged uv calls, optionally only those of one sub-command."""
-    if not log.exists():
-        return []
-    lines = log.read_text().splitlines()
-    return [ln for ln in lines if command is None or ln.split(" ", 1)[0] == command]
-
 
 # -- the key ---------------------------------------------------------------
 
@@ -80,7 +43,7 @@ def _changed(field: str) -> object:
     return {
         "lock_sha256": "b" * 64,
         "interpreter": replace(interp, path=Path("/other/python3")),
-        "selection": replace(SELECTION, groups=("dev", "lint")),
+        "selection": SELECTION._replace(groups=("dev", "lint")),
         "install_mode": "source",
         "uv_version": "0.14.0",
     }[field]
@@ -151,7 +114,7 @@ def project(shared: Path, tmp_path: Path) -> Path:
 @pytest.fixture
 def logged(tmp_path: Path) -> tuple[Uv, Path]:
     """A uv that logs every call, and its log."""
-    wrapper, log = logging_uv(tmp_path / "bin")
+    wrapper, log = toys.logging_uv(tmp_path / "bin")
     return Uv(wrapper), log
 
 
@@ -169,14 +132,14 @@ def test_cold_build_then_hit_without_uv(
     first = _make(cache, project)
     assert not first.hit
     assert first.reason == "first build for this project in this cache"
-    assert len(uv_calls(log, "sync")) == 1
+    assert len(toys.uv_calls(log, "sync")) == 1
     assert (first.path / envcache.RECORD_NAME).is_file()
     first.release()
-    before = uv_calls(log)
+    before = toys.uv_calls(log)
     second = _make(EnvCache(tmp_path / "cache", uv), project)
     assert second.hit
     assert second.key == first.key
-    assert uv_calls(log) == before
+    assert toys.uv_calls(log) == before
     second.release()
 
 
@@ -272,7 +235,7 @@ def _find_links(project: Path) -> str:
 def test_stale_lock_is_caught_on_a_hit_and_on_a_miss(
     project: Path, tmp_path: Path, logged: tuple[Uv, Path]
 ) -> None:
-    """Editing pyproject deps without `uv lock` fails before anything is created, even on a hit."""
+    """Editing pyproject deps without `uv lock` fails, on a hit too, and leaves nothing behind."""
     uv, log = logged
     cache = EnvCache(tmp_path / "cache", uv)
     env = _make(cache, project)
@@ -290,10 +253,10 @@ def test_stale_lock_is_caught_on_a_hit_and_on_a_miss(
     # Back in sync: the earlier check result is reused, so the hit asks uv no `lock --check`
     # (the touched pyproject.toml does rebuild the project wheel).
     pyproject.write_text(pyproject.read_text().replace("toyalpha==2.0", "toyalpha==1.0"))
-    checks = uv_calls(log, "lock")
+    checks, syncs = toys.uv_calls(log, "lock"), toys.uv_calls(log, "sync")
     assert _make(cache, project).hit
-    assert uv_calls(log, "lock") == checks
-    assert len(uv_calls(log, "sync")) == 1
+    assert toys.uv_calls(log, "lock") == checks
+    assert toys.uv_calls(log, "sync") == syncs
 
 
 def test_waiting_too_long_for_a_builder_is_a_cache_error(
@@ -385,6 +348,28 @@ def test_prune_older_than_keeps_recent_envs_and_sweeps_leftovers(
     assert [e.key for e in removed] == [env.key]
 
 
+def test_withdrawing_an_env_gives_way_to_a_session_that_leased_it_meanwhile(
+    project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Prune puts the record back if a lease appears once the record is gone; else it removes."""
+    cache = EnvCache(tmp_path / "cache")
+    env = _make(cache, project)
+    env.release()
+    record = env.path / envcache.RECORD_NAME
+    saved = record.read_bytes()
+    answers = iter([False, True])  # no lease at first; one taken while the record was away
+    monkeypatch.setattr(EnvCache, "_lease_in_use", lambda self, key: next(answers))
+    removed, busy = cache.prune(everything=True)
+    assert (removed, [e.key for e in busy]) == ([], [env.key])
+    assert record.read_bytes() == saved
+    monkeypatch.undo()
+    again = _make(cache, project)
+    assert again.hit
+    again.release()
+    removed, busy = cache.prune(everything=True)
+    assert ([e.key for e in removed], busy) == ([env.key], [])
+
+
 def test_prune_leaves_the_layer_of_an_env_being_built(tmp_path: Path) -> None:
     """A layer ready before uv created its env dir is kept while the env's build lock is held."""
     cache = EnvCache(tmp_path / "cache")
@@ -433,8 +418,75 @@ def test_editing_the_project_gives_a_new_layer_and_the_same_env(
     )
     assert out.stdout.strip() == "edited"
     assert sorted((p.name, p.stat().st_mtime_ns) for p in first.site_packages.iterdir()) == snapshot
-    assert len(uv_calls(log, "sync")) == 1
+    assert len(toys.uv_calls(log, "sync")) == 1
     second.release()
+
+
+def _relock_with_a_comment(project: Path) -> None:
+    """Change uv.lock's bytes (so the env key) without changing what it locks."""
+    with (project / "uv.lock").open("a") as fh:
+        fh.write(f"# relocked {time.monotonic_ns()}\n")
+
+
+def test_a_new_lock_with_unchanged_sources_links_the_previous_layer(
+    project: Path, tmp_path: Path, logged: tuple[Uv, Path]
+) -> None:
+    """A new env key whose sources are unchanged hard-links the last layer instead of a build."""
+    uv, log = logged
+    cache = EnvCache(tmp_path / "cache", uv)
+    first = _make(cache, project)
+    first.release()
+    _relock_with_a_comment(project)
+    second = _make(cache, project)
+    second.release()
+    assert second.key != first.key
+    assert not second.hit
+    assert len(toys.uv_calls(log, "build")) == 1
+    old_site, new_site = first.layer[-1], second.layer[-1]
+    assert new_site != old_site
+    assert new_site.parent.name.split("-")[1] == old_site.parent.name.split("-")[1]
+    linked = new_site / "demo" / "__init__.py"
+    assert linked.stat().st_ino == (old_site / "demo" / "__init__.py").stat().st_ino
+    layer_record = json.loads((new_site.parent / envcache.LAYER_RECORD_NAME).read_text())
+    assert (layer_record["key"], layer_record["copied_from"]) == (
+        second.key,
+        old_site.parent.name,
+    )
+    out = second.run(["python", "-c", "import demo; print(demo.__file__)"], capture_output=True)
+    assert out.stdout.decode().startswith(str(new_site))
+    # Pruning the first env leaves the second one's layer whole.
+    old = time.time() - 7200
+    os.utime(first.path / envcache.RECORD_NAME, (old, old))
+    removed, _ = cache.prune(older_than=3600)
+    assert [e.key for e in removed] == [first.key]
+    assert not old_site.exists()
+    assert linked.is_file()
+
+
+def test_a_layer_built_on_a_wrong_guess_is_not_left_behind(
+    tmp_path: Path, wheelhouse: Path, logged: tuple[Uv, Path]
+) -> None:
+    """A cold build starts the last build's layer; if uv now selects more packages, that goes."""
+    uv, log = logged
+    toys.write_project(tmp_path / "dep", wheelhouse, name="dep", with_pytest=False, lock=False)
+    root = toys.write_project(tmp_path / "main", wheelhouse)
+    cache = EnvCache(tmp_path / "cache", uv)
+    first = _make(cache, root)
+    first.release()
+    (root / "src" / "demo" / "__init__.py").write_text("EDITED = True\n")
+    toys.write_project(
+        root,
+        wheelhouse,
+        dependencies=["toyalpha==1.0", "dep"],
+        extra_toml='[tool.uv.sources]\ndep = { path = "../dep" }\n',
+    )
+    second = _make(cache, root)
+    second.release()
+    assert {"demo", "dep"} <= set(second.packages)
+    layers = sorted(p.name for p in (cache.root / "layers").iterdir())
+    assert layers == sorted([first.layer[-1].parent.name, second.layer[-1].parent.name])
+    # The guess (demo alone) was built and thrown away, then demo and dep were built.
+    assert len(toys.uv_calls(log, "build")) == 4
 
 
 def test_test_files_and_caches_do_not_rebuild_the_layer(project: Path, tmp_path: Path) -> None:
@@ -569,11 +621,11 @@ def test_groups_and_extras_follow_uv_semantics(
 def test_cache_hit_imports_no_packaging_and_runs_no_uv(
     project: Path, tmp_path: Path, logged: tuple[Uv, Path]
 ) -> None:
-    """A warm hit in a fresh process neither imports packaging nor starts uv."""
+    """A warm hit in a fresh process imports neither packaging nor filelock, and starts no uv."""
     uv, log = logged
     cache_root = tmp_path / "cache"
     _make(EnvCache(cache_root, uv), project).release()
-    calls = uv_calls(log)
+    calls = toys.uv_calls(log)
     script = textwrap.dedent(
         f"""\
         import sys
@@ -583,7 +635,8 @@ def test_cache_hit_imports_no_packaging_and_runs_no_uv(
         cache = EnvCache(Path({str(cache_root)!r}))
         env = cache.materialise(EnvRequest(project_dir=p), start_dir=p)
         assert env.hit, env.reason
-        print(sorted(m for m in sys.modules if m.split(".")[0] in ("packaging", "concurrent")))
+        heavy = ("packaging", "concurrent", "filelock")
+        print(sorted(m for m in sys.modules if m.split(".")[0] in heavy))
         """
     )
     proc = subprocess.run(
@@ -594,7 +647,7 @@ def test_cache_hit_imports_no_packaging_and_runs_no_uv(
         env={**os.environ, "PYTEST_UVBUILD_UV": str(uv.binary)},
     )
     assert proc.stdout.strip() == "[]"
-    assert uv_calls(log) == calls
+    assert toys.uv_calls(log) == calls
 
 
 def test_workspace_member_edits_are_never_stale(
@@ -640,17 +693,17 @@ def test_a_full_disk_while_writing_the_record_is_one_clear_error(
 
     from pytest_uvbuild.fsutil import write_atomic as real_write
 
-    def full_disk(path: Path, data: bytes, **kwargs: int) -> None:
+    def full_disk(path: Path, data: bytes, **kwargs: Any) -> None:
         if path.name == envcache.RECORD_NAME:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
         real_write(path, data, **kwargs)
 
-    monkeypatch.setattr(envcache, "write_atomic", full_disk)
+    monkeypatch.setattr(envbuild, "write_atomic", full_disk)
     cache = EnvCache(tmp_path / "cache")
     with pytest.raises(CacheError, match=r"No space left on device \(the disk is full.*Fix: free"):
         _make(cache, project)
     assert os.listdir(cache.root / "envs") == []
-    monkeypatch.setattr(envcache, "write_atomic", real_write)
+    monkeypatch.setattr(envbuild, "write_atomic", real_write)
     env = _make(cache, project)
     assert not env.hit
     env.release()

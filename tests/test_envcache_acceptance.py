@@ -14,8 +14,6 @@ from pathlib import Path
 
 import pytest
 import toys
-from test_envcache import logging_uv, uv_calls
-from test_interpreters import pyenv_python
 
 from conftest import MakeProject
 
@@ -266,7 +264,7 @@ def test_python_downloads_are_opt_in(
     uv_pytester: pytest.Pytester, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A missing Python is never downloaded by default; with the opt-in, uv is asked to."""
-    wrapper, log = logging_uv(tmp_path / "bin")
+    wrapper, log = toys.logging_uv(tmp_path / "bin")
     monkeypatch.setenv("PYTEST_UVBUILD_UV", str(wrapper))
     monkeypatch.setenv("UV_PYTHON_INSTALL_DIR", str(tmp_path / "pythons"))
     uv_pytester.makepyfile(test_x="def test_x(): pass")
@@ -274,7 +272,7 @@ def test_python_downloads_are_opt_in(
     default = uv_pytester.runpytest_subprocess("--uv-build", cache, "--uv-python=3.14")
     assert default.ret == pytest.ExitCode.USAGE_ERROR
     assert "--uv-python-downloads=automatic" in _output(default)
-    assert uv_calls(log, "python") == []
+    assert toys.uv_calls(log, "python") == []
     # Opted in, uv tries; offline (this machine cannot reach python.org) it fails cleanly.
     opted = uv_pytester.runpytest_subprocess(
         "--uv-build", cache, "--uv-python=3.14", "--uv-python-downloads=automatic", "--uv-offline"
@@ -284,14 +282,19 @@ def test_python_downloads_are_opt_in(
     assert "uv could not download one" in output
     assert "Network connectivity is disabled" in output
     assert "Traceback" not in output
-    assert uv_calls(log, "python") == ["python install --offline 3.14"]
+    assert toys.uv_calls(log, "python") == ["python install --offline 3.14"]
 
 
 # -- python selection --------------------------------------------------------
 
 
 @pytest.mark.parametrize("how", ["option", "path", "python-version-file", "requires-python"])
-def test_python_selection(how: str, pytester: pytest.Pytester, make_project: MakeProject) -> None:
+def test_python_selection(
+    how: str,
+    pytester: pytest.Pytester,
+    make_project: MakeProject,
+    pyenv_python: Callable[[str], Path],
+) -> None:
     """--uv-python (version or path), .python-version and requires-python pick a real 3.12+."""
     real = pyenv_python("3.12")
     pyenv_python("3.13")
@@ -405,7 +408,7 @@ def test_concurrent_sessions_build_once(
     uv_pytester: pytest.Pytester, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Four pytest processes started together on a cold cache run `uv sync` exactly once."""
-    wrapper, log = logging_uv(tmp_path / "bin", before_sync="sleep 0.3")
+    wrapper, log = toys.logging_uv(tmp_path / "bin", before_sync="sleep 0.3")
     monkeypatch.setenv("PYTEST_UVBUILD_UV", str(wrapper))
     uv_pytester.makepyfile(test_env=ENV_TEST)
     cache = f"--uv-cache-dir={tmp_path / 'cache'}"
@@ -421,7 +424,7 @@ def test_concurrent_sessions_build_once(
     ]
     outputs = [p.communicate(timeout=120)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0, 0, 0], outputs
-    assert len(uv_calls(log, "sync")) == 1
+    assert len(toys.uv_calls(log, "sync")) == 1
     keys = {
         line.split()[1] for out in outputs for line in out.splitlines() if line.startswith("INSIDE")
     }
@@ -436,7 +439,7 @@ def test_killed_build_is_rebuilt_cleanly(
 ) -> None:
     """A session killed while uv sync runs leaves nothing trusted; the next one rebuilds."""
     started = tmp_path / "sync-started"
-    wrapper, log = logging_uv(tmp_path / "bin", after_sync=f'touch "{started}"; sleep 60')
+    wrapper, log = toys.logging_uv(tmp_path / "bin", after_sync=f'touch "{started}"; sleep 60')
     monkeypatch.setenv("PYTEST_UVBUILD_UV", str(wrapper))
     uv_pytester.makepyfile(test_env=ENV_TEST)
     cache = tmp_path / "cache"
@@ -462,7 +465,7 @@ def test_killed_build_is_rebuilt_cleanly(
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["uv-build: building env *: the cached env is incomplete*"])
     assert (cache / "envs" / env / "pytest-uvbuild.json").exists()
-    assert len(uv_calls(log, "sync")) == 1
+    assert len(toys.uv_calls(log, "sync")) == 1
 
 
 def test_xdist_workers_share_one_env_built_once(
@@ -470,7 +473,7 @@ def test_xdist_workers_share_one_env_built_once(
 ) -> None:
     """With -n 2 the controller builds (even with --uv-rebuild) once; both workers get that env."""
     pytest.importorskip("xdist")
-    wrapper, log = logging_uv(tmp_path / "bin")
+    wrapper, log = toys.logging_uv(tmp_path / "bin")
     monkeypatch.setenv("PYTEST_UVBUILD_UV", str(wrapper))
     uv_pytester.makepyfile(
         test_a="""
@@ -500,5 +503,5 @@ def test_xdist_workers_share_one_env_built_once(
     }
     assert {s[0] for s in seen} == {"gw0", "gw1"}
     assert len({s[1:] for s in seen}) == 1
-    assert len(uv_calls(log, "sync")) == 1
+    assert len(toys.uv_calls(log, "sync")) == 1
     assert sum("uv-build: building env" in line for line in result.stdout.lines) == 1

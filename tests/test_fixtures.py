@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from test_interpreters import pyenv_python
 
 from conftest import MakeProject
 
 
 def test_uv_env_and_factory_attributes(
-    uv_pytester: pytest.Pytester, make_project: MakeProject, tmp_path: Path
+    uv_pytester: pytest.Pytester,
+    make_project: MakeProject,
+    tmp_path: Path,
+    pyenv_python: Callable[[str], Path],
 ) -> None:
     """uv_env gives path, python, key, packages and run; the factory makes a second env."""
     real312 = pyenv_python("3.12")

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import os
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
 
-from pytest_uvbuild.gitinfo import git_info, redact_url
+from pytest_uvbuild.gitinfo import GitQuery, git_info, redact_url
 
 
 @pytest.mark.parametrize(
@@ -105,3 +106,22 @@ def test_outside_a_repository(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     lonely = tmp_path / "lonely"
     lonely.mkdir()
     assert git_info(lonely) is None
+
+
+def test_a_query_started_early_answers_later_or_is_cancelled(repo: Path) -> None:
+    """GitQuery runs git in the background: its result is git_info's; a cancelled one gives None."""
+    early = GitQuery(repo, background=True)
+    early.started()
+    assert "pytest-uvbuild-git" not in [t.name for t in threading.enumerate()]
+    assert early.result() == git_info(repo)
+    cancelled = GitQuery(repo, background=True)
+    cancelled.cancel()
+    assert cancelled.result() is None
+
+
+def test_outside_a_checkout_no_git_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without a .git at or above the project, the answer is None and no process is started."""
+    started: list[object] = []
+    monkeypatch.setattr(subprocess, "Popen", lambda *a, **k: started.append(a))
+    assert GitQuery(tmp_path, background=True).result() is None
+    assert started == []

@@ -3,30 +3,16 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from pytest_uvbuild.discovery import discover, find_matching, parse_request
 from pytest_uvbuild.errors import InterpreterNotFoundError
-from pytest_uvbuild.interpreters import (
-    current_interpreter,
-    discover,
-    find_matching,
-    inspect,
-    parse_request,
-    resolve_python,
-)
-
-PYENV_VERSIONS = Path(os.environ.get("PYENV_ROOT") or Path.home() / ".pyenv") / "versions"
-
-
-def pyenv_python(minor: str) -> Path:
-    """The real pyenv interpreter for ``3.X``; skip when this machine lacks it."""
-    found = sorted(PYENV_VERSIONS.glob(f"{minor}.*/bin/python{minor}"))
-    if not found:
-        pytest.skip(f"pyenv has no Python {minor} here")
-    return found[-1]
+from pytest_uvbuild.interpreters import current_interpreter, inspect, resolve_python
 
 
 def test_parse_request_accepts_versions_specifiers_and_implementations() -> None:
@@ -43,7 +29,9 @@ def test_garbage_request_is_a_clear_error() -> None:
         find_matching("three point twelve", None)
 
 
-def test_version_request_resolves_to_the_real_binary_not_a_shim(tmp_path: Path) -> None:
+def test_version_request_resolves_to_the_real_binary_not_a_shim(
+    tmp_path: Path, pyenv_python: Callable[[str], Path]
+) -> None:
     """A pyenv version request gives the interpreter under versions/, never a shim."""
     real = pyenv_python("3.12")
     interp = find_matching("3.12", tmp_path)
@@ -69,7 +57,7 @@ def test_running_interpreter_matches_without_a_process() -> None:
     assert find_matching(want, None) == current_interpreter()
 
 
-def test_path_request_and_broken_path(tmp_path: Path) -> None:
+def test_path_request_and_broken_path(tmp_path: Path, pyenv_python: Callable[[str], Path]) -> None:
     """A path is inspected as is; a path that is not an interpreter is a clear error."""
     real = pyenv_python("3.12")
     assert find_matching(str(real), tmp_path).version.startswith("3.12.")
@@ -80,7 +68,9 @@ def test_path_request_and_broken_path(tmp_path: Path) -> None:
         find_matching(str(bogus), tmp_path)
 
 
-def test_python_version_file_then_requires_python(tmp_path: Path) -> None:
+def test_python_version_file_then_requires_python(
+    tmp_path: Path, pyenv_python: Callable[[str], Path]
+) -> None:
     """.python-version wins over requires-python, which wins over the running interpreter."""
     pyenv_python("3.12")
     pyenv_python("3.13")
@@ -108,7 +98,9 @@ def test_missing_version_lists_what_was_found(tmp_path: Path) -> None:
     assert "--uv-python-downloads=automatic" in message
 
 
-def test_download_is_asked_only_when_nothing_matches(tmp_path: Path) -> None:
+def test_download_is_asked_only_when_nothing_matches(
+    tmp_path: Path, pyenv_python: Callable[[str], Path]
+) -> None:
     """The opt-in download runs for a missing Python only, and its result must match."""
     asked: list[str] = []
     fallback = pyenv_python("3.12")
@@ -133,7 +125,9 @@ def test_download_is_asked_only_when_nothing_matches(tmp_path: Path) -> None:
     assert asked == ["3.99"]
 
 
-def test_probe_results_are_cached_by_stat(tmp_path: Path) -> None:
+def test_probe_results_are_cached_by_stat(
+    tmp_path: Path, pyenv_python: Callable[[str], Path]
+) -> None:
     """A second inspection of an unchanged binary reads the probe record instead of running it."""
     import json
 
@@ -148,3 +142,18 @@ def test_probe_results_are_cached_by_stat(tmp_path: Path) -> None:
     again = inspect(real, tmp_path)
     assert again is not None
     assert again.version == "3.12.99"
+
+
+def test_the_running_interpreter_is_read_back_from_its_probe(tmp_path: Path) -> None:
+    """With a probe dir the running interpreter's facts are kept, then read without sysconfig."""
+    script = (
+        "import sys; from pathlib import Path; "
+        "from pytest_uvbuild.interpreters import current_interpreter; "
+        f"kept = current_interpreter(Path({str(tmp_path)!r})); "
+        "loaded = 'sysconfig' in sys.modules; "
+        "print(kept.key_fields == current_interpreter().key_fields, loaded)"
+    )
+    first = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    again = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert first.stdout.split() == ["True", "True"]
+    assert again.stdout.split() == ["True", "False"]

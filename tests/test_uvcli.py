@@ -15,7 +15,8 @@ from pytest_uvbuild.errors import (
     UvCommandError,
     UvNotFoundError,
 )
-from pytest_uvbuild.uvcli import Uv, find_uv, translate_failure
+from pytest_uvbuild.uvcli import Uv, find_uv
+from pytest_uvbuild.uverrors import translate_failure
 
 # uv's exact messages (uv 0.13, see the shared uv-facts notes), with its chatter before them.
 STALE = (
@@ -188,3 +189,66 @@ def test_a_uv_killed_by_a_signal_is_named(monkeypatch: pytest.MonkeyPatch, tmp_p
         Uv(killed).version()
     error = translate_failure("`uv sync --locked`", -9, "")
     assert "(uv killed by SIGKILL)" in str(error)
+
+
+@pytest.fixture
+def uv_lookups(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> tuple[list[Path], list[str]]:
+    """A venv at tmp_path/venv, and a uv.find_uv_bin answering with the path put in the list.
+
+    Returns (the answer to give, a log of lookups).
+    """
+    import uv as uv_package
+
+    monkeypatch.setattr(sys, "prefix", str(tmp_path / "venv"))
+    monkeypatch.setattr(sys, "base_prefix", str(tmp_path / "base"))
+    answer: list[Path] = []
+    lookups: list[str] = []
+
+    def find_uv_bin() -> str:
+        lookups.append("asked")
+        return str(answer[0])
+
+    monkeypatch.setattr(uv_package, "find_uv_bin", find_uv_bin)
+    return answer, lookups
+
+
+def test_a_venv_uv_is_remembered_while_the_binary_is_unchanged(
+    uv_lookups: tuple[list[Path], list[str]], tmp_path: Path
+) -> None:
+    """The venv's uv is read back by its stat; a changed binary is looked up again."""
+    answer, lookups = uv_lookups
+    binary = tmp_path / "venv" / "bin" / "uv"
+    binary.parent.mkdir(parents=True)
+    binary.write_text("#!/bin/sh\n")
+    answer.append(binary)
+    probes = tmp_path / "cache"
+    assert find_uv(probes) == binary
+    assert find_uv(probes) == binary
+    assert lookups == ["asked"]
+    binary.write_text("#!/bin/sh\n# upgraded\n")
+    assert find_uv(probes) == binary
+    assert lookups == ["asked", "asked"]
+
+
+def test_a_uv_outside_the_venv_is_looked_up_every_time(
+    uv_lookups: tuple[list[Path], list[str]], tmp_path: Path
+) -> None:
+    """A uv found elsewhere (user scheme, PATH) is not remembered: a venv one may appear later."""
+    answer, lookups = uv_lookups
+    elsewhere = tmp_path / "home" / ".local" / "bin" / "uv"
+    elsewhere.parent.mkdir(parents=True)
+    elsewhere.write_text("#!/bin/sh\n")
+    answer.append(elsewhere)
+    assert find_uv(tmp_path / "cache") == elsewhere
+    assert find_uv(tmp_path / "cache") == elsewhere
+    assert lookups == ["asked", "asked"]
+
+
+def test_a_started_command_is_collected_by_wait(tmp_path: Path) -> None:
+    """start() returns while uv runs; wait() gives its output or raises the translated error."""
+    uv = Uv(toys.UV)
+    version = uv.start(["--version"], what="`uv --version`").wait()
+    assert version.stdout.startswith("uv ")
+    failing = uv.start(["lock", "--check", "--offline"], what="`uv lock --check`", cwd=tmp_path)
+    with pytest.raises(UvCommandError, match=r"No `pyproject\.toml` found"):
+        failing.wait()

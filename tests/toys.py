@@ -63,6 +63,54 @@ def run_uv(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[s
     return proc
 
 
+def logging_uv(
+    directory: Path, *, before_sync: str = "", after_sync: str = ""
+) -> tuple[Path, Path]:
+    """Write a uv wrapper that logs each call's arguments, then runs the real uv.
+
+    ``before_sync``/``after_sync`` are shell lines run around a ``uv sync``
+    (to slow it down, or to stop there). Returns (wrapper, log file).
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    log = directory / "uv-calls.log"
+    wrapper = directory / "uv"
+    wrapper.write_text(
+        textwrap.dedent(
+            f"""\
+            #!/bin/sh
+            printf '%s\\n' "$*" >> "{log}"
+            if [ "$1" = sync ]; then
+                {before_sync or ":"}
+                "{UV}" "$@" || exit $?
+                {after_sync or ":"}
+                exit 0
+            fi
+            exec "{UV}" "$@"
+            """
+        )
+    )
+    wrapper.chmod(0o755)
+    return wrapper, log
+
+
+def uv_calls(log: Path, command: str | None = None) -> list[str]:
+    """The logged uv calls, optionally only those of one sub-command."""
+    if not log.exists():
+        return []
+    lines = log.read_text().splitlines()
+    return [ln for ln in lines if command is None or ln.split(" ", 1)[0] == command]
+
+
+#: Where pyenv keeps its real interpreters (its shims on PATH break version requests).
+PYENV_VERSIONS = Path(os.environ.get("PYENV_ROOT") or Path.home() / ".pyenv") / "versions"
+
+
+def pyenv_interpreter(minor: str) -> Path | None:
+    """The newest real pyenv interpreter for ``3.X`` on this machine, or ``None``."""
+    found = sorted(PYENV_VERSIONS.glob(f"{minor}.*/bin/python{minor}"))
+    return found[-1] if found else None
+
+
 def build_toy(root: Path, name: str, version: str, deps: Sequence[str], out: Path) -> Path:
     """Write a one-module ``uv_build`` package under ``root`` and build its wheel into ``out``."""
     src = root / f"{name}-{version}"
