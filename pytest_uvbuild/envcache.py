@@ -536,7 +536,7 @@ class EnvCache:
         """Take the build lock ``locks/<name>.lock`` (an env key, or ``layer-<layer>``).
 
         Another builder is waited for up to ``BUILD_WAIT_SECONDS``, polling
-        the lock every 50 ms (as filelock does, which is not imported here).
+        the lock every 50 ms, with an announcement first.
         """
         path = self.root / "locks" / f"{name}.lock"
         try:

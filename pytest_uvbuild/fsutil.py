@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import os
 import shutil
 import stat
-import sys
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, overload
@@ -71,33 +69,26 @@ def remove_tree(path: Path) -> None:
 
 
 class HeldLock:
-    """An exclusive lock on a file, held until :meth:`release`."""
+    """An exclusive :mod:`filelock` lock on a file, held until :meth:`release`."""
 
-    __slots__ = ("_fallback", "_fd", "path")
+    __slots__ = ("_lock", "path")
 
-    def __init__(self, path: Path, fd: int | None, fallback: BaseFileLock | None = None) -> None:
+    def __init__(self, path: Path, lock: BaseFileLock) -> None:
         self.path = path
-        self._fd = fd
-        self._fallback = fallback
+        self._lock: BaseFileLock | None = lock
 
     def release(self, *, unlink: bool = False) -> None:
         """Give the lock up; with ``unlink`` remove its file first, while still holding it.
 
         Removing first means nobody can find the file unlocked and mistake it
-        for one left by a dead process.
+        for one left by a dead process (filelock retries a lock whose file
+        was removed under it).
         """
         if unlink:
             self.path.unlink(missing_ok=True)
-        if self._fd is not None:
-            os.close(self._fd)  # closing the descriptor drops its flock
-            self._fd = None
-        if self._fallback is not None:
-            self._fallback.release()
-            self._fallback = None
-
-
-# Filesystems that lack flock (some NFS and FUSE mounts) answer with one of these.
-_NO_FLOCK = frozenset({errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOLCK})
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
 
 @overload
@@ -107,44 +98,9 @@ def hold_lock(path: Path, *, wait: Literal[False] = False) -> HeldLock | None: .
 def hold_lock(path: Path, *, wait: bool = False) -> HeldLock | None:
     """Lock ``path`` (created if missing); ``None`` if another process holds it and not ``wait``.
 
-    This is the lock :mod:`filelock` takes on POSIX (``flock`` on the file),
-    so both see each other's locks. The env cache and the build record take
-    all their locks with it: importing filelock costs about as much as the
-    rest of a cache hit. A file that is removed while we wait for it guards
-    nothing, so the lock is taken again on a fresh file. Without flock
-    (Windows, or a filesystem without it), filelock does the work.
+    filelock is imported here, on first use: a cache hit that takes no
+    lock never pays for it.
     """
-    if sys.platform == "win32":  # pragma: no cover - exercised on Windows only
-        return _hold_with_filelock(path, wait=wait)
-    import fcntl
-
-    while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            return None
-        except OSError as exc:
-            os.close(fd)
-            if exc.errno in _NO_FLOCK:
-                return _hold_with_filelock(path, wait=wait)
-            raise
-        except BaseException:
-            os.close(fd)
-            raise
-        try:
-            held = os.fstat(fd)
-            named = os.stat(path)
-        except FileNotFoundError:
-            pass
-        else:
-            if (held.st_dev, held.st_ino) == (named.st_dev, named.st_ino):
-                return HeldLock(path, fd)
-        os.close(fd)
-
-
-def _hold_with_filelock(path: Path, *, wait: bool) -> HeldLock | None:
     from filelock import FileLock, Timeout
 
     lock = FileLock(str(path))
@@ -152,4 +108,4 @@ def _hold_with_filelock(path: Path, *, wait: bool) -> HeldLock | None:
         lock.acquire(timeout=-1 if wait else 0)
     except Timeout:
         return None
-    return HeldLock(path, None, lock)
+    return HeldLock(path, lock)

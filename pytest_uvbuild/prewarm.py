@@ -21,7 +21,6 @@ are set in the child. ``PYTEST_UVBUILD_KEEP_WARM=0`` turns it off everywhere.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -305,17 +304,20 @@ def stop_waiting(temp_dir: Path | None = None) -> int:
 
 
 def _zygote_alive(path: Path) -> bool:
-    """Whether a zygote holds ``path``'s lock (starting, or listening); never connects."""
-    try:
-        fd = os.open(f"{path}.lock", os.O_RDWR)
-    except OSError:
+    """Whether a zygote holds ``path``'s lock (starting, or listening); never connects.
+
+    The zygote, which may import only the standard library, takes it with
+    ``flock``, the lock filelock takes on POSIX.
+    """
+    from filelock import FileLock, Timeout
+
+    lock_file = Path(f"{path}.lock")
+    if not lock_file.exists():
         return False
+    lock = FileLock(str(lock_file))
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+        lock.acquire(timeout=0)
+    except Timeout:
         return True
-    else:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return False
-    finally:
-        os.close(fd)
+    lock.release()
+    return False

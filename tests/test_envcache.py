@@ -621,7 +621,7 @@ def test_groups_and_extras_follow_uv_semantics(
 def test_cache_hit_imports_no_packaging_and_runs_no_uv(
     project: Path, tmp_path: Path, logged: tuple[Uv, Path]
 ) -> None:
-    """A warm hit in a fresh process imports neither packaging nor filelock, and starts no uv."""
+    """A warm hit in a fresh process imports no packaging and no thread pool, and starts no uv."""
     uv, log = logged
     cache_root = tmp_path / "cache"
     _make(EnvCache(cache_root, uv), project).release()
@@ -635,7 +635,7 @@ def test_cache_hit_imports_no_packaging_and_runs_no_uv(
         cache = EnvCache(Path({str(cache_root)!r}))
         env = cache.materialise(EnvRequest(project_dir=p), start_dir=p)
         assert env.hit, env.reason
-        heavy = ("packaging", "concurrent", "filelock")
+        heavy = ("packaging", "concurrent")
         print(sorted(m for m in sys.modules if m.split(".")[0] in heavy))
         """
     )
