@@ -42,7 +42,7 @@ def _changed(field: str) -> object:
     interp = current_interpreter()
     return {
         "lock_sha256": "b" * 64,
-        "interpreter": replace(interp, path=Path("/other/python3")),
+        "interpreter": interp._replace(path=Path("/other/python3")),
         "selection": SELECTION._replace(groups=("dev", "lint")),
         "install_mode": "source",
         "uv_version": "0.14.0",
@@ -71,7 +71,7 @@ def test_key_changes_with_the_interpreter_version_and_platform() -> None:
     """An interpreter at the same path but another version or platform is another key."""
     interp = current_interpreter()
     base, _ = compute_key(**BASE_KEY_INPUTS)  # type: ignore[arg-type]
-    for other in (replace(interp, version="3.11.99"), replace(interp, platform="other-arch")):
+    for other in (interp._replace(version="3.11.99"), interp._replace(platform="other-arch")):
         key, _ = compute_key(**{**BASE_KEY_INPUTS, "interpreter": other})  # type: ignore[arg-type]
         assert key != base
 
