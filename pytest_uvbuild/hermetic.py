@@ -22,9 +22,8 @@ import contextlib
 import os
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 import pytest
 
@@ -59,8 +58,7 @@ class MarkerError(UvBuildError, ValueError):
     """A ``hermetic`` marker has an unknown argument or a value of the wrong type."""
 
 
-@dataclass(frozen=True)
-class HermeticOptions:
+class HermeticOptions(NamedTuple):
     """The merged arguments of every ``hermetic`` marker on a test (closest wins)."""
 
     timeout: float | None = None
@@ -159,8 +157,7 @@ def without_python_id(text: str, version: str) -> str:
     return text
 
 
-@dataclass(frozen=True)
-class ItemPlan:
+class ItemPlan(NamedTuple):
     """How one outer item runs: its inner node id, its batch, its limits."""
 
     inner_id: str
@@ -216,10 +213,12 @@ def _hermetic_timeout(config: pytest.Config) -> float | None:
     return float(value) if value and float(value) > 0 else None
 
 
-@dataclass
 class _Plans:
-    members: dict[object, list[str]] = field(default_factory=dict)
-    no_network: dict[object, set[str]] = field(default_factory=dict)
+    """The selected hermetic items by batch key: their inner ids, and which are offline."""
+
+    def __init__(self) -> None:
+        self.members: dict[object, list[str]] = {}
+        self.no_network: dict[object, set[str]] = {}
 
 
 _PLAN_KEY: Final = pytest.StashKey[ItemPlan]()

@@ -7,7 +7,6 @@ meet here, in ``config.stash[HERMETIC_OUTCOMES_KEY]``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any, Final
 
 import pytest
@@ -15,17 +14,17 @@ import pytest
 __all__ = ["HERMETIC_OUTCOMES_KEY", "HermeticOutcomes"]
 
 
-@dataclass
 class HermeticOutcomes:
     """Per-outcome counts of hermetic tests, plus the node ids that failed or errored."""
 
-    passed: int = 0
-    failed: int = 0
-    skipped: int = 0
-    errors: int = 0
-    xfailed: int = 0
-    xpassed: int = 0
-    failing: list[str] = field(default_factory=list)
+    def __init__(self) -> None:
+        self.passed = 0
+        self.failed = 0
+        self.skipped = 0
+        self.errors = 0
+        self.xfailed = 0
+        self.xpassed = 0
+        self.failing: list[str] = []
 
     def record(self, report: pytest.TestReport) -> None:
         """Count one report as pytest's terminal summary would."""

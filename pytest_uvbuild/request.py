@@ -6,9 +6,8 @@ the cache machinery is imported only when an env is actually needed.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Final, Literal
+from typing import Final, Literal, NamedTuple
 
 __all__ = ["INSTALL_MODES", "EnvRequest", "InstallMode"]
 
@@ -18,8 +17,7 @@ InstallMode = Literal["wheel", "source", "no"]
 INSTALL_MODES: Final[tuple[InstallMode, ...]] = ("wheel", "source", "no")
 
 
-@dataclass(frozen=True)
-class EnvRequest:
+class EnvRequest(NamedTuple):
     """An env request; equal requests share one env within a session."""
 
     project_dir: Path | None = None

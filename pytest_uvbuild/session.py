@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import replace
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -170,7 +169,7 @@ class UvBuildSession:
 
     def request_with(self, **changes: Any) -> EnvRequest:
         """The session's request with some fields replaced (for markers and the factory)."""
-        return replace(self.request, **changes)
+        return self.request._replace(**changes)
 
     def used_envs(self) -> list[UvEnv]:
         """Every env this session materialised, the main one first."""

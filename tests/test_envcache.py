@@ -9,7 +9,6 @@ import subprocess
 import sys
 import textwrap
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -119,7 +118,7 @@ def logged(tmp_path: Path) -> tuple[Uv, Path]:
 
 
 def _make(cache: EnvCache, project: Path, **changes: object) -> UvEnv:
-    request = replace(EnvRequest(project_dir=project, offline=True), **changes)  # type: ignore[arg-type]
+    request = EnvRequest(project_dir=project, offline=True)._replace(**changes)  # type: ignore[arg-type]
     return cache.materialise(request, start_dir=project)
 
 
