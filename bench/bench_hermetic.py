@@ -189,70 +189,60 @@ def _measure(
 ) -> None:
     """Every case, appended to ``rows``; ``settle`` runs before each timed command."""
 
-    # (a) 300 tests: ours against uv run pytest.
+    # (a) 300 tests: ours, in three variants, against uv run pytest.
     print("(a) 300 hermetic tests vs uv run pytest", flush=True)
-    ours, base = side_by_side(
-        lambda: call([*ours_cmd, "hermetic_300"], expect="300 passed"),
-        lambda: call([*uv_run_cmd, "plain_300"], expect="300 passed"),
-        repeats,
-        setup=settle,
-    )
-    rows.append(
-        row(
-            SUITE,
+    in_process = functools.partial(call, [*uv_run_cmd, "plain_300"], expect="300 passed")
+    goal = "\u2264 1.30\u00d7"
+    for case, run, extra, case_goal, note in (
+        (
             "300 trivial tests, warm env cache",
-            ours,
-            "uv run --locked pytest (in-process)",
-            base,
-            goal="\u2264 1.30\u00d7",
-            note="ours: pytest --uv-build, bodies in one worker in the locked env, forked "
-            "from the warm zygote the previous run left (the default outside CI); "
-            "includes writing the build record",
-        )
-    )
-
-    ours, base = side_by_side(
-        lambda: call_cold([*ours_cmd, "hermetic_300"], expect="300 passed"),
-        lambda: call([*uv_run_cmd, "plain_300"], expect="300 passed"),
-        repeats,
-        setup=settle,
-    )
-    rows.append(
-        row(
-            SUITE,
+            call,
+            [],
+            goal,
+            "ours: pytest --uv-build, bodies in one worker in the locked env, forked from the "
+            "warm zygote the previous run left (the default outside CI); includes writing "
+            "the build record",
+        ),
+        (
             "300 trivial tests, warm env cache, no warm worker",
-            ours,
-            "uv run --locked pytest (in-process)",
-            base,
-            goal="\u2264 1.30\u00d7",
-            note="ours: as above with hermetic_keep_warm=0 (the default on CI): the worker "
-            "starts Python and imports pytest",
-        )
-    )
-
-    ours, base = side_by_side(
-        lambda: call([*ours_cmd, "--uv-no-artifacts", "hermetic_300"], expect="300 passed"),
-        lambda: call([*uv_run_cmd, "plain_300"], expect="300 passed"),
-        repeats,
-        setup=settle,
-    )
-    rows.append(
-        row(
-            SUITE,
+            call_cold,
+            [],
+            goal,
+            "ours: as above with hermetic_keep_warm=0 (the default on CI): the worker starts "
+            "Python and imports pytest",
+        ),
+        (
             "300 trivial tests, warm env cache, no build record",
-            ours,
-            "uv run --locked pytest (in-process)",
-            base,
-            note="ours: pytest --uv-build --uv-no-artifacts (the audit still runs)",
+            call,
+            ["--uv-no-artifacts"],
+            None,
+            "ours: pytest --uv-build --uv-no-artifacts (the audit still runs)",
+        ),
+    ):
+        ours, base = side_by_side(
+            functools.partial(run, [*ours_cmd, *extra, "hermetic_300"], expect="300 passed"),
+            in_process,
+            repeats,
+            setup=settle,
         )
-    )
+        rows.append(
+            row(
+                SUITE,
+                case,
+                ours,
+                "uv run --locked pytest (in-process)",
+                base,
+                goal=case_goal,
+                note=note,
+            )
+        )
 
     # What the gap is made of: the worker is a second interpreter that must
     # start and import pytest before it can collect, which no in-process run pays.
     env_python = _locked_env_python(project, env)
     floor, base = side_by_side(
         lambda: call([str(env_python), "-c", "import pytest"]),
-        lambda: call([*uv_run_cmd, "plain_300"], expect="300 passed"),
+        in_process,
         repeats,
         setup=settle,
     )
