@@ -38,6 +38,8 @@ from typing import Final
 
 import pytest
 
+from pytest_uvbuild.fsutil import hold_lock
+
 __all__ = [
     "KEEP_WARM_VARIABLE",
     "ZYGOTE_SCRIPT",
@@ -309,15 +311,11 @@ def _zygote_alive(path: Path) -> bool:
     The zygote, which may import only the standard library, takes it with
     ``flock``, the lock filelock takes on POSIX.
     """
-    from filelock import FileLock, Timeout
-
     lock_file = Path(f"{path}.lock")
     if not lock_file.exists():
         return False
-    lock = FileLock(str(lock_file))
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
+    held = hold_lock(lock_file)
+    if held is None:
         return True
-    lock.release()
+    held.release()
     return False
