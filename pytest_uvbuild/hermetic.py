@@ -250,6 +250,8 @@ class HermeticPlugin:
         self._prestarted = False
         #: Set at session finish: whether the session ended well enough to keep workers warm.
         self._leave_warm = False
+        #: The cache's hints, once read (see _hints_by_arguments).
+        self._hints: dict[str, Any] | None = None
         #: What the cache said at session start (None: nothing, or not asked).
         self._hinted: list[str] | bool | None = None
         self._main_key: tuple[EnvRequest, tuple[tuple[str, str], ...]] = (
@@ -398,33 +400,42 @@ class HermeticPlugin:
             return
         self._prestart()
 
-    def _hint(self, value: list[str] | bool | None = None) -> list[str] | bool | None:
-        """The files that held the last session's hermetic tests in the main env, or False.
+    def _hints_by_arguments(self) -> dict[str, Any] | None:
+        """The early-spawn hints in pytest's cache (None without the cache plugin).
 
-        Kept in pytest's cache (``.pytest_cache``), one entry per argument
-        list (paths relative to the rootdir); with ``value``, record it
-        (written only when it changed). None: nothing known.
+        One entry per argument list: the files (relative to the rootdir) that
+        held that session's hermetic tests in the main env, or False. Read
+        once a session: at its start, and reused at its end.
         """
         cache = getattr(self.config, "cache", None)
         if cache is None:
             return None
-        hints = cache.get(_HINT_CACHE_KEY, {})
-        if not isinstance(hints, dict):
-            hints = {}
+        if self._hints is None:
+            loaded = cache.get(_HINT_CACHE_KEY, {})
+            self._hints = loaded if isinstance(loaded, dict) else {}
+        return self._hints
+
+    def _hint(self) -> list[str] | bool | None:
+        """What the last session with these arguments left: its files, False, or None."""
+        hints = self._hints_by_arguments()
+        known = None if hints is None else hints.get("\0".join(self.config.args))
+        if isinstance(known, bool) or (
+            isinstance(known, list) and all(isinstance(name, str) for name in known)
+        ):
+            return known
+        return None
+
+    def _remember(self, value: list[str] | bool) -> None:
+        """Record this session's hint; the cache file is written only when it changes."""
+        hints = self._hints_by_arguments()
         key = "\0".join(self.config.args)
-        known = hints.get(key)
-        if value is None or known == value:
-            if isinstance(known, bool) or (
-                isinstance(known, list) and all(isinstance(name, str) for name in known)
-            ):
-                return known
-            return None
+        if hints is None or hints.get(key) == value:
+            return
         hints.pop(key, None)
         hints[key] = value
         while len(hints) > _HINT_LIMIT:
             hints.pop(next(iter(hints)))
-        cache.set(_HINT_CACHE_KEY, hints)
-        return value
+        self.config.cache.set(_HINT_CACHE_KEY, hints)
 
     # -- planning ------------------------------------------------------
 
@@ -723,7 +734,7 @@ class HermeticPlugin:
         ):
             members = self._plans.members.get(self._main_key, ())
             files = sorted({nodeid.split("::", 1)[0] for nodeid in members})
-            self._hint(files or False)
+            self._remember(files or False)
         if self._runner is not None:
             self._runner.stop(interrupt=exitstatus == pytest.ExitCode.INTERRUPTED)
             self._leave_warm = exitstatus != pytest.ExitCode.INTERRUPTED
