@@ -9,6 +9,8 @@ stops every zygote that is still waiting when the test ends.
 from __future__ import annotations
 
 import os
+import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -237,3 +239,57 @@ def test_concurrent_sessions_share_one_zygote_safely(
     warm_parents = [row[4] for row in rows if row[0] == "True"]
     assert warm_parents
     assert len(set(warm_parents)) == len(warm_parents)
+
+
+def test_a_warm_child_reads_its_status_and_survives_a_silent_zygote() -> None:
+    """WarmChild gives the zygote's wait status as a Popen-style code; a hang-up reads as killed."""
+    ours, zygote = socket.socketpair()
+    child = prewarm.WarmChild(ours, pid=12345)
+    assert child.poll() is None
+    with pytest.raises(subprocess.TimeoutExpired):
+        child.wait(0.01)
+    zygote.sendall(b'{"status": %d}\n' % (3 << 8))  # what waitpid reports for exit(3)
+    assert child.wait(5) == 3
+    zygote.close()
+
+    ours, zygote = socket.socketpair()
+    child = prewarm.WarmChild(ours, pid=12345)
+    zygote.sendall(b'{"status": %d}\n' % signal.SIGSEGV)  # killed by a signal
+    assert child.wait(5) == -signal.SIGSEGV
+    zygote.close()
+
+    ours, zygote = socket.socketpair()
+    child = prewarm.WarmChild(ours, pid=12345)
+    zygote.close()  # gone without a word
+    assert child.wait(5) == -signal.SIGKILL
+
+
+def test_a_leftover_socket_without_a_zygote_means_a_fresh_worker(
+    short_tmpdir: Path,
+) -> None:
+    """claim() answers None, quickly, when the socket file is a dead zygote's leftover."""
+    venv = short_tmpdir / "venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "pyvenv.cfg").write_text("home = /usr/bin\n")
+    python = venv / "bin" / "python"
+    environ = {"PATH": "/usr/bin"}
+    path = prewarm.socket_path(python, environ)
+    assert path is not None
+    dead = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    dead.bind(str(path))
+    dead.close()  # the file stays, nobody listens
+    read_fd, write_fd = os.pipe()
+    try:
+        claimed = prewarm.claim(
+            python,
+            environ,
+            cwd=short_tmpdir,
+            spec=short_tmpdir / "boot.json",
+            boot={},
+            fds=(write_fd, read_fd, 1, 2),
+        )
+    finally:
+        os.close(read_fd)
+        os.close(write_fd)
+    assert claimed is None
+    assert not prewarm._zygote_alive(path)
