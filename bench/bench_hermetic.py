@@ -31,7 +31,6 @@ import functools
 import json
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -103,9 +102,7 @@ def _settle(temp: Path) -> None:
     tight loop of runs that work would land in the next measured command,
     whichever side it is.
     """
-    deadline = time.monotonic() + 10
-    while not any(temp.glob("pytest-uvbuild-*/*.sock")) and time.monotonic() < deadline:
-        time.sleep(0.01)
+    toys.wait_until(lambda: prewarm.listening(temp), 10)
 
 
 def _locked_env_python(project: Path, env: dict[str, str]) -> Path:

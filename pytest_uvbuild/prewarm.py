@@ -47,6 +47,7 @@ __all__ = [
     "claim",
     "keep_warm_seconds",
     "leave_behind",
+    "listening",
     "stop_waiting",
 ]
 
@@ -87,9 +88,15 @@ def keep_warm_seconds(config: pytest.Config) -> float:
     return max(0.0, seconds)
 
 
+def _socket_dir_in(temp_dir: Path | None) -> Path:
+    """Where this user's zygote sockets live under ``temp_dir`` (default: this process's)."""
+    base = Path(temp_dir) if temp_dir is not None else Path(tempfile.gettempdir())
+    return base / f"pytest-uvbuild-{os.getuid()}"
+
+
 def _socket_dir() -> Path | None:
     """The user's private socket directory, made if missing; None if it is not private."""
-    directory = Path(tempfile.gettempdir()) / f"pytest-uvbuild-{os.getuid()}"
+    directory = _socket_dir_in(None)
     with contextlib.suppress(FileExistsError):
         directory.mkdir(mode=0o700)
     try:
@@ -287,6 +294,11 @@ def leave_behind(
         )
 
 
+def listening(temp_dir: Path | None = None) -> list[Path]:
+    """The sockets of this user's zygotes that are ready for a session (see :func:`claim`)."""
+    return sorted(_socket_dir_in(temp_dir).glob("*.sock"))
+
+
 def stop_waiting(temp_dir: Path | None = None) -> int:
     """Stop every zygote of this user that still waits; return how many were signalled.
 
@@ -294,9 +306,8 @@ def stop_waiting(temp_dir: Path | None = None) -> int:
     process's). Only a pid whose lock is held is signalled, so a pid reused
     by another process since is never hit.
     """
-    base = Path(temp_dir) if temp_dir is not None else Path(tempfile.gettempdir())
     stopped = 0
-    for lock in (base / f"pytest-uvbuild-{os.getuid()}").glob("*.lock"):
+    for lock in _socket_dir_in(temp_dir).glob("*.lock"):
         pid = lock.read_text().strip()
         if pid.isdigit() and _zygote_alive(lock.with_suffix("")):
             with contextlib.suppress(ProcessLookupError):

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
+import toys
 
 from pytest_uvbuild import prewarm
 
@@ -31,14 +32,10 @@ def warm_tmpdir(short_tmpdir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return short_tmpdir
 
 
-def _wait_for_zygote(directory: Path, timeout: float = 10.0) -> None:
+def _wait_for_zygote(directory: Path) -> None:
     """Wait until a zygote listens in ``directory``'s socket dir."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if list(directory.glob("pytest-uvbuild-*/*.sock")):
-            return
-        time.sleep(0.02)
-    pytest.fail("no zygote was left behind", pytrace=False)
+    if not toys.wait_until(lambda: prewarm.listening(directory)):
+        pytest.fail("no zygote was left behind", pytrace=False)
 
 
 #: A hermetic test that records who its parent is, its HOME and its cwd.
@@ -78,9 +75,7 @@ def test_the_next_session_gets_a_warm_worker_with_its_own_home(
     # The second session left a zygote too; stop_waiting ends it.
     _wait_for_zygote(warm_tmpdir)
     assert prewarm.stop_waiting(warm_tmpdir) == 1
-    deadline = time.monotonic() + 10
-    while list(warm_tmpdir.glob("pytest-uvbuild-*/*.sock")) and time.monotonic() < deadline:
-        time.sleep(0.02)
+    assert toys.wait_until(lambda: not prewarm.listening(warm_tmpdir))
     assert prewarm.stop_waiting(warm_tmpdir) == 0
 
 
@@ -142,7 +137,7 @@ def test_without_keep_warm_nothing_is_left_behind(
         passed=1
     )
     time.sleep(0.5)
-    assert not list(warm_tmpdir.glob("pytest-uvbuild-*/*.sock"))
+    assert not prewarm.listening(warm_tmpdir)
 
 
 def test_a_bad_keep_warm_value_is_a_usage_error(

@@ -154,9 +154,7 @@ def test_worker_runs_on_supported_python_and_pytest(
         prewarm.leave_behind(launch.python, launch.environ, 30.0, patience=0.0)
         path = prewarm.socket_path(launch.python, launch.environ)
         assert path is not None
-        deadline = time.time() + 30
-        while not path.exists() and time.time() < deadline:
-            time.sleep(0.02)
+        assert toys.wait_until(path.exists, 30)
     ids = [
         "test_suite.py::test_pass",
         "test_suite.py::test_fail",
