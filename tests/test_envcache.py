@@ -566,14 +566,21 @@ def test_path_dependency_and_local_wheel_live_in_the_layer(
         "toygamma": "1.0",
         "demo": "0.1.0",
     }
-    (dep / "src" / "dep" / "__init__.py").write_text('WHERE = "dep edited"\n')
+    _assert_edit_runs(cache, root, env.key, dep / "src" / "dep" / "__init__.py", "dep")
+
+
+def _assert_edit_runs(cache: EnvCache, root: Path, key: str, source: Path, module: str) -> None:
+    """After editing ``source`` (``module``'s ``__init__``), the same env runs the edit."""
+    source.write_text('WHERE = "edited"\n')
     again = _make(cache, root)
     again.release()
-    assert again.key == env.key
+    assert again.key == key
     out = again.run(
-        ["python", "-c", "import dep; print(dep.WHERE)"], capture_output=True, text=True
+        ["python", "-c", f"import {module}; print({module}.WHERE)"],
+        capture_output=True,
+        text=True,
     )
-    assert out.stdout.strip() == "dep edited"
+    assert out.stdout.strip() == "edited"
 
 
 def test_package_false_behaves_as_source(
@@ -674,14 +681,8 @@ def test_workspace_member_edits_are_never_stale(
     env = _make(cache, root)
     env.release()
     assert {"demo", "member", "toyalpha"} <= set(env.packages)
-    (root / "packages" / "member" / "src" / "member" / "__init__.py").write_text('WHERE = "v2"\n')
-    again = _make(cache, root)
-    again.release()
-    assert again.key == env.key
-    out = again.run(
-        ["python", "-c", "import member; print(member.WHERE)"], capture_output=True, text=True
-    )
-    assert out.stdout.strip() == "v2"
+    member = root / "packages" / "member" / "src" / "member" / "__init__.py"
+    _assert_edit_runs(cache, root, env.key, member, "member")
 
 
 def test_a_full_disk_while_writing_the_record_is_one_clear_error(
