@@ -177,8 +177,10 @@ class WarmChild:
             except OSError:
                 chunk = b""
             if not chunk:
-                # The zygote is gone without a word (killed with its child's
-                # group, say): the child has certainly ended.
+                # The zygote is gone without a word: it ignores SIGTERM once it
+                # supervises, so it was SIGKILLed, which the child is taken to
+                # share. (A child that outlives it still ends at EOF on its
+                # control pipe when the session stops.)
                 self._finish(-9)
                 return
             self._buffer += chunk
