@@ -27,8 +27,10 @@ What it does:
   therefore never corrupt the protocol.
 
 Events: ``ready``, ``collectreport``, ``collected``, ``logstart``,
-``logreport``, ``logfinish``, ``missing``, ``internalerror``, ``fatal`` and
-``exit``. The outer side (:mod:`pytest_uvbuild.runner`) rejects any other name.
+``logreport``, ``warning``, ``logfinish``, ``missing``, ``interrupted``,
+``internalerror``, ``fatal`` and ``exit``. A test's warnings come before its
+``logfinish``. The outer side (:mod:`pytest_uvbuild.runner`) rejects any
+other name.
 """
 
 from __future__ import annotations
@@ -410,6 +412,11 @@ class WorkerPlugin:
         finally:
             if guarded:
                 self.guard.uninstall()
+        # Sent once the whole protocol has returned, not from the logfinish
+        # hook: the warnings plugin records a test's warnings (an unraisable
+        # exception's, say) after that hook, and the outer side stops
+        # listening for a test at its logfinish.
+        self.events.queue("logfinish", nodeid=item.nodeid)
 
     def pytest_runtest_logstart(self, nodeid: str, location: Any) -> None:
         self.current = nodeid
@@ -422,9 +429,6 @@ class WorkerPlugin:
 
     def pytest_runtest_logreport(self, report: Any) -> None:
         self.events.queue("logreport", report=self._serialise(report))
-
-    def pytest_runtest_logfinish(self, nodeid: str, location: Any) -> None:
-        self.events.queue("logfinish", nodeid=nodeid)
 
     def pytest_warning_recorded(
         self, warning_message: Any, when: str, nodeid: str, location: Any

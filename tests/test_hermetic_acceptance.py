@@ -853,3 +853,33 @@ def test_atexit_handlers_of_hermetic_tests_run(uv_pytester: pytest.Pytester) -> 
     )
     run(uv_pytester).assert_outcomes(passed=1)
     assert (uv_pytester.path / "atexit.txt").read_text().startswith("ran inside ")
+
+
+def test_an_import_time_cycle_freed_by_a_test_warns_as_in_process(
+    uv_pytester: pytest.Pytester,
+) -> None:
+    """A cycle made at import and freed by a test is collected and warns inside, as outside."""
+    uv_pytester.makepyfile(
+        test_cycle="""
+        import gc
+        import pytest
+
+        pytestmark = pytest.mark.hermetic
+
+        class Noisy:
+            def __del__(self):
+                raise ValueError("raised in __del__")
+
+        HOLDER = [Noisy()]
+        HOLDER[0].me = HOLDER[0]  # a cycle: only the collector frees it
+
+        def test_frees_it():
+            HOLDER.clear()
+            gc.collect()
+        """
+    )
+    plain = uv_pytester.runpytest_subprocess()
+    hermetic = run(uv_pytester)
+    for result in (plain, hermetic):
+        result.assert_outcomes(passed=1, warnings=1)
+        result.stdout.fnmatch_lines(["*PytestUnraisableExceptionWarning*", "*raised in __del__"])
