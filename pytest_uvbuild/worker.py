@@ -47,6 +47,7 @@ if sys.path and os.path.abspath(sys.path[0] or os.curdir) == _HERE:
     del sys.path[0]
 
 import collections  # noqa: E402
+import gc  # noqa: E402
 import ipaddress  # noqa: E402
 import select  # noqa: E402
 import socket  # noqa: E402
@@ -587,6 +588,10 @@ def run(boot: dict[str, Any]) -> int:
     except ImportError as exc:
         events.send("fatal", kind="no-pytest", message=str(exc), python=sys.executable)
         return 3
+    # What exists now (the standard library's and pytest's modules) lives
+    # until exit: out of the collector's sight, each full collection of the
+    # session (pytest makes two at its end) skips it.
+    gc.freeze()
     control = ControlChannel(boot["control_fd"])
     version = tuple(int(p) for p in pytest.__version__.split(".")[:2] if p.isdigit())
     events.send(
