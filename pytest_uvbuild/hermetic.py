@@ -742,8 +742,8 @@ class HermeticPlugin:
     def pytest_unconfigure(self, config: pytest.Config) -> None:
         """Kill what is left and remove the scratch directory; leave warm workers behind.
 
-        Zygotes start last: their own start-up then does not compete with
-        this session's end for the CPU.
+        The zygotes start when the interpreter exits: their own start-up
+        then does not compete with this session's end for the CPU.
         """
         runner, self._runner = self._runner, None
         if runner is not None:

@@ -20,6 +20,7 @@ are set in the child. ``PYTEST_UVBUILD_KEEP_WARM=0`` turns it off everywhere.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import hashlib
 import json
@@ -31,7 +32,7 @@ import stat
 import struct
 import subprocess
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import Final
@@ -47,6 +48,7 @@ __all__ = [
     "claim",
     "keep_warm_seconds",
     "leave_behind",
+    "leave_behind_at_exit",
     "listening",
     "stop_waiting",
 ]
@@ -289,11 +291,31 @@ def leave_behind(
                 f"{seconds:g}",
                 str(WORKER_SCRIPT),
                 f"{patience:g}",
+                str(os.getpid()),
             ],
             dict(environ),
             file_actions=[(os.POSIX_SPAWN_DUP2, null.fileno(), fd) for fd in (0, 1, 2)],
             setsid=True,
         )
+
+
+def leave_behind_at_exit(launches: Sequence[tuple[Path, Mapping[str, str], float]]) -> None:
+    """Start a zygote for each ``(python, environ, seconds)`` when this interpreter exits.
+
+    Not at once: a zygote's interpreter start takes a CPU for about 20 ms,
+    and pytest's last garbage collections, after its ``pytest_unconfigure``
+    hooks, would share the CPU with it; at exit nothing of the session is
+    left to slow down. A zygote that cannot start is no error: a warm
+    worker is a bonus.
+    """
+    if launches:
+        atexit.register(_leave_all_behind, list(launches))
+
+
+def _leave_all_behind(launches: Sequence[tuple[Path, Mapping[str, str], float]]) -> None:
+    for python, environ, seconds in launches:
+        with contextlib.suppress(OSError):
+            leave_behind(python, environ, seconds)
 
 
 def listening(temp_dir: Path | None = None) -> list[Path]:

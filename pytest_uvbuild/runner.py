@@ -1222,7 +1222,11 @@ class HermeticRunner:
         self.standby.clear()
 
     def leave_warm_workers(self) -> None:
-        """For each launch that ran a worker, leave a zygote for the next session."""
+        """For each launch that ran a worker, leave a zygote for the next session.
+
+        The zygotes start when this interpreter exits (see
+        :func:`~pytest_uvbuild.prewarm.leave_behind_at_exit`).
+        """
         launches = {
             (str(batch.launch.python), tuple(sorted(batch.launch.environ.items()))): batch.launch
             for batch in self.batches.values()
@@ -1230,11 +1234,11 @@ class HermeticRunner:
         }
         if not launches:
             return
-        from pytest_uvbuild.prewarm import leave_behind
+        from pytest_uvbuild.prewarm import leave_behind_at_exit
 
-        for launch in launches.values():
-            with contextlib.suppress(OSError):  # a warm worker is a bonus, never an error
-                leave_behind(launch.python, launch.environ, launch.keep_warm)
+        leave_behind_at_exit(
+            [(launch.python, launch.environ, launch.keep_warm) for launch in launches.values()]
+        )
 
     def reap(self) -> None:
         """Wait for stopping workers (killing those that overrun their grace time)."""

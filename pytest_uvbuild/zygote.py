@@ -1,8 +1,8 @@
 """A warm interpreter of a locked env: pytest imported, waiting to become the next worker.
 
 Executed by path with the env's interpreter (``python zygote.py SOCKET
-IDLE_SECONDS WORKER_SCRIPT [PATIENCE_SECONDS]``), like :mod:`worker`; it imports only the
-standard library and pytest, and runs on Python >= 3.8.
+IDLE_SECONDS WORKER_SCRIPT [PATIENCE_SECONDS SESSION_PID]``), like :mod:`worker`; it
+imports only the standard library and pytest, and runs on Python >= 3.8.
 
 Starting an interpreter and importing pytest is the largest fixed cost of a
 hermetic session. A session that ends leaves one of these behind; the next
@@ -10,7 +10,8 @@ session with the same env and the same start-up environment connects
 instead of spawning. What it does:
 
 * locks ``SOCKET.lock`` (if another zygote holds it, it exits at once),
-  waits up to ``PATIENCE_SECONDS`` for the session that started it to exit,
+  waits up to ``PATIENCE_SECONDS`` for the session that started it
+  (``SESSION_PID``) to exit,
   imports pytest and the worker module, and only then binds the Unix socket
   ``SOCKET`` (in a directory only its user can enter);
 * waits up to ``IDLE_SECONDS`` for one connection, and removes the socket
@@ -137,15 +138,16 @@ def _become_worker(worker: Any, handover: dict[str, Any], fds: list[int]) -> Non
     worker._exit_without_finalising(worker.run(boot))
 
 
-def _let_the_session_end(longest: float) -> None:
-    """Wait (``longest`` seconds at most) until the session that started us has exited.
+def _let_the_session_end(session: int, longest: float) -> None:
+    """Wait (``longest`` seconds at most) until the session ``session`` that started us has exited.
 
     Importing pytest takes a CPU for a while: done while that session still
-    writes its summary, it would make the session itself slower.
+    writes its summary, it would make the session itself slower. The pid
+    comes from the session, not from ``os.getppid()`` here: a session that
+    starts us as it exits may be gone already, and we then have a new parent.
     """
-    parent = os.getppid()
     deadline = time.monotonic() + longest
-    while os.getppid() == parent and time.monotonic() < deadline:
+    while os.getppid() == session and time.monotonic() < deadline:
         time.sleep(0.005)
 
 
@@ -170,7 +172,8 @@ def main(argv: list[str]) -> int:
     # Stopped while waiting: unwind, so that the socket file goes too.
     signal.signal(signal.SIGTERM, _stop)
     try:
-        _let_the_session_end(float(argv[4]) if len(argv) > 4 else 0.0)
+        if len(argv) > 5:
+            _let_the_session_end(int(argv[5]), float(argv[4]))
         import pytest  # noqa: F401 - importing it now is the point
 
         worker = _load_worker(worker_script)

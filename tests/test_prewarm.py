@@ -288,3 +288,31 @@ def test_a_leftover_socket_without_a_zygote_means_a_fresh_worker(
         os.close(write_fd)
     assert claimed is None
     assert not prewarm._zygote_alive(path)
+
+
+#: Leaves a zygote for this interpreter at exit; says whether one started before.
+LEAVE_AT_EXIT = """
+import sys, time
+from pathlib import Path
+from pytest_uvbuild import prewarm
+
+python, environ = Path(sys.executable), {"PATH": "/usr/bin:/bin"}
+prewarm.leave_behind_at_exit([(python, environ, 30.0)])
+time.sleep(0.5)
+print(Path(str(prewarm.socket_path(python, environ)) + ".lock").exists())
+"""
+
+
+def test_a_zygote_left_at_exit_starts_only_when_the_interpreter_exits(
+    short_tmpdir: Path,
+) -> None:
+    """A zygote left at exit starts once the interpreter exits, and listens without more delay."""
+    env = {**os.environ, "TMPDIR": str(short_tmpdir)}
+    done = subprocess.run(
+        [sys.executable, "-c", LEAVE_AT_EXIT], env=env, capture_output=True, text=True, check=True
+    )
+    assert done.stdout.strip() == "False"
+    # Well before its patience runs out: it saw that the session is gone.
+    assert prewarm.PATIENCE_SECONDS >= 5
+    if not toys.wait_until(lambda: prewarm.listening(short_tmpdir), 4):
+        pytest.fail("the zygote waited for a session that had already exited", pytrace=False)
