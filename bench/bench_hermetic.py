@@ -15,7 +15,8 @@
     the difference in tests (20 and 620; 10 and 40 for pytest-isolated, whose
     fresh subprocess per test costs a third of a second), for ours against
     pytest-forked (a fork per test) and pytest-isolated. Goal: ours 20x
-    cheaper or better.
+    cheaper or better. A last row gives in-process pytest's own cost of one
+    more test, which bounds ours from below.
 (c) Peak memory (``ru_maxrss``) of the outer pytest process with the 300
     hermetic tests, against plain in-process pytest of the same 300 tests.
 
@@ -296,6 +297,25 @@ def _measure(
                 f"{name}: (t({large}) - t({small})) / {large - small}; {versions}",
             )
         )
+
+    # What in-process pytest itself spends on one more trivial test: a
+    # hermetic test pays that too (the worker runs pytest's own protocol),
+    # so no per-test cost of ours can be much below it.
+    in_process_each = per_test(
+        {count: timed([*uv_run_cmd, f"plain_{count}"], count, repeats) for count in SIZES}
+    )
+    rows.append(
+        row(
+            SUITE,
+            "cost of one more test",
+            ours_each,
+            "in-process pytest (uv run --locked pytest)",
+            in_process_each,
+            note=f"context for the goal above: (t({SIZES[1]}) - t({SIZES[0]})) / "
+            f"{SIZES[1] - SIZES[0]} on both sides; what pytest spends per test, which a "
+            "hermetic test pays as well",
+        )
+    )
 
     # (c) peak memory of the outer process.
     print("(c) peak memory of the outer process", flush=True)
