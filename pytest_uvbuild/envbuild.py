@@ -2,14 +2,16 @@
 
 :meth:`~pytest_uvbuild.envcache.EnvCache.materialise` comes here, under the
 env's build lock, only when no trusted env exists; a cache hit never imports
-this module. ``uv export --locked``, ``uv sync --locked --no-install-local``
-and the project layer run at once (see :func:`build_env`); the completion
-record is written last.
+this module. ``uv export --locked`` (unless the last build of the checkout
+asked uv the same), ``uv sync --locked --no-install-local`` and the project
+layer run at once (see :func:`build_env`); the completion record is
+written last.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -29,13 +31,14 @@ from pytest_uvbuild.envcache import (
     _LayerPlan,
     _offline,
 )
-from pytest_uvbuild.errors import CacheError
+from pytest_uvbuild.errors import CacheError, LockfileError
 from pytest_uvbuild.fsutil import remove_tree, write_atomic
 from pytest_uvbuild.integrity import top_level
 from pytest_uvbuild.project import (
     LocalSource,
     Selection,
     UvProject,
+    local_selection_digest,
     local_sources_from_export,
     lock_local_dirs,
     read_lock,
@@ -149,41 +152,79 @@ def guess_sources(
     return (LocalSource(project.name, ".", "editable"),)
 
 
-def _exported_plan(
-    cache: EnvCache, resolved: ResolvedRequest, request: EnvRequest
-) -> tuple[_LayerPlan, tuple[LocalSource, ...], tuple[str, ...]]:
-    """Ask ``uv export --locked`` which local packages the selection installs; plan their layer.
+def _known_sources(
+    cache: EnvCache, project: UvProject, digest: str
+) -> tuple[LocalSource, ...] | None:
+    """uv's answer for the last build of this checkout, if it was asked the same question.
 
-    The export fails on a stale, missing or malformed lock without creating
-    anything, with the message that names ``uv lock``.
+    ``digest`` covers the parts of the lock that decide the local packages
+    (see :func:`~pytest_uvbuild.project.local_selection_digest`) and every
+    other key input but the lock's hash.
+    """
+    try:
+        last = json.loads(cache._project_record(project).read_text(encoding="utf-8"))
+        if last.get("export_digest") != digest:
+            return None
+        return tuple(LocalSource.from_json(s) for s in last["local_sources"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def _exported_plan(
+    cache: EnvCache, resolved: ResolvedRequest, request: EnvRequest, *, rebuild: bool
+) -> tuple[_LayerPlan, tuple[LocalSource, ...], tuple[str, ...], str]:
+    """Find which local packages the selection installs; plan their layer.
+
+    The answer is ``uv export --locked``'s, unless the last build of this
+    checkout asked uv the same question (the same selection, interpreter
+    and uv, and a lock whose local side is unchanged, as when a registry
+    package moved) and ``rebuild`` is off: then that answer stands, and uv
+    is not asked again. Either way ``uv sync --locked`` checks the lock: a
+    stale, missing or malformed one fails the build without creating
+    anything, with the message that names ``uv lock``. Also returned: the
+    lock's local directories and the digest the answer is filed under.
     """
     project, selection, interpreter, key, inputs = resolved
-    exported = cache.uv.run(
-        [
-            "export",
-            "--locked",
-            "--format",
-            "requirements-txt",
-            "--no-hashes",
-            "--no-header",
-            "--no-annotate",
-            "--quiet",
-            "--python",
-            str(interpreter.path),
-            *selection.uv_args,
-            *_offline(request),
-        ],
-        what="`uv export --locked`",
-        cwd=project.root,
-    )
-    lock = read_lock(project)
-    sources = local_sources_from_export(
-        exported.stdout, project, lock, interpreter.marker_environment()
-    )
+    sources: tuple[LocalSource, ...] | None = None
+    digest = ""
+    try:
+        lock: Mapping[str, Any] | None = read_lock(project)
+    except LockfileError:
+        lock = None  # uv's own error about it (from the export) says more
+    if lock is not None:
+        question = {name: value for name, value in inputs.items() if name != "lock_sha256"}
+        question["lock"] = local_selection_digest(lock)
+        digest = hashlib.sha256(json.dumps(question, sort_keys=True).encode()).hexdigest()
+        if not rebuild:
+            sources = _known_sources(cache, project, digest)
+    if lock is None or sources is None:
+        exported = cache.uv.run(
+            [
+                "export",
+                "--locked",
+                "--format",
+                "requirements-txt",
+                "--no-hashes",
+                "--no-header",
+                "--no-annotate",
+                "--quiet",
+                "--python",
+                str(interpreter.path),
+                *selection.uv_args,
+                *_offline(request),
+            ],
+            what="`uv export --locked`",
+            cwd=project.root,
+        )
+        if lock is None:
+            lock = read_lock(project)  # uv could read it: raise ours
+        sources = local_sources_from_export(
+            exported.stdout, project, lock, interpreter.marker_environment()
+        )
     plan = _LayerPlan.make(
         project, key, inputs["install_mode"], selection.only_groups, sources, inputs
     )
-    return plan, sources, lock_local_dirs(lock)
+    return plan, sources, lock_local_dirs(lock), digest
 
 
 def build_env(
@@ -195,13 +236,14 @@ def build_env(
 
     Three things run at once, since none needs another's result: ``uv
     export --locked`` (it checks the lock and says which local packages
-    the selection installs), ``uv sync --locked --no-install-local`` into
-    the env dir, and the project layer of the local packages the last
-    build installed (see :func:`guess_sources`). If the lock is stale,
-    missing or malformed, both uv commands fail; the export's error is
-    raised, and the env dir (which ``uv sync`` creates before it fails) and
-    any layer made here are removed, so a failed build leaves the cache as
-    it was.
+    the selection installs; skipped when the last build of the checkout
+    asked the same, see :func:`_exported_plan`), ``uv sync --locked
+    --no-install-local`` into the env dir, and the project layer of the
+    local packages the last build installed (see :func:`guess_sources`).
+    If the lock is stale, missing or malformed, the uv commands fail; the
+    export's error is raised if it ran, and the env dir (which ``uv sync``
+    creates before it fails) and any layer made here are removed, so a
+    failed build leaves the cache as it was.
     """
     from concurrent.futures import ThreadPoolExecutor
 
@@ -246,7 +288,7 @@ def build_env(
         remove_tree(env_dir)
         raise
     with ThreadPoolExecutor(max_workers=2) as pool:
-        export_job = pool.submit(_exported_plan, cache, resolved, request)
+        export_job = pool.submit(_exported_plan, cache, resolved, request, rebuild=rebuild)
         layer_job = pool.submit(
             cache._ensure_layer, guess, interpreter, request, None, rebuild=rebuild
         )
@@ -263,7 +305,7 @@ def build_env(
             if guess_is_new and guess_dir is not None:
                 remove_tree(guess_dir)
             raise failed
-        plan, sources, lock_dirs = export_job.result()
+        plan, sources, lock_dirs, export_digest = export_job.result()
     if plan.layer_dir(cache.root) != guess_dir:
         # The guess missed (a path dependency was added, say): its layer
         # is of no use to anyone, and the right one is made now.
@@ -313,6 +355,7 @@ def build_env(
             "key": key,
             "inputs": inputs,
             "local_sources": record["local_sources"],
+            "export_digest": export_digest,
         }
         write_atomic(cache._project_record(project), json.dumps(last).encode(), fsync=False)
     return record, plan

@@ -9,12 +9,13 @@ is hashed, and parsed only when an environment is being built (see
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Any, Final, Literal, NamedTuple
 
 from pytest_uvbuild.errors import LockfileError, ProjectNotFoundError, SelectionError
 
@@ -42,6 +43,7 @@ __all__ = [
     "find_project",
     "import_root",
     "load_project",
+    "local_selection_digest",
     "local_sources_from_export",
     "lock_local_dirs",
     "nearest_project_dir",
@@ -345,6 +347,69 @@ def lock_local_dirs(lock: Mapping[str, Any]) -> tuple[str, ...]:
             if isinstance(rel, str):
                 found.add(rel)
     return tuple(sorted(found))
+
+
+#: The ``source`` keys of a local package in ``uv.lock``.
+_LOCAL_SOURCE_KINDS: Final = ("editable", "directory", "virtual", "path")
+
+
+def local_selection_digest(lock: Mapping[str, Any]) -> str:
+    """A digest of all in ``uv.lock`` that can decide which local packages a selection installs.
+
+    That is the lock's header (its version, ``requires-python``, resolution
+    markers, ``[manifest]``) and every package entry from which a local
+    package can be reached, local packages included. Reaching is followed
+    by name through every dependency list (plain, optional, dev), markers
+    and extras ignored, so the set is never smaller than uv's: an edit that
+    could change uv's answer for any selection changes the digest. Registry
+    packages seldom lead to a local one, so a new lock that only moves
+    registry versions keeps its digest.
+    """
+    packages = list(_packages(lock))
+    parents: dict[str, set[int]] = {}
+    local: set[str] = set()
+    for index, package in enumerate(packages):
+        source = package.get("source")
+        if isinstance(source, dict) and any(
+            isinstance(source.get(kind), str) for kind in _LOCAL_SOURCE_KINDS
+        ):
+            local.add(canonicalize_name(str(package.get("name", ""))))
+        for dependency in _dependency_entries(package):
+            name = dependency.get("name")
+            if isinstance(name, str):
+                parents.setdefault(canonicalize_name(name), set()).add(index)
+    kept = {
+        index
+        for index, package in enumerate(packages)
+        if canonicalize_name(str(package.get("name", ""))) in local
+    }
+    reached, frontier = set(local), list(local)
+    while frontier:
+        for index in parents.get(frontier.pop(), ()):
+            kept.add(index)
+            name = canonicalize_name(str(packages[index].get("name", "")))
+            if name not in reached:
+                reached.add(name)
+                frontier.append(name)
+    relevant = {
+        "header": {key: value for key, value in lock.items() if key != "package"},
+        "packages": [packages[index] for index in sorted(kept)],
+    }
+    blob = json.dumps(relevant, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _dependency_entries(package: Mapping[str, Any]) -> Iterator[Mapping[str, Any]]:
+    """Every dependency a lock entry lists: plain, per extra and per group."""
+    plain = package.get("dependencies")
+    lists: list[Any] = [plain] if isinstance(plain, list) else []
+    for table in ("optional-dependencies", "dev-dependencies"):
+        grouped = package.get(table)
+        if isinstance(grouped, dict):
+            lists.extend(grouped.values())
+    for entries in lists:
+        if isinstance(entries, list):
+            yield from (entry for entry in entries if isinstance(entry, dict))
 
 
 def _lock_local_packages(lock: Mapping[str, Any], root: Path) -> dict[Path, tuple[str, str, bool]]:

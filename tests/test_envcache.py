@@ -256,6 +256,14 @@ def test_stale_lock_is_caught_on_a_hit_and_on_a_miss(
     assert _make(cache, project).hit
     assert toys.uv_calls(log, "lock") == checks
     assert toys.uv_calls(log, "sync") == syncs
+    # A new lock with the same local side asks no `uv export`: `uv sync --locked` catches it.
+    pyproject.write_text(pyproject.read_text().replace("toyalpha==1.0", "toyalpha==2.0"))
+    _relock_with_a_comment(project)
+    exports = toys.uv_calls(log, "export")
+    with pytest.raises(LockfileError, match=r"out of date.*Fix: run `uv lock`"):
+        _make(cache, project)
+    assert toys.uv_calls(log, "export") == exports
+    assert sorted(os.listdir(cache.root / "envs")) == [env.key]
 
 
 def test_waiting_too_long_for_a_builder_is_a_cache_error(
@@ -441,6 +449,10 @@ def test_a_new_lock_with_unchanged_sources_links_the_previous_layer(
     assert second.key != first.key
     assert not second.hit
     assert len(toys.uv_calls(log, "build")) == 1
+    # The lock's local side is as it was: uv's answer about it stands.
+    assert len(toys.uv_calls(log, "export")) == 1
+    record = json.loads((second.path / envcache.RECORD_NAME).read_text())
+    assert [s["name"] for s in record["local_sources"]] == ["demo"]
     old_site, new_site = first.layer[-1], second.layer[-1]
     assert new_site != old_site
     assert new_site.parent.name.split("-")[1] == old_site.parent.name.split("-")[1]
@@ -486,6 +498,12 @@ def test_a_layer_built_on_a_wrong_guess_is_not_left_behind(
     assert layers == sorted([first.layer[-1].parent.name, second.layer[-1].parent.name])
     # The guess (demo alone) was built and thrown away, then demo and dep were built.
     assert len(toys.uv_calls(log, "build")) == 4
+    # A new local package: uv was asked again, as it is on a rebuild.
+    assert len(toys.uv_calls(log, "export")) == 2
+    cache.materialise(
+        EnvRequest(project_dir=root, offline=True), start_dir=root, rebuild=True
+    ).release()
+    assert len(toys.uv_calls(log, "export")) == 3
 
 
 def test_test_files_and_caches_do_not_rebuild_the_layer(project: Path, tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import sys
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from pytest_uvbuild.project import (
     UvProject,
     find_project,
     import_root,
+    local_selection_digest,
     local_sources_from_export,
     lock_local_dirs,
     read_lock,
@@ -174,3 +176,68 @@ def test_local_sources_come_from_uvs_export(make_project: MakeProject, tmp_path:
         LocalSource("pkg-whl", "../pkg.whl", "archive"),
     )
     assert set(lock_local_dirs(lock)) == {".", str(dep)}
+
+
+#: A lock with a root project, a path dependency, and registry packages; one
+#: of those (``glue``) depends on the path dependency.
+DIGEST_LOCK = {
+    "version": 1,
+    "requires-python": ">=3.10",
+    "manifest": {"members": ["demo"]},
+    "package": [
+        {
+            "name": "demo",
+            "version": "0.1.0",
+            "source": {"editable": "."},
+            "dependencies": [{"name": "toyalpha"}, {"name": "helper"}],
+            "optional-dependencies": {"extra": [{"name": "glue"}]},
+        },
+        {"name": "helper", "version": "0.1.0", "source": {"directory": "../helper"}},
+        {
+            "name": "toyalpha",
+            "version": "1.0",
+            "source": {"registry": "https://example.invalid/simple"},
+            "dependencies": [{"name": "toybeta"}],
+        },
+        {"name": "toybeta", "version": "1.0", "source": {"registry": "https://example.invalid"}},
+        {
+            "name": "glue",
+            "version": "1.0",
+            "source": {"registry": "https://example.invalid/simple"},
+            "dependencies": [{"name": "Helper"}],
+        },
+    ],
+}
+
+
+def _edited(path: tuple[int, str], value: object) -> dict[str, object]:
+    """A deep copy of DIGEST_LOCK with package ``path[0]``'s key ``path[1]`` set to ``value``."""
+    lock = copy.deepcopy(DIGEST_LOCK)
+    lock["package"][path[0]][path[1]] = value  # type: ignore[index]
+    return lock
+
+
+@pytest.mark.parametrize(
+    ("change", "same"),
+    [
+        ((2, "version"), True),  # a registry package moves: uv's answer cannot change
+        ((3, "version"), True),
+        ((4, "version"), False),  # glue leads to the local helper
+        ((1, "dependencies"), False),  # a local package's own entry
+        ((0, "optional-dependencies"), False),
+    ],
+)
+def test_local_selection_digest_follows_what_can_reach_a_local_package(
+    change: tuple[int, str], same: bool
+) -> None:
+    """Only the header and entries from which a local package is reachable change the digest."""
+    before = local_selection_digest(DIGEST_LOCK)
+    value: object = "2.0" if change[1] == "version" else []
+    assert (local_selection_digest(_edited(change, value)) == before) is same
+
+
+def test_local_selection_digest_covers_the_lock_header() -> None:
+    """A new workspace member list or Python range changes the digest."""
+    before = local_selection_digest(DIGEST_LOCK)
+    assert local_selection_digest({**DIGEST_LOCK, "manifest": {"members": ["x"]}}) != before
+    assert local_selection_digest({**DIGEST_LOCK, "requires-python": ">=3.12"}) != before
