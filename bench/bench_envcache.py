@@ -10,7 +10,9 @@
     not built), and a first build ever (a fresh env cache each repeat: the
     project wheel is built and uv's facts are probed too). Ours runs ``uv
     export --locked`` and ``uv sync --no-install-local`` at once, with the
-    project layer alongside.
+    project layer alongside; the export is skipped when the last build of
+    the checkout asked it the same (the comment leaves the lock's local
+    side as it was, as an upgrade of registry packages only does).
 (c) A warm ``python -m pytest --uv-build`` of one test that asks for
     ``uv_env`` against plain ``python -m pytest`` of one trivial test.
     Goal: 1.10x or less. ``--uv-build`` also writes (or, with
@@ -123,8 +125,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         (
             "cold env build (new lock, same sources), warm uv package cache",
             new_lock,
-            "ours = uv export and uv sync --no-install-local at once; the project layer "
-            "of the previous env (same sources, interpreter, uv) is hard-linked",
+            "ours = uv sync --no-install-local; uv export is not asked again, since the "
+            "lock's local side is as the last build saw it (as after an upgrade of registry "
+            "packages only; a lock that changes the project's own requirements runs it too, "
+            "as in the next row); the project layer of the previous env (same sources, "
+            "interpreter, uv) is hard-linked",
         ),
         (
             "cold env build (first build ever), warm uv package cache",
