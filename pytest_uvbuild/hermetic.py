@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
@@ -721,23 +721,34 @@ class HermeticPlugin:
             report = item.ihook.pytest_runtest_makereport(item=item, call=call)
             self._log(item, report)
 
-    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+    # A wrapper, and the innermost (trylast): the workers stop before the
+    # build record is written, and what they say while ending reaches the
+    # terminal reporter's summary, which comes after every other wrapper.
+    @pytest.hookimpl(wrapper=True, trylast=True)
+    def pytest_sessionfinish(
+        self, session: pytest.Session, exitstatus: int
+    ) -> Generator[None, object, object]:
         """Stop every worker: after its current test, or at once when interrupted.
 
-        Also remember, for the next session with these arguments, whether
-        this one ran hermetic tests in the main env.
+        Workers that ran all their tests end their own sessions meanwhile;
+        their warnings from then are taken before the summary. Also
+        remember, for the next session with these arguments, whether this
+        one ran hermetic tests in the main env.
         """
-        if (
-            self._may_prestart
-            and not is_xdist_worker(self.config)
-            and exitstatus != pytest.ExitCode.INTERRUPTED
-        ):
+        interrupted = exitstatus == pytest.ExitCode.INTERRUPTED
+        if self._may_prestart and not is_xdist_worker(self.config) and not interrupted:
             members = self._plans.members.get(self._main_key, ())
             files = sorted({nodeid.split("::", 1)[0] for nodeid in members})
             self._remember(files or False)
-        if self._runner is not None:
-            self._runner.stop(interrupt=exitstatus == pytest.ExitCode.INTERRUPTED)
-            self._leave_warm = exitstatus != pytest.ExitCode.INTERRUPTED
+        runner = self._runner
+        if runner is not None:
+            runner.stop(interrupt=interrupted)
+            self._leave_warm = not interrupted
+        try:
+            return (yield)
+        finally:
+            if runner is not None and not (interrupted or session.shouldstop or session.shouldfail):
+                runner.take_last_words()
 
     def pytest_unconfigure(self, config: pytest.Config) -> None:
         """Kill what is left and remove the scratch directory; leave warm workers behind.

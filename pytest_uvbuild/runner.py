@@ -97,6 +97,9 @@ DEFAULT_SOURCE_DATE_EPOCH: Final = "315532800"
 STOP_GRACE_SECONDS: Final = 10.0
 #: How long an interrupted worker may take to unwind.
 INTERRUPT_GRACE_SECONDS: Final = 5.0
+#: How long the outer session waits, before its summary, for workers that
+#: ran all their tests to end their own sessions (see ``take_last_words``).
+LAST_WORDS_SECONDS: Final = 5.0
 #: How much of a dead worker's own output goes into the crash report.
 OUTPUT_LIMIT_BYTES: Final = 16000
 
@@ -1126,6 +1129,8 @@ class HermeticRunner:
         self.batches: dict[object, Batch] = {}
         self.standby: dict[object, WorkerProcess] = {}
         self.exiting: list[tuple[WorkerProcess, bool]] = []
+        #: Batches whose idle worker was told to end, for :meth:`take_last_words`.
+        self.ending: list[tuple[Batch, WorkerProcess]] = []
         self._worker_numbers = 0
 
     def spawn(self, launch: Launch) -> WorkerProcess:
@@ -1216,10 +1221,31 @@ class HermeticRunner:
             worker = batch.stop(interrupt=interrupt)
             if worker is not None:
                 self.exiting.append((worker, interrupt))
+                if not interrupt:
+                    self.ending.append((batch, worker))
         for worker in self.standby.values():
             worker.request_stop()
             self.exiting.append((worker, False))
         self.standby.clear()
+
+    def take_last_words(self, timeout: float = LAST_WORDS_SECONDS) -> None:
+        """Wait (``timeout`` at most) for stopped workers' sessions to end; keep their warnings.
+
+        Only for workers that ran all their tests: an inner session warns in
+        its own ``pytest_sessionfinish`` too (a conftest's hook, a plugin's
+        report), and in-process those warnings are in the summary, and count
+        for ``--max-warnings``. Everything else they send now is dropped.
+        """
+        deadline = time.time() + timeout
+        for batch, worker in self.ending:
+            with contextlib.suppress(WorkerGone, ProtocolError, ValueError):
+                while (event := worker.next_event(deadline)) is not None:
+                    name, kwargs = event
+                    if name == "warning":
+                        batch._worker_warning(**kwargs)
+                    elif name == "exit":
+                        break
+        self.ending.clear()
 
     def leave_warm_workers(self) -> None:
         """For each launch that ran a worker, leave a zygote for the next session.

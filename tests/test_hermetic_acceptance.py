@@ -883,3 +883,24 @@ def test_an_import_time_cycle_freed_by_a_test_warns_as_in_process(
     for result in (plain, hermetic):
         result.assert_outcomes(passed=1, warnings=1)
         result.stdout.fnmatch_lines(["*PytestUnraisableExceptionWarning*", "*raised in __del__"])
+
+
+def test_hermetic_all_keeps_warnings_from_the_session_end(uv_pytester: pytest.Pytester) -> None:
+    """A conftest's pytest_sessionfinish warning is in the summary and counts, as in-process."""
+    uv_pytester.makeconftest(
+        """
+        import warnings
+
+        def pytest_sessionfinish(session):
+            warnings.warn(UserWarning("said at the end"))
+        """
+    )
+    uv_pytester.makepyfile(test_end="def test_one():\n    pass\n")
+    plain = uv_pytester.runpytest_subprocess("--max-warnings=0")
+    inside = run(uv_pytester, "--hermetic-all", "--max-warnings=0")
+    for result in (plain, inside):
+        result.assert_outcomes(passed=1, warnings=1)
+        result.stdout.fnmatch_lines(
+            ["*UserWarning: said at the end", "*maximum allowed warnings exceeded: 1 > 0*"]
+        )
+        assert result.ret == plain.ret != 0
