@@ -1,8 +1,9 @@
 """Hermetic runs side by side with their baselines, in one run (medians, min, max).
 
 (a) 300 trivial ``@pytest.mark.hermetic`` tests under ``python -m pytest
-    --uv-build`` (the outer session in this dev env, the bodies in the locked
-    env's worker, warm env cache) against the same 300 tests under
+    --uv-build`` (the outer session in a tool env that holds pytest-uvbuild
+    and its runtime dependencies only, as a CI job's would; the bodies in the
+    locked env's worker; warm env cache) against the same 300 tests under
     ``uv run --locked pytest`` in-process, in the project's own env.
     Goal: 1.30x or less. Ours forks its worker from the warm zygote the
     previous run left (the default outside CI); a second row turns that off
@@ -151,7 +152,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         write_tests(project / f"isolated_{count}", count, decorator="@pytest.mark.isolated\n")
     # pytest's cache stays on, as for any user: it tells a hermetic session
     # to spawn its worker at session start (both sides pay for the cache).
-    ours_cmd = [sys.executable, "-m", "pytest", "--uv-build", "-q"]
+    # Ours runs from a tool env with pytest-uvbuild alone, the baseline in
+    # the project's env: each session loads only the plugins it needs.
+    ours_cmd = [str(support.tool_python(scratch, env)), "-m", "pytest", "--uv-build", "-q"]
     uv_run_cmd = [str(toys.UV), "run", "--locked", "pytest", "-q"]
     # Warm workers are on by default outside CI, off on CI: say which, whoever
     # runs this. Their sockets go to the scratch dir, and none outlives the run.

@@ -192,6 +192,28 @@ def workspace(suite: str, *, in_process: bool = False) -> tuple[Path, dict[str, 
     return scratch, env, wheelhouse(scratch)
 
 
+def tool_python(scratch: Path, env: dict[str, str]) -> Path:
+    """A venv that holds pytest-uvbuild (this working tree) and its locked runtime dependencies.
+
+    It is what a CI job runs a hermetic suite from: the outer session loads
+    pytest's plugins and ours, as an in-process baseline in the project's
+    own env loads pytest's alone. (This project's dev env also has
+    pytest-xdist and dozens of other distributions, which every session
+    there imports or scans.)
+    """
+    venv = scratch / "tool-venv"
+    uv = str(toys.UV)
+    requirements = scratch / "tool-requirements.txt"
+    export = [uv, "export", "--frozen", "--no-dev", "--no-emit-project", "--no-hashes", "-q"]
+    run_checked([*export, "-o", str(requirements)], cwd=REPO, env=env)
+    run_checked([uv, "venv", "-q", "--python", sys.executable, str(venv)], cwd=scratch, env=env)
+    python = venv / "bin" / "python"
+    install = [uv, "pip", "install", "-q", "--python", str(python)]
+    run_checked([*install, "-r", str(requirements)], cwd=scratch, env=env)
+    run_checked([*install, "--no-deps", str(REPO)], cwd=scratch, env=env)
+    return python
+
+
 def scratch_dir(name: str) -> Path:
     """A fresh temporary directory for one benchmark run."""
     return Path(tempfile.mkdtemp(prefix=f"uvbuild-bench-{name}-"))
