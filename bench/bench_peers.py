@@ -4,7 +4,8 @@ Peers: the same trivial tests run by ``uv run pytest`` (in-process, in the
 project's own env), pytest-isolated (a fresh subprocess per test, and one per
 module), pytest-forked (a fork per test) and tox with tox-uv (``uv sync`` into
 its env, then the suite). Ours is ``pytest --uv-build`` with every test marked
-``@pytest.mark.hermetic``, from the host interpreter, with a warm env cache.
+``@pytest.mark.hermetic``, from a tool env that holds pytest-uvbuild and its
+runtime dependencies only (``support.tool_python``), with a warm env cache.
 
 Scaling: a cold env build against raw ``uv sync --locked`` for locks of 10, 50
 and 150 packages, and a hermetic run against ``uv run pytest`` for 10 to 2000
@@ -218,6 +219,8 @@ def bench_test_counts(
     tox_python = make_venv(scratch / "tox-venv", TOX_TOOLS, env)
     tox_bin = tox_python.parent / "tox"
     tox_versions = versions(tox_python, TOX_TOOLS, env)
+    # Ours runs from a tool env with pytest-uvbuild alone, as each peer from its own.
+    ours_python = support.tool_python(scratch, env)
 
     for count in counts:
         project = toys.write_project(
@@ -233,7 +236,7 @@ def bench_test_counts(
         def runner(argv: list[str | Path], project: Path = project, passed: str = passed) -> Any:
             return lambda: run(argv, cwd=project, env=env, expect=passed)
 
-        ours_argv: list[str | Path] = [sys.executable, "-m", "pytest", "--uv-build", "-q"]
+        ours_argv: list[str | Path] = [ours_python, "-m", "pytest", "--uv-build", "-q"]
         ours_argv.append("tests_hermetic")
         ours = runner(ours_argv)
         baselines: list[tuple[str, list[str | Path], str]] = [
