@@ -144,9 +144,12 @@ def guess_sources(
     """
     try:
         last = json.loads(cache._project_record(project).read_text(encoding="utf-8"))
-        return tuple(LocalSource.from_json(s) for s in last["local_sources"])
+        sources = tuple(LocalSource.from_json(s) for s in last["local_sources"])
     except (OSError, ValueError, KeyError, TypeError):
         pass
+    else:
+        # A path dependency removed since cannot be built: leave it out.
+        return tuple(s for s in sources if os.path.exists(s.path(project.root)))
     if selection.only_groups or not project.is_package or project.name is None:
         return ()
     return (LocalSource(project.name, ".", "editable"),)
@@ -298,8 +301,12 @@ def build_env(
             failed = exc
         # Wait for every job (each may still be making files), then pick the
         # error: the export's, if any, says best what is wrong with the lock.
+        # The guessed layer's own failure counts only if uv wants that layer.
         export_failed, layer_failed = export_job.exception(), layer_job.exception()
-        failed = export_failed or failed or layer_failed
+        failed = export_failed or failed
+        wanted = failed is None and export_job.result()[0].layer_dir(cache.root) == guess_dir
+        if layer_failed is not None and wanted:
+            failed = layer_failed
         if failed is not None:
             remove_tree(env_dir)
             if guess_is_new and guess_dir is not None:

@@ -506,6 +506,29 @@ def test_a_layer_built_on_a_wrong_guess_is_not_left_behind(
     assert len(toys.uv_calls(log, "export")) == 3
 
 
+def test_a_removed_path_dependency_is_left_out_of_the_next_build(
+    tmp_path: Path, wheelhouse: Path
+) -> None:
+    """After a path dependency is dropped and its directory deleted, the next build works."""
+    toys.write_project(tmp_path / "dep", wheelhouse, name="dep", with_pytest=False, lock=False)
+    root = toys.write_project(
+        tmp_path / "main",
+        wheelhouse,
+        dependencies=["toyalpha==1.0", "dep"],
+        extra_toml='[tool.uv.sources]\ndep = { path = "../dep" }\n',
+    )
+    cache = EnvCache(tmp_path / "cache")
+    first = _make(cache, root)
+    first.release()
+    assert "dep" in first.packages
+    toys.write_project(root, wheelhouse)
+    shutil.rmtree(tmp_path / "dep")
+    second = _make(cache, root)
+    second.release()
+    assert "dep" not in second.packages
+    assert "demo" in second.packages
+
+
 def test_test_files_and_caches_do_not_rebuild_the_layer(project: Path, tmp_path: Path) -> None:
     """Editing tests or bytecode keeps the project layer; editing a sub-package named test not."""
     cache = EnvCache(tmp_path / "cache")
