@@ -731,7 +731,8 @@ class HermeticPlugin:
         """Stop every worker: after its current test, or at once when interrupted.
 
         Workers that ran all their tests end their own sessions meanwhile;
-        their warnings from then are taken before the summary. Also
+        under ``--hermetic-all`` their warnings from then are taken before
+        the summary. Also
         remember, for the next session with these arguments, whether this
         one ran hermetic tests in the main env.
         """
@@ -744,11 +745,10 @@ class HermeticPlugin:
         if runner is not None:
             runner.stop(interrupt=interrupted)
             self._leave_warm = not interrupted
-        try:
-            return (yield)
-        finally:
-            if runner is not None and not (interrupted or session.shouldstop or session.shouldfail):
-                runner.take_last_words()
+        result = yield
+        if runner is not None and not (interrupted or session.shouldstop or session.shouldfail):
+            runner.take_last_words()
+        return result
 
     def pytest_unconfigure(self, config: pytest.Config) -> None:
         """Kill what is left and remove the scratch directory; leave warm workers behind.

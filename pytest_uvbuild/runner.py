@@ -1129,7 +1129,8 @@ class HermeticRunner:
         self.batches: dict[object, Batch] = {}
         self.standby: dict[object, WorkerProcess] = {}
         self.exiting: list[tuple[WorkerProcess, bool]] = []
-        #: Batches whose idle worker was told to end, for :meth:`take_last_words`.
+        #: Under ``--hermetic-all``: batches whose worker was told to end, for
+        #: :meth:`take_last_words`.
         self.ending: list[tuple[Batch, WorkerProcess]] = []
         self._worker_numbers = 0
 
@@ -1221,7 +1222,7 @@ class HermeticRunner:
             worker = batch.stop(interrupt=interrupt)
             if worker is not None:
                 self.exiting.append((worker, interrupt))
-                if not interrupt:
+                if not interrupt and self.forward_collection_warnings:
                     self.ending.append((batch, worker))
         for worker in self.standby.values():
             worker.request_stop()
@@ -1231,10 +1232,11 @@ class HermeticRunner:
     def take_last_words(self, timeout: float = LAST_WORDS_SECONDS) -> None:
         """Wait (``timeout`` at most) for stopped workers' sessions to end; keep their warnings.
 
-        Only for workers that ran all their tests: an inner session warns in
-        its own ``pytest_sessionfinish`` too (a conftest's hook, a plugin's
-        report), and in-process those warnings are in the summary, and count
-        for ``--max-warnings``. Everything else they send now is dropped.
+        Only for workers that ran all their tests, under ``--hermetic-all``:
+        an inner session warns in its own ``pytest_sessionfinish`` too (a
+        conftest's hook, a plugin's report), and in-process those warnings
+        are in the summary, and count for ``--max-warnings``. Everything
+        else they send now is dropped.
         """
         deadline = time.time() + timeout
         for batch, worker in self.ending:
