@@ -44,6 +44,7 @@ from pytest_uvbuild.fsutil import hold_lock
 __all__ = [
     "KEEP_WARM_VARIABLE",
     "ZYGOTE_SCRIPT",
+    "HandoverLost",
     "WarmChild",
     "claim",
     "keep_warm_seconds",
@@ -157,20 +158,37 @@ def socket_path(python: Path, environ: Mapping[str, str]) -> Path | None:
     return directory / f"{name}.sock"
 
 
+class HandoverLost(Exception):
+    """A zygote took a session's pipes but did not say which child now holds them.
+
+    The caller must not hand those pipes to another worker: a child may be
+    running on copies of them.
+    """
+
+
 class WarmChild:
     """A worker forked by a zygote: ``pid``, ``poll()`` and ``wait()`` as on a ``Popen``.
 
     The zygote, its parent, reports the wait status over the connection.
     """
 
-    def __init__(self, connection: socket.socket, pid: int) -> None:
+    def __init__(self, connection: socket.socket, pid: int, buffered: bytes = b"") -> None:
         self._connection = connection
-        self._buffer = b""
+        #: What the zygote sent after the pid line (the status, if the child ended at once).
+        self._buffer = buffered
         self.pid = pid
         self.returncode: int | None = None
 
     def _read_status(self, timeout: float | None) -> None:
         while self.returncode is None:
+            if b"\n" in self._buffer:
+                line = self._buffer.split(b"\n", 1)[0]
+                try:
+                    code = os.waitstatus_to_exitcode(int(json.loads(line)["status"]))
+                except (ValueError, TypeError, KeyError):
+                    code = -9  # a zygote that says nonsense is as good as gone
+                self._finish(code)
+                return
             ready, _, _ = select.select([self._connection], [], [], timeout)
             if not ready:
                 return
@@ -186,11 +204,6 @@ class WarmChild:
                 self._finish(-9)
                 return
             self._buffer += chunk
-            if b"\n" in self._buffer:
-                line = self._buffer.split(b"\n", 1)[0]
-                status = json.loads(line).get("status")
-                self._finish(os.waitstatus_to_exitcode(int(status)))
-                return
 
     def _finish(self, code: int) -> None:
         self.returncode = code
@@ -221,7 +234,8 @@ def claim(
     """Hand a waiting zygote this worker's pipes, streams and environment; None if none waits.
 
     ``fds`` are the event pipe's write end, the control pipe's read end, and
-    the descriptors for the worker's stdout and stderr.
+    the descriptors for the worker's stdout and stderr. Raises
+    :class:`HandoverLost` if the zygote fails after it took them.
     """
     path = socket_path(python, environ)
     if path is None or not path.exists():
@@ -241,19 +255,24 @@ def claim(
             }
         ).encode("utf-8")
         socket.send_fds(connection, [_LENGTH.pack(len(body))], list(fds))
+    except OSError:
+        connection.close()
+        return None
+    try:
         connection.sendall(body)
-        line = b""
-        while not line.endswith(b"\n"):
+        received = b""
+        while b"\n" not in received:
             chunk = connection.recv(4096)
             if not chunk:
                 raise ConnectionError("the zygote hung up")
-            line += chunk
+            received += chunk
+        line, rest = received.split(b"\n", 1)
         pid = int(json.loads(line)["pid"])
-    except (OSError, ValueError, KeyError):
+    except (OSError, ValueError, KeyError, TypeError) as exc:
         connection.close()
-        return None
+        raise HandoverLost(f"the zygote at {path} took the pipes, then {exc}") from None
     connection.settimeout(None)
-    return WarmChild(connection, pid)
+    return WarmChild(connection, pid, rest)
 
 
 def _current_umask() -> int:

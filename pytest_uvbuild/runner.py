@@ -328,16 +328,8 @@ class WorkerProcess:
         self.configured = False
         self.started = False
         self.started_tests = 0
-        event_read, event_write = os.pipe()
-        control_read, control_write = os.pipe()
-        boot = {
-            "protocol": PROTOCOL_VERSION,
-            "event_fd": event_write,
-            "control_fd": control_read,
-            "capture_dir": str(self.capture_dir),
-        }
         spec_path = self.dir / "boot.json"
-        spec_path.write_text(json.dumps(boot), encoding="utf-8")
+        event_read, event_write, control_read, control_write, boot = self._pipes(spec_path)
         self._log: IO[bytes] | None = None
         if not launch.inherit_output:
             self._log = self.log_path.open("wb")
@@ -347,17 +339,27 @@ class WorkerProcess:
         try:
             warm = None
             if launch.keep_warm:
-                from pytest_uvbuild.prewarm import claim
+                from pytest_uvbuild.prewarm import HandoverLost, claim
 
                 output = (self._log.fileno(),) * 2 if self._log is not None else (1, 2)
-                warm = claim(
-                    launch.python,
-                    launch.environ,
-                    cwd=launch.cwd,
-                    spec=spec_path,
-                    boot=boot,
-                    fds=(event_write, control_read, *output),
-                )
+                try:
+                    warm = claim(
+                        launch.python,
+                        launch.environ,
+                        cwd=launch.cwd,
+                        spec=spec_path,
+                        boot=boot,
+                        fds=(event_write, control_read, *output),
+                    )
+                except HandoverLost:
+                    # A child of the zygote may hold copies of these pipes:
+                    # the fresh worker gets new ones, and that child ends at
+                    # EOF on its control pipe.
+                    for fd in (event_read, event_write, control_read, control_write):
+                        os.close(fd)
+                    event_read, event_write, control_read, control_write, boot = self._pipes(
+                        spec_path
+                    )
             if warm is not None:
                 self.process, self.warm = warm, True
             else:
@@ -387,6 +389,19 @@ class WorkerProcess:
             os.close(control_read)
         self._events = event_read
         self._control: IO[bytes] | None = os.fdopen(control_write, "wb")
+
+    def _pipes(self, spec_path: Path) -> tuple[int, int, int, int, dict[str, Any]]:
+        """New event and control pipes, and the boot spec naming them, written to ``spec_path``."""
+        event_read, event_write = os.pipe()
+        control_read, control_write = os.pipe()
+        boot = {
+            "protocol": PROTOCOL_VERSION,
+            "event_fd": event_write,
+            "control_fd": control_read,
+            "capture_dir": str(self.capture_dir),
+        }
+        spec_path.write_text(json.dumps(boot), encoding="utf-8")
+        return event_read, event_write, control_read, control_write, boot
 
     @property
     def pid(self) -> int:

@@ -8,12 +8,15 @@ stops every zygote that is still waiting when the test ends.
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -21,6 +24,7 @@ import pytest
 import toys
 
 from pytest_uvbuild import prewarm
+from pytest_uvbuild.runner import Launch, WorkerProcess
 
 HERMETIC = ("--uv-build", "--uv-install-project=source")
 
@@ -316,3 +320,89 @@ def test_a_zygote_left_at_exit_starts_only_when_the_interpreter_exits(
     assert prewarm.PATIENCE_SECONDS >= 5
     if not toys.wait_until(lambda: prewarm.listening(short_tmpdir), 4):
         pytest.fail("the zygote waited for a session that had already exited", pytrace=False)
+
+
+def _fake_zygote(path: Path, reply: bytes) -> threading.Thread:
+    """A zygote at ``path`` that takes one session's pipes, sends ``reply`` and hangs up."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen(1)
+
+    def serve() -> None:
+        connection, _ = listener.accept()
+        with connection, listener:
+            header, fds, _, _ = socket.recv_fds(connection, 8, 4)
+            for fd in fds:
+                os.close(fd)
+            (length,) = struct.unpack("!Q", header)
+            while length > 0:
+                length -= len(connection.recv(length))
+            connection.sendall(reply)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return thread
+
+
+@pytest.mark.parametrize(
+    ("reply", "outcome"),
+    [
+        (b"", "lost"),  # hung up after taking the pipes
+        (b'{"pid": null}\n', "lost"),
+        (b"not json\n", "lost"),
+        (b'{"pid": 4242}\n{"status": 768}\n', 3),  # a child that ended at once
+        (b'{"pid": 4242}\nnonsense\n', -9),
+    ],
+)
+def test_claim_survives_a_zygote_that_misbehaves(
+    short_tmpdir: Path, reply: bytes, outcome: object
+) -> None:
+    """A zygote's hang-up or garbage after the handover is HandoverLost, a bad status a kill."""
+    environ = {"PATH": "/usr/bin:/bin"}
+    python = Path(sys.executable)
+    path = prewarm.socket_path(python, environ)
+    assert path is not None
+    server = _fake_zygote(path, reply)
+    read_fd, write_fd = os.pipe()
+    try:
+        claim = functools.partial(
+            prewarm.claim,
+            python,
+            environ,
+            cwd=short_tmpdir,
+            spec=short_tmpdir / "boot.json",
+            boot={},
+            fds=(write_fd, read_fd, 1, 2),
+        )
+        if outcome == "lost":
+            with pytest.raises(prewarm.HandoverLost):
+                claim()
+        else:
+            child = claim()
+            assert child is not None
+            assert (child.pid, child.wait(5)) == (4242, outcome)
+    finally:
+        os.close(read_fd)
+        os.close(write_fd)
+        server.join(5)
+
+
+def test_a_lost_handover_gives_the_fresh_worker_new_pipes(short_tmpdir: Path) -> None:
+    """After a zygote fails with a session's pipes, the worker started instead runs on new ones."""
+    environ = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME")}
+    python = Path(sys.executable)
+    path = prewarm.socket_path(python, environ)
+    assert path is not None
+    server = _fake_zygote(path, b"")
+    launch = Launch(
+        python=python, environ=environ, cwd=short_tmpdir, options=(), label="t", keep_warm=30.0
+    )
+    worker = WorkerProcess(launch, scratch=short_tmpdir)
+    try:
+        server.join(5)
+        assert not worker.warm
+        event = worker.next_event(time.time() + 30)
+        assert event is not None
+        assert event[0] == "ready"
+    finally:
+        worker.stop()
