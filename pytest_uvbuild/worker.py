@@ -634,12 +634,19 @@ def _exit_without_finalising(status: int) -> None:
 
     The outer session waits for this process to end; tearing down every
     module of a pytest session costs tens of milliseconds that nobody needs.
-    What a normal exit promises still happens: ``atexit`` handlers (logging,
-    multiprocessing, the user's own) run and the standard streams are flushed.
+    What a normal exit promises still happens: threads that are not daemons
+    are joined, ``atexit`` handlers (logging, multiprocessing, the user's
+    own) run and the standard streams are flushed.
     """
     import atexit
     import contextlib
 
+    # As the interpreter's own exit does first: join the threads a test left
+    # running (non-daemon ones) and run threading's exit hooks.
+    threading = sys.modules.get("threading")
+    shutdown = getattr(threading, "_shutdown", None)
+    if shutdown is not None:
+        shutdown()
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(AttributeError, OSError, ValueError):

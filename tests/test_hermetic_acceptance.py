@@ -855,6 +855,27 @@ def test_atexit_handlers_of_hermetic_tests_run(uv_pytester: pytest.Pytester) -> 
     assert (uv_pytester.path / "atexit.txt").read_text().startswith("ran inside ")
 
 
+def test_threads_a_hermetic_test_leaves_running_finish(uv_pytester: pytest.Pytester) -> None:
+    """The worker joins a non-daemon thread a test started before it exits, as Python does."""
+    uv_pytester.makepyfile(
+        test_thread="""
+        import os, threading, time
+        import pytest
+
+        @pytest.mark.hermetic
+        def test_starts_a_thread():
+            target = os.path.join(os.path.dirname(__file__), "thread.txt")
+            def later():
+                time.sleep(0.5)
+                with open(target, "w") as fh:
+                    fh.write("done")
+            threading.Thread(target=later).start()
+        """
+    )
+    run(uv_pytester).assert_outcomes(passed=1)
+    assert (uv_pytester.path / "thread.txt").read_text() == "done"
+
+
 def test_an_import_time_cycle_freed_by_a_test_warns_as_in_process(
     uv_pytester: pytest.Pytester,
 ) -> None:
