@@ -364,10 +364,17 @@ def test_withdrawing_an_env_gives_way_to_a_session_that_leased_it_meanwhile(
     env.release()
     record = env.path / envcache.RECORD_NAME
     saved = record.read_bytes()
-    answers = iter([False, True])  # no lease at first; one taken while the record was away
-    monkeypatch.setattr(EnvCache, "_lease_in_use", lambda self, key: next(answers))
+    # No lease while the record is there; one is taken while the record is away.
+    looked: list[bool] = []
+
+    def lease_in_use(self: EnvCache, key: str) -> bool:
+        looked.append(not record.exists())
+        return looked[-1]
+
+    monkeypatch.setattr(EnvCache, "_lease_in_use", lease_in_use)
     removed, busy = cache.prune(everything=True)
     assert (removed, [e.key for e in busy]) == ([], [env.key])
+    assert True in looked  # prune did take the record away, and put it back
     assert record.read_bytes() == saved
     monkeypatch.undo()
     again = _make(cache, project)
