@@ -98,8 +98,8 @@ def hold_lock(path: Path, *, wait: Literal[False] = False) -> HeldLock | None: .
 def hold_lock(path: Path, *, wait: bool = False) -> HeldLock | None:
     """Lock ``path`` (created if missing); ``None`` if another process holds it and not ``wait``.
 
-    filelock is imported here, on first use: a cache hit that takes no
-    lock never pays for it.
+    filelock is imported here, on first use: a session that never needs
+    an env (no ``--uv-build``, no ``uv_env``) never pays for it.
     """
     from filelock import FileLock, Timeout
 

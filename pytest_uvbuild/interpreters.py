@@ -19,15 +19,10 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, NamedTuple
+from typing import Any, Final, NamedTuple
 
 from pytest_uvbuild.errors import InterpreterNotFoundError
 from pytest_uvbuild.probecache import probe
-
-if TYPE_CHECKING:
-    # packaging costs ~10 ms to import; the cache-hit path avoids it (see
-    # _requires_python_allows), so it is imported where it is needed.
-    pass
 
 __all__ = [
     "Interpreter",

@@ -168,14 +168,12 @@ class UvProcess:
         self._argv = argv
         self.what = what
 
-    def wait(
-        self, *, check: bool = True, timeout: float | None = None
-    ) -> subprocess.CompletedProcess[str]:
+    def wait(self, *, check: bool = True) -> subprocess.CompletedProcess[str]:
         """Wait for uv to end; on failure raise the translated error unless ``check`` is false."""
         try:
-            out, err = self._proc.communicate(timeout=timeout)
+            out, err = self._proc.communicate()
         except BaseException:
-            # A timeout or an interrupt: uv must not outlive the caller's cleanup.
+            # An interrupt: uv must not outlive the caller's cleanup.
             self._proc.kill()
             self._proc.communicate()
             raise
@@ -267,10 +265,9 @@ class Uv:
         cwd: Path | None = None,
         env: Mapping[str, str] | None = None,
         check: bool = True,
-        timeout: float | None = None,
     ) -> subprocess.CompletedProcess[str]:
         """Run ``uv *args``; on failure raise the translated error unless ``check`` is false."""
-        return self.start(args, what=what, cwd=cwd, env=env).wait(check=check, timeout=timeout)
+        return self.start(args, what=what, cwd=cwd, env=env).wait(check=check)
 
     def install_python(self, request: str, *, offline: bool = False) -> Path:
         """Download a Python matching ``request`` with uv and return its interpreter path.
