@@ -21,9 +21,11 @@
 (c) Peak memory (``ru_maxrss``) of the outer pytest process with the 300
     hermetic tests, against plain in-process pytest of the same 300 tests.
 
-pytest-forked and pytest-isolated are installed by uv into a throwaway venv
-in the scratch dir (from the registry), never into this project's lock;
-everything else is offline against the toy wheelhouse. Run:
+pytest-forked and pytest-isolated, and the tool env's pytest-uvbuild (built
+from this working tree) with its locked runtime dependencies, are installed
+by uv into throwaway venvs in the scratch dir (from the registry), never
+into this project's lock; the measured runs are offline against the toy
+wheelhouse. Run:
 ``python bench/bench_hermetic.py [--repeats N]``.
 """
 

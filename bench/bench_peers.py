@@ -11,9 +11,11 @@ Scaling: a cold env build against raw ``uv sync --locked`` for locks of 10, 50
 and 150 packages, and a hermetic run against ``uv run pytest`` for 10 to 2000
 tests.
 
-Everything is offline except installing the peers: pytest-isolated,
-pytest-forked, tox and tox-uv are installed from the registry by uv into
-throwaway venvs in the scratch dir, never into this project's lock. The toy
+Everything is offline except installing the tools: pytest-isolated,
+pytest-forked, tox and tox-uv, and our tool env (pytest-uvbuild built from
+this working tree, with its locked runtime dependencies), are installed from
+the registry by uv into throwaway venvs in the scratch dir, never into this
+project's lock. The toy
 projects resolve against a local wheelhouse (``support.wheelhouse``).
 
 Run: ``python bench/bench_peers.py [--repeats N] [--quick]``. ``--quick`` (or

@@ -178,6 +178,9 @@ def render_options(options: Sequence[Option], ini_keys: Sequence[IniKey]) -> str
         "`PYTEST_UVBUILD_CACHE_DIR` sets the env cache location when neither",
         "`--uv-cache-dir` nor `uv_cache_dir` is given (see `python -m pytest_uvbuild cache dir`).",
         "",
+        "`PYTEST_UVBUILD_KEEP_WARM=SECONDS` overrides `hermetic_keep_warm` (`0`: no warm",
+        "workers), for one shell or machine.",
+        "",
     ]
     return "\n".join(lines)
 
