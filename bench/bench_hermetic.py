@@ -272,9 +272,20 @@ def _measure(
             samples.append(support.time_call(lambda: call(argv, expect=f"{count} passed")))
         return stats(samples)
 
-    ours_each = per_test(
-        {count: timed([*ours_cmd, f"hermetic_{count}"], count, repeats) for count in SIZES}
-    )
+    # Ours and in-process pytest side by side at each size: in-process
+    # pytest's own cost of one more test (a hermetic test pays it too, as the
+    # worker runs pytest's own protocol) is the floor for ours.
+    pairs = {
+        count: side_by_side(
+            functools.partial(call, [*ours_cmd, f"hermetic_{count}"], expect=f"{count} passed"),
+            functools.partial(call, [*uv_run_cmd, f"plain_{count}"], expect=f"{count} passed"),
+            repeats,
+            setup=settle,
+        )
+        for count in SIZES
+    }
+    ours_each = per_test({count: pair[0] for count, pair in pairs.items()})
+    in_process_each = per_test({count: pair[1] for count, pair in pairs.items()})
     # pytest-forked moves reports with marshal, which pytest 9's reports break.
     for name, folder, extra, pins, sizes in (
         ("pytest-forked", "plain", ["--forked"], ["pytest<9"], SIZES),
@@ -303,12 +314,6 @@ def _measure(
             )
         )
 
-    # What in-process pytest itself spends on one more trivial test: a
-    # hermetic test pays that too (the worker runs pytest's own protocol),
-    # so no per-test cost of ours can be much below it.
-    in_process_each = per_test(
-        {count: timed([*uv_run_cmd, f"plain_{count}"], count, repeats) for count in SIZES}
-    )
     rows.append(
         row(
             SUITE,
@@ -343,7 +348,8 @@ def _measure(
         stats(ours_mem),
         "plain pytest, in-process",
         stats(base_mem),
-        note="ru_maxrss of the outer process only (the worker is a separate process)",
+        note="ru_maxrss of the outer process only (the worker is a separate process); "
+        "both sides run in this project's dev env, with the same plugins loaded",
     )
     memory["unit"] = "MiB"
     rows.append(memory)
