@@ -356,7 +356,7 @@ def build_env(
         remove_tree(env_dir)  # a full disk: give back the space, trust nothing
         raise
     with contextlib.suppress(OSError):
-        (cache.root / "checks" / cache._freshness_token(project, lock_dirs, inputs["uv"])).touch()
+        (cache.root / "checks" / cache._freshness_token(project, lock_dirs, inputs)).touch()
         last = {
             "root": str(project.root),
             "key": key,

@@ -749,15 +749,18 @@ class EnvCache:
     # -- is the lock still in sync with pyproject.toml? --------------------
 
     def _freshness_token(
-        self, project: UvProject, lock_dirs: Sequence[str], uv_version: str
+        self, project: UvProject, lock_dirs: Sequence[str], inputs: Mapping[str, Any]
     ) -> str:
         """Digest the files that decide whether ``uv lock --check`` passes.
 
-        That is uv.lock plus every ``pyproject.toml`` (and ``uv.toml``) of the
-        project and its local packages. While the token is unchanged, the
-        check uv once passed still holds, so the hit path does not ask again.
+        That is uv.lock (its hash, and uv's version, from the env key's
+        ``inputs``: the lock is not read again) plus every ``pyproject.toml``
+        (and ``uv.toml``) of the project and its local packages. While the
+        token is unchanged, the check uv once passed still holds, so the hit
+        path does not ask again.
         """
-        digest = hashlib.sha256(f"{uv_version}\0{project.lock_sha256()}\0".encode())
+        lock_sha256, uv_version = inputs.get("lock_sha256", ""), inputs.get("uv", "")
+        digest = hashlib.sha256(f"{uv_version}\0{lock_sha256}\0".encode())
         dirs = dict.fromkeys([".", *lock_dirs])
         for rel in dirs:
             for name in ("pyproject.toml", "uv.toml"):
@@ -778,9 +781,8 @@ class EnvCache:
         request: EnvRequest,
     ) -> None:
         """On a hit, make sure pyproject.toml was not edited without re-locking."""
-        uv_version = str(record.get("inputs", {}).get("uv", ""))
         lock_dirs = [str(d) for d in record.get("lock_dirs", [])]
-        token = self._freshness_token(project, lock_dirs, uv_version)
+        token = self._freshness_token(project, lock_dirs, record.get("inputs", {}))
         marker = self.root / "checks" / token
         if marker.exists():
             return
