@@ -324,14 +324,24 @@ def leave_behind_at_exit(launches: Sequence[tuple[Path, Mapping[str, str], float
     Not at once: a zygote's interpreter start takes a CPU for about 20 ms,
     and pytest's last garbage collections, after its ``pytest_unconfigure``
     hooks, would share the CPU with it; at exit nothing of the session is
-    left to slow down. A zygote that cannot start is no error: a warm
-    worker is a bonus.
+    left to slow down. Sessions run one after another in one process (an
+    IDE's, say) leave one zygote per socket name, the last session's. A
+    zygote that cannot start is no error: a warm worker is a bonus.
     """
-    if launches:
-        atexit.register(_leave_all_behind, list(launches))
+    for python, environ, seconds in launches:
+        if not _AT_EXIT:
+            atexit.register(_leave_all_behind)
+        name = (str(python), tuple(sorted(_startup_environ(environ).items())))
+        _AT_EXIT[name] = (python, environ, seconds)
 
 
-def _leave_all_behind(launches: Sequence[tuple[Path, Mapping[str, str], float]]) -> None:
+#: The zygotes to start at exit, by what names their socket.
+_AT_EXIT: dict[tuple[str, tuple[tuple[str, str], ...]], tuple[Path, Mapping[str, str], float]] = {}
+
+
+def _leave_all_behind() -> None:
+    launches = list(_AT_EXIT.values())
+    _AT_EXIT.clear()
     for python, environ, seconds in launches:
         with contextlib.suppress(OSError):
             leave_behind(python, environ, seconds)

@@ -8,6 +8,7 @@ stops every zygote that is still waiting when the test ends.
 
 from __future__ import annotations
 
+import atexit
 import functools
 import os
 import signal
@@ -406,3 +407,21 @@ def test_a_lost_handover_gives_the_fresh_worker_new_pipes(short_tmpdir: Path) ->
         assert event[0] == "ready"
     finally:
         worker.stop()
+
+
+def test_sessions_in_one_process_leave_one_zygote_per_socket(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two sessions leaving the same zygote register one exit hook and start it once."""
+    registered: list[object] = []
+    started: list[tuple[Path, float]] = []
+    monkeypatch.setattr(prewarm, "_AT_EXIT", {})
+    monkeypatch.setattr(atexit, "register", registered.append)
+    monkeypatch.setattr(prewarm, "leave_behind", lambda p, e, s: started.append((p, s)))
+    python = Path(sys.executable)
+    prewarm.leave_behind_at_exit([(python, {"PATH": "/bin", "HOME": "/h1"}, 30.0)])
+    prewarm.leave_behind_at_exit([(python, {"PATH": "/bin", "HOME": "/h2"}, 60.0)])
+    assert started == []
+    assert len(registered) == 1
+    registered[0]()  # type: ignore[operator]
+    assert started == [(python, 60.0)]
