@@ -1,7 +1,7 @@
 """A warm interpreter of a locked env: pytest imported, waiting to become the next worker.
 
 Executed by path with the env's interpreter (``python zygote.py SOCKET
-IDLE_SECONDS WORKER_SCRIPT [PATIENCE_SECONDS SESSION_PID]``), like :mod:`worker`; it
+IDLE_SECONDS WORKER_SCRIPT PATIENCE_SECONDS SESSION_PID``), like :mod:`worker`; it
 imports only the standard library and pytest, and runs on Python >= 3.8.
 
 Starting an interpreter and importing pytest is the largest fixed cost of a
@@ -190,8 +190,7 @@ def main(argv: list[str]) -> int:
     # Stopped while waiting: unwind, so that the socket file goes too.
     signal.signal(signal.SIGTERM, _stop)
     try:
-        if len(argv) > 5:
-            _let_the_session_end(int(argv[5]), float(argv[4]))
+        _let_the_session_end(int(argv[5]), float(argv[4]))
         import pytest  # noqa: F401 - importing it now is the point
 
         _import_what_sessions_import()
