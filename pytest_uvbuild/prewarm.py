@@ -293,15 +293,18 @@ def leave_behind(
     Nothing happens when one already holds the name (if two race, the
     second exits at once). The zygote waits up to ``patience`` seconds for
     this process to exit before it imports pytest.
-    The zygote is not this process's child for long: it starts its own
-    session and outlives us; ``posix_spawn`` leaves no ``Popen`` to reap.
+    The zygote starts its own session; called at exit (see
+    :func:`leave_behind_at_exit`), it is this process's child only briefly.
     """
     path = socket_path(python, environ)
     if path is None or seconds <= 0 or _zygote_alive(path):
         return
-    with open(os.devnull, "r+b") as null:
-        os.posix_spawn(
-            str(python),
+    # Nothing of ours but the environment: no descriptor a parent of ours
+    # waits on (close_fds), no hold on the session's directory (cwd "/").
+    # Zygotes that ended since are reaped first.
+    _SPAWNED[:] = [zygote for zygote in _SPAWNED if zygote.poll() is None]
+    _SPAWNED.append(
+        subprocess.Popen(
             [
                 str(python),
                 "-s",
@@ -312,10 +315,15 @@ def leave_behind(
                 f"{patience:g}",
                 str(os.getpid()),
             ],
-            dict(environ),
-            file_actions=[(os.POSIX_SPAWN_DUP2, null.fileno(), fd) for fd in (0, 1, 2)],
-            setsid=True,
+            env=dict(environ),
+            cwd="/",
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            close_fds=True,
+            start_new_session=True,
         )
+    )
 
 
 def leave_behind_at_exit(launches: Sequence[tuple[Path, Mapping[str, str], float]]) -> None:
@@ -334,6 +342,10 @@ def leave_behind_at_exit(launches: Sequence[tuple[Path, Mapping[str, str], float
         name = (str(python), tuple(sorted(_startup_environ(environ).items())))
         _AT_EXIT[name] = (python, environ, seconds)
 
+
+#: Zygotes started by this process, reaped once they end: none is reported
+#: as a subprocess still running when its ``Popen`` is collected.
+_SPAWNED: list[subprocess.Popen[bytes]] = []
 
 #: The zygotes to start at exit, by what names their socket.
 _AT_EXIT: dict[tuple[str, tuple[tuple[str, str], ...]], tuple[Path, Mapping[str, str], float]] = {}

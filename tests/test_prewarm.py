@@ -425,3 +425,26 @@ def test_sessions_in_one_process_leave_one_zygote_per_socket(
     assert len(registered) == 1
     registered[0]()  # type: ignore[operator]
     assert started == [(python, 60.0)]
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").exists(), reason="reads /proc")
+def test_a_zygote_holds_no_descriptor_and_no_directory_of_the_session(short_tmpdir: Path) -> None:
+    """A zygote gets none of the session's inheritable descriptors, and runs in /."""
+    environ = {"PATH": "/usr/bin:/bin"}
+    python = Path(sys.executable)
+    read_fd, write_fd = os.pipe()
+    os.set_inheritable(write_fd, True)
+    try:
+        prewarm.leave_behind(python, environ, 30.0, patience=0.0)
+        path = prewarm.socket_path(python, environ)
+        assert path is not None
+        lock = Path(f"{path}.lock")
+        assert toys.wait_until(lambda: lock.exists() and lock.read_text().strip(), 10)
+        pid = int(lock.read_text())
+        pipe = os.readlink(f"/proc/self/fd/{write_fd}")
+        held = {os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")}
+        assert pipe not in held
+        assert os.readlink(f"/proc/{pid}/cwd") == "/"
+    finally:
+        os.close(read_fd)
+        os.close(write_fd)
