@@ -22,6 +22,7 @@ from typing import Final
 
 from pytest_uvbuild.errors import (
     InterpreterNotFoundError,
+    ProjectNotFoundError,
     UvCommandError,
     UvNotFoundError,
 )
@@ -251,6 +252,14 @@ class Uv:
                 text=True,
             )
         except OSError as exc:
+            if cwd is not None and not os.path.isdir(cwd):
+                # Popen reports a missing working directory as its own
+                # failure; the binary is fine, the directory went away.
+                raise ProjectNotFoundError(
+                    f"{what} cannot run: the directory {cwd} does not exist "
+                    "(was it removed or renamed while pytest ran?). "
+                    "Fix: restore it, or run pytest again from the project as it is now."
+                ) from None
             raise UvNotFoundError(
                 f"The uv binary at {self.binary} does not run ({exc.strerror}). "
                 + _reinstall_hint()

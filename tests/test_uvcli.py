@@ -12,6 +12,7 @@ from conftest import MakeProject
 from pytest_uvbuild.errors import (
     InterpreterNotFoundError,
     LockfileError,
+    ProjectNotFoundError,
     UvCommandError,
     UvNotFoundError,
 )
@@ -98,6 +99,13 @@ def test_broken_uv_binary(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> No
     monkeypatch.setenv("PYTEST_UVBUILD_UV", str(broken))
     with pytest.raises(UvNotFoundError, match=r"does not run .*exited 1.*PYTEST_UVBUILD_UV"):
         Uv.locate().version()
+
+
+def test_missing_working_directory_is_not_a_broken_uv(tmp_path: Path) -> None:
+    """A uv command whose directory is gone names the directory, not the uv binary."""
+    gone = tmp_path / "removed-project"
+    with pytest.raises(ProjectNotFoundError, match=r"removed-project does not exist.*Fix:"):
+        Uv(toys.UV).run(["--version"], what="`uv --version`", cwd=gone)
 
 
 def test_version_is_probed_once_per_binary(tmp_path: Path) -> None:
