@@ -49,7 +49,7 @@ if TYPE_CHECKING:
     from pytest_uvbuild.interpreters import Interpreter
     from pytest_uvbuild.request import EnvRequest, InstallMode
 
-__all__ = ["build_env", "guess_sources", "make_layer", "why_new"]
+__all__ = ["build_env", "guess_sources", "last_build", "make_layer", "why_new"]
 
 
 def _find_site_packages(env_dir: Path) -> Path | None:
@@ -120,12 +120,25 @@ def _differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
     return said
 
 
-def why_new(cache: EnvCache, project: UvProject, inputs: Mapping[str, Any]) -> str:
-    """Explain a miss by comparing with the last env built for this project."""
+def last_build(cache: EnvCache, project: UvProject) -> Mapping[str, Any]:
+    """What the cache remembers of the last env built for this checkout; empty if nothing.
+
+    A cold build reads it once: to say why the env is new (:func:`why_new`),
+    to guess the project layer (:func:`guess_sources`) and to skip asking
+    uv a question it answered already (:func:`_known_sources`). A record
+    that cannot be read counts as none.
+    """
     try:
         last = json.loads(cache._project_record(project).read_text(encoding="utf-8"))
-        previous = last["inputs"]
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError):
+        return {}
+    return last if isinstance(last, dict) else {}
+
+
+def why_new(last: Mapping[str, Any], inputs: Mapping[str, Any]) -> str:
+    """Explain a miss by comparing with the checkout's last build (see :func:`last_build`)."""
+    previous = last.get("inputs")
+    if not isinstance(previous, dict):
         return "first build for this project in this cache"
     said = _differences(previous, inputs)
     if not said:
@@ -134,18 +147,18 @@ def why_new(cache: EnvCache, project: UvProject, inputs: Mapping[str, Any]) -> s
 
 
 def guess_sources(
-    cache: EnvCache, project: UvProject, selection: Selection
+    last: Mapping[str, Any], project: UvProject, selection: Selection
 ) -> tuple[LocalSource, ...]:
     """The local packages to build while ``uv export`` works out the real list.
 
-    That is what the last build of this checkout installed, else the
-    project itself. A guess that turns out wrong costs the time of the
-    build it started, never correctness: the real list decides.
+    That is what the last build of this checkout installed (``last``, see
+    :func:`last_build`), else the project itself. A guess that turns out
+    wrong costs the time of the build it started, never correctness: the
+    real list decides.
     """
     try:
-        last = json.loads(cache._project_record(project).read_text(encoding="utf-8"))
         sources = tuple(LocalSource.from_json(s) for s in last["local_sources"])
-    except (OSError, ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, AttributeError):
         pass
     else:
         # A path dependency removed since cannot be built: leave it out.
@@ -155,26 +168,28 @@ def guess_sources(
     return (LocalSource(project.name, ".", "editable"),)
 
 
-def _known_sources(
-    cache: EnvCache, project: UvProject, digest: str
-) -> tuple[LocalSource, ...] | None:
+def _known_sources(last: Mapping[str, Any], digest: str) -> tuple[LocalSource, ...] | None:
     """uv's answer for the last build of this checkout, if it was asked the same question.
 
     ``digest`` covers the parts of the lock that decide the local packages
     (see :func:`~pytest_uvbuild.project.local_selection_digest`) and every
     other key input but the lock's hash.
     """
+    if last.get("export_digest") != digest:
+        return None
     try:
-        last = json.loads(cache._project_record(project).read_text(encoding="utf-8"))
-        if last.get("export_digest") != digest:
-            return None
         return tuple(LocalSource.from_json(s) for s in last["local_sources"])
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+    except (ValueError, KeyError, TypeError, AttributeError):
         return None
 
 
 def _exported_plan(
-    cache: EnvCache, resolved: ResolvedRequest, request: EnvRequest, *, rebuild: bool
+    cache: EnvCache,
+    resolved: ResolvedRequest,
+    request: EnvRequest,
+    last: Mapping[str, Any],
+    *,
+    rebuild: bool,
 ) -> tuple[_LayerPlan, tuple[LocalSource, ...], tuple[str, ...], str]:
     """Find which local packages the selection installs; plan their layer.
 
@@ -199,7 +214,7 @@ def _exported_plan(
         question["lock"] = local_selection_digest(lock)
         digest = hashlib.sha256(json.dumps(question, sort_keys=True).encode()).hexdigest()
         if not rebuild:
-            sources = _known_sources(cache, project, digest)
+            sources = _known_sources(last, digest)
     if lock is None or sources is None:
         exported = cache.uv.run(
             [
@@ -231,9 +246,16 @@ def _exported_plan(
 
 
 def build_env(
-    cache: EnvCache, resolved: ResolvedRequest, request: EnvRequest, *, rebuild: bool = False
+    cache: EnvCache,
+    resolved: ResolvedRequest,
+    request: EnvRequest,
+    last: Mapping[str, Any],
+    *,
+    rebuild: bool = False,
 ) -> tuple[dict[str, Any], _LayerPlan]:
     """Build the env in place under its lock; return its completion record and layer plan.
+
+    ``last`` is the checkout's last build (see :func:`last_build`).
 
     The completion record is written last.
 
@@ -281,7 +303,7 @@ def build_env(
             key,
             mode,
             selection.only_groups,
-            guess_sources(cache, project, selection),
+            guess_sources(last, project, selection),
             inputs,
         )
         guess_dir = guess.layer_dir(cache.root)
@@ -291,7 +313,7 @@ def build_env(
         remove_tree(env_dir)
         raise
     with ThreadPoolExecutor(max_workers=2) as pool:
-        export_job = pool.submit(_exported_plan, cache, resolved, request, rebuild=rebuild)
+        export_job = pool.submit(_exported_plan, cache, resolved, request, last, rebuild=rebuild)
         layer_job = pool.submit(
             cache._ensure_layer, guess, interpreter, request, None, rebuild=rebuild
         )

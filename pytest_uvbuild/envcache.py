@@ -655,16 +655,17 @@ class EnvCache:
             hit = record is not None
             plan: _LayerPlan | None = None
             if record is None:
-                from pytest_uvbuild.envbuild import build_env, why_new
+                from pytest_uvbuild.envbuild import build_env, last_build, why_new
 
-                reason = reason or why_new(self, project, inputs)
+                last = last_build(self, project)
+                reason = reason or why_new(last, inputs)
                 if announce:
                     announce(
                         f"building env {key} for {project.root} with {interpreter.describe()}, "
                         f"{selection.describe()}, install {inputs['install_mode']}: {reason}"
                     )
                 with self._writing():
-                    record, plan = build_env(self, resolved, request, rebuild=rebuild)
+                    record, plan = build_env(self, resolved, request, last, rebuild=rebuild)
             else:
                 self._check_lock_fresh(project, interpreter, record, request)
             # Taken last, still under the lock (so prune cannot slip in): a
