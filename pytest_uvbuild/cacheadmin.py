@@ -135,7 +135,9 @@ def prune(
 
     Incomplete envs are always removed. An env that some session holds a
     lease on, or that is being built, is never removed. Project layers
-    of kept envs that were not used for ``older_than`` go as well.
+    of kept envs that were not used for ``older_than`` go as well, and so do
+    the small per-checkout records not written for that long (all of them
+    with ``everything``).
     """
     now = time.time()
     removed: list[CacheEntry] = []
@@ -163,6 +165,8 @@ def prune(
         finally:
             lock.release()
     _sweep_leftovers(cache, now)
+    if everything or older_than is not None:
+        _prune_small_records(cache, float("inf") if everything else now - older_than)
     return removed, busy
 
 
@@ -270,6 +274,29 @@ def _sweep_leftovers(cache: EnvCache, now: float) -> None:
                         remove_tree(path)
             elif parent.name == "layers" and not (envs / name.split("-", 1)[0]).is_dir():
                 _remove_orphan_layer(cache, path, name.split("-", 1)[0])
+
+
+#: Cache subdirectories of small files that only save work (one per checkout,
+#: per lock check, per probed binary): removing one costs a later session
+#: the time to make it again, never a wrong answer.
+_SMALL_RECORD_DIRS = ("projects", "checks", "probes", "sdist-sources", "audit-rows")
+
+
+def _prune_small_records(cache: EnvCache, cutoff: float) -> None:
+    """Remove the small records last written before ``cutoff`` (a time stamp).
+
+    They accumulate per checkout: a CI runner that clones into a new
+    directory for every job would otherwise leave one of each per job.
+    """
+    for name in _SMALL_RECORD_DIRS:
+        try:
+            files = list(os.scandir(cache.root / name))
+        except OSError:
+            continue
+        for entry in files:
+            with contextlib.suppress(OSError):
+                if entry.is_file(follow_symlinks=False) and entry.stat().st_mtime < cutoff:
+                    os.unlink(entry.path)
 
 
 def _remove_orphan_layer(cache: EnvCache, layer: Path, key: str) -> None:

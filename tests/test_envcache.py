@@ -355,6 +355,30 @@ def test_prune_older_than_keeps_recent_envs_and_sweeps_leftovers(
     assert [e.key for e in removed] == [env.key]
 
 
+def test_prune_drops_old_per_checkout_records(project: Path, tmp_path: Path) -> None:
+    """--older-than removes the small records not written for that long; --all removes them all."""
+    cache = EnvCache(tmp_path / "cache")
+    _make(cache, project).release()
+    records = [
+        path
+        for name in ("projects", "checks", "probes")
+        for path in (cache.root / name).iterdir()
+    ]
+    assert {path.parent.name for path in records} == {"projects", "checks", "probes"}
+    gone_checkout = cache.root / "projects" / "0000000000000000.json"
+    gone_checkout.write_text("{}")
+    old = time.time() - 7200
+    os.utime(gone_checkout, (old, old))
+    cache.prune(older_than=3600)
+    assert not gone_checkout.exists()
+    assert all(path.exists() for path in records)
+    cache.prune(everything=True)
+    assert not any(path.exists() for path in records)
+    again = _make(cache, project)  # the records only saved work: all is made again
+    assert not again.hit
+    again.release()
+
+
 def test_withdrawing_an_env_gives_way_to_a_session_that_leased_it_meanwhile(
     project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
