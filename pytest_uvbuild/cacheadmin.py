@@ -165,8 +165,10 @@ def prune(
         finally:
             lock.release()
     _sweep_leftovers(cache, now)
-    if everything or older_than is not None:
-        _prune_small_records(cache, float("inf") if everything else now - older_than)
+    if everything:
+        _prune_small_records(cache, float("inf"))
+    elif older_than is not None:
+        _prune_small_records(cache, now - older_than)
     return removed, busy
 
 

@@ -535,8 +535,8 @@ class EnvCache:
     def _acquire(self, name: str, what: str, announce: Callable[[str], None] | None) -> HeldLock:
         """Take the build lock ``locks/<name>.lock`` (an env key, or ``layer-<layer>``).
 
-        Another builder is waited for up to ``BUILD_WAIT_SECONDS``, polling
-        the lock every 50 ms, with an announcement first.
+        Another builder is waited for up to ``BUILD_WAIT_SECONDS``, with an
+        announcement first.
         """
         path = self.root / "locks" / f"{name}.lock"
         try:
@@ -545,12 +545,9 @@ class EnvCache:
                 return held
             if announce:
                 announce(f"waiting for another process to finish building {what}")
-            deadline = time.monotonic() + BUILD_WAIT_SECONDS
-            while time.monotonic() < deadline:
-                time.sleep(0.05)
-                held = hold_lock(path)
-                if held is not None:
-                    return held
+            held = hold_lock(path, timeout=BUILD_WAIT_SECONDS)
+            if held is not None:
+                return held
         except OSError as exc:
             raise self._not_writable(exc) from None
         raise CacheError(

@@ -94,18 +94,23 @@ class HeldLock:
 @overload
 def hold_lock(path: Path, *, wait: Literal[True]) -> HeldLock: ...
 @overload
-def hold_lock(path: Path, *, wait: Literal[False] = False) -> HeldLock | None: ...
-def hold_lock(path: Path, *, wait: bool = False) -> HeldLock | None:
-    """Lock ``path`` (created if missing); ``None`` if another process holds it and not ``wait``.
+def hold_lock(
+    path: Path, *, wait: Literal[False] = False, timeout: float = 0
+) -> HeldLock | None: ...
+def hold_lock(path: Path, *, wait: bool = False, timeout: float = 0) -> HeldLock | None:
+    """Lock ``path`` (created if missing), waiting for it as long as ``wait`` or ``timeout`` say.
 
-    filelock is imported here, on first use: a session that never needs
-    an env (no ``--uv-build``, no ``uv_env``) never pays for it.
+    With ``wait`` the lock is waited for without limit; otherwise for up
+    to ``timeout`` seconds (filelock polls every 50 ms), and ``None`` means
+    another process still holds it. filelock is imported here, on first
+    use: a session that never needs an env (no ``--uv-build``, no
+    ``uv_env``) never pays for it.
     """
     from filelock import FileLock, Timeout
 
     lock = FileLock(str(path))
     try:
-        lock.acquire(timeout=-1 if wait else 0)
+        lock.acquire(timeout=-1 if wait else timeout, poll_interval=0.05)
     except Timeout:
         return None
     return HeldLock(path, lock)

@@ -360,9 +360,7 @@ def test_prune_drops_old_per_checkout_records(project: Path, tmp_path: Path) -> 
     cache = EnvCache(tmp_path / "cache")
     _make(cache, project).release()
     records = [
-        path
-        for name in ("projects", "checks", "probes")
-        for path in (cache.root / name).iterdir()
+        path for name in ("projects", "checks", "probes") for path in (cache.root / name).iterdir()
     ]
     assert {path.parent.name for path in records} == {"projects", "checks", "probes"}
     gone_checkout = cache.root / "projects" / "0000000000000000.json"

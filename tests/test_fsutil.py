@@ -37,7 +37,7 @@ def _busy(lock: FileLock) -> bool:
 
 
 def test_a_lock_held_by_another_process_is_not_taken(tmp_path: Path) -> None:
-    """hold_lock answers None while another process holds the file; waiting takes it after."""
+    """hold_lock answers None while another process holds the lock, and takes it once let go."""
     path = tmp_path / "x.lock"
     holder = subprocess.Popen(
         [
@@ -45,23 +45,29 @@ def test_a_lock_held_by_another_process_is_not_taken(tmp_path: Path) -> None:
             "-c",
             textwrap.dedent(
                 f"""\
-                import sys, time
+                import sys
                 from pathlib import Path
                 from pytest_uvbuild.fsutil import hold_lock
                 held = hold_lock(Path({str(path)!r}))
                 print("held", flush=True)
-                time.sleep(0.3)
+                sys.stdin.readline()
                 """
             ),
         ],
+        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
     )
     try:
+        assert holder.stdin is not None
         assert holder.stdout is not None
         assert holder.stdout.readline().strip() == "held"
         assert hold_lock(path) is None
-        waited = hold_lock(path, wait=True)
+        assert hold_lock(path, timeout=0.2) is None
+        holder.stdin.write("let go\n")
+        holder.stdin.flush()
+        waited = hold_lock(path, timeout=60)
+        assert waited is not None
         waited.release()
     finally:
         holder.kill()
