@@ -331,6 +331,14 @@ def import_root(directory: Path, pyproject: Mapping[str, Any] | None = None) -> 
     return src if src.is_dir() else directory
 
 
+#: The ``source`` keys of a local directory package in ``uv.lock``.
+_LOCAL_DIR_KINDS: Final = ("editable", "directory", "virtual")
+#: The ``source`` keys of any local package: a directory, or a wheel or sdist file.
+_LOCAL_SOURCE_KINDS: Final = (*_LOCAL_DIR_KINDS, "path")
+#: The ``source`` keys of the local packages uv installs (a virtual one is never installed).
+_INSTALLED_LOCAL_KINDS: Final = ("editable", "directory", "path")
+
+
 def lock_local_dirs(lock: Mapping[str, Any]) -> tuple[str, ...]:
     """Relative paths of every local directory package in the lock, virtual ones included.
 
@@ -342,15 +350,13 @@ def lock_local_dirs(lock: Mapping[str, Any]) -> tuple[str, ...]:
         source = package.get("source", {})
         if not isinstance(source, dict):
             continue
-        for kind in ("editable", "directory", "virtual"):
+        for kind in _LOCAL_DIR_KINDS:
             rel = source.get(kind)
             if isinstance(rel, str):
                 found.add(rel)
     return tuple(sorted(found))
 
 
-#: The ``source`` keys of a local package in ``uv.lock``.
-_LOCAL_SOURCE_KINDS: Final = ("editable", "directory", "virtual", "path")
 
 
 def local_selection_digest(lock: Mapping[str, Any]) -> str:
@@ -420,7 +426,7 @@ def _lock_local_packages(lock: Mapping[str, Any], root: Path) -> dict[Path, tupl
         if not isinstance(source, dict):
             continue
         name = canonicalize_name(str(package.get("name", "")))
-        for kind in ("editable", "directory", "path"):
+        for kind in _INSTALLED_LOCAL_KINDS:
             rel = source.get(kind)
             if isinstance(rel, str):
                 found[(root / rel).resolve()] = (name, rel, kind == "path")
