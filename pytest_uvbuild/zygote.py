@@ -9,13 +9,15 @@ hermetic session. A session that ends leaves one of these behind; the next
 session with the same env and the same start-up environment connects
 instead of spawning. What it does:
 
-* locks ``SOCKET.lock`` (if another zygote holds it, it exits at once),
+* locks ``SOCKET.lock`` (if another zygote holds it, it exits at once) and
+  writes there who it is (see ``python -m pytest_uvbuild warm list``),
   waits up to ``PATIENCE_SECONDS`` for the session that started it
   (``SESSION_PID``) to exit,
   imports pytest and the worker module, and only then binds the Unix socket
   ``SOCKET`` (in a directory only its user can enter);
 * waits up to ``IDLE_SECONDS`` for one connection, and removes the socket
-  either way: each zygote serves one session;
+  either way: each zygote serves one session. ``SIGTERM`` until then
+  (``warm stop``) ends it the same way;
 * receives, with the connection, the session's pipes and output streams
   (``SCM_RIGHTS``) and one JSON document: the worker's boot spec, working
   directory, umask and complete environment;
@@ -60,28 +62,36 @@ HANDOVER_FDS = 4
 _LENGTH = struct.Struct("!Q")
 
 
-def _hold_name(path: str) -> int | None:
-    """Lock ``PATH.lock`` for as long as this zygote listens; None if another one does."""
+def _hold_name(path: str, idle: float) -> int | None:
+    """Lock ``PATH.lock`` for as long as this zygote listens; None if another one does.
+
+    The lock file says who holds it (pid, interpreter, start time, how long
+    it listens), for ``python -m pytest_uvbuild warm list`` and ``warm stop``.
+    """
     fd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         os.close(fd)
         return None
-    # Who holds it, for whoever wants to stop a waiting zygote.
+    holder = {"pid": os.getpid(), "python": sys.executable, "started": time.time(), "idle": idle}
     os.ftruncate(fd, 0)
-    os.write(fd, str(os.getpid()).encode())
+    os.write(fd, json.dumps(holder).encode())
     return fd
 
 
-def _listen(path: str) -> socket.socket:
+def _release_name(fd: int) -> None:
+    """Unlock the name; emptied first, a lock file names only a zygote that holds it."""
+    os.ftruncate(fd, 0)
+    os.close(fd)
+
+
+def _listen(listener: socket.socket, path: str) -> None:
     """Bind ``path`` (holding its lock, so a leftover file is a dead zygote's)."""
     if os.path.exists(path):
         os.unlink(path)
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(path)
     listener.listen(1)
-    return listener
 
 
 def _receive(connection: socket.socket) -> tuple[dict[str, Any], list[int]]:
@@ -184,11 +194,12 @@ def _import_what_sessions_import() -> None:
 
 def main(argv: list[str]) -> int:
     path, idle, worker_script = argv[1], float(argv[2]), argv[3]
-    held = _hold_name(path)
+    held = _hold_name(path, idle)
     if held is None:
         return 0
-    # Stopped while waiting: unwind, so that the socket file goes too.
+    # Stopped while waiting (``warm stop``): unwind, so that the socket file goes too.
     signal.signal(signal.SIGTERM, _stop)
+    listener = None
     try:
         _let_the_session_end(int(argv[5]), float(argv[4]))
         import pytest  # noqa: F401 - importing it now is the point
@@ -197,19 +208,24 @@ def main(argv: list[str]) -> int:
         worker = _load_worker(worker_script)
         # Listening only once ready: a session never waits for our imports;
         # until then it starts its own worker, which costs the same.
-        listener = _listen(path)
-        try:
-            ready, _, _ = select.select([listener], [], [], idle)
-            if not ready:
-                return 0
-            connection, _ = listener.accept()
-        finally:
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        _listen(listener, path)
+        ready, _, _ = select.select([listener], [], [], idle)
+        if not ready:
+            return 0
+        connection, _ = listener.accept()
+    finally:
+        # From now on a SIGTERM is ignored: the clean-up is not cut short,
+        # and a zygote that took a session only reports its child's end,
+        # rather than leave the session guessing.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        if listener is not None:
             # One session per zygote: the next one may leave a new zygote
             # behind while this one still looks after its child.
             listener.close()
-            os.unlink(path)
-    finally:
-        os.close(held)
+            if os.path.exists(path):
+                os.unlink(path)
+        _release_name(held)
     with connection:
         handover, fds = _receive(connection)
         pid = os.fork()
@@ -220,9 +236,6 @@ def main(argv: list[str]) -> int:
             except BaseException:
                 traceback.print_exc()
             os._exit(70)
-        # From now on this process only reports its child's end: it outlives
-        # a stray SIGTERM rather than leave the session guessing.
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         for fd in fds:
             os.close(fd)
         _send(connection, {"pid": pid})
