@@ -23,9 +23,10 @@ instead of spawning. What it does:
   directory, umask and complete environment;
 * forks. The child starts a new session (process group), takes the streams
   and the environment, and runs :func:`worker.run` exactly as a fresh worker
-  would. The parent sends ``{"pid": ...}``, waits for the child and sends
-  ``{"status": <wait status>}``, so the outer side can name a crash's signal
-  as it does for a child of its own; then it exits.
+  would. Once the child leads its process group (which the session
+  signals), the parent sends ``{"pid": ...}``, waits for the child and
+  sends ``{"status": <wait status>}``, so the outer side can name a crash's
+  signal as it does for a child of its own; then it exits.
 
 What an interpreter fixes at start-up (the hash seed, ``sys.path`` from
 ``PYTHONPATH``, the locale, other ``PYTHON*`` settings) is part of the
@@ -119,13 +120,18 @@ def _send(connection: socket.socket, message: dict[str, Any]) -> None:
     connection.sendall(json.dumps(message).encode("utf-8") + b"\n")
 
 
-def _become_worker(worker: Any, handover: dict[str, Any], fds: list[int]) -> None:
-    """In the forked child: take the session's streams and environment, run the worker."""
+def _become_worker(worker: Any, handover: dict[str, Any], fds: list[int], leading: int) -> None:
+    """In the forked child: take the session's streams and environment, run the worker.
+
+    ``leading`` is closed once this process leads its own session and
+    process group: only then does the parent tell the session its pid.
+    """
     import tempfile
 
     event_fd, control_fd, stdout_fd, stderr_fd = fds
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     os.setsid()
+    os.close(leading)
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
     os.dup2(stdout_fd, 1)
@@ -228,16 +234,23 @@ def main(argv: list[str]) -> int:
         _release_name(held)
     with connection:
         handover, fds = _receive(connection)
+        awaited, leading = os.pipe()
         pid = os.fork()
         if pid == 0:
             try:
+                os.close(awaited)
                 connection.close()
-                _become_worker(worker, handover, fds)
+                _become_worker(worker, handover, fds, leading)
             except BaseException:
                 traceback.print_exc()
             os._exit(70)
-        for fd in fds:
+        for fd in (leading, *fds):
             os.close(fd)
+        # The session signals the worker's process group (Ctrl-C, a kill):
+        # until the child has made it, a signal sent there would be lost.
+        # End of file comes once it has, or once it is gone.
+        os.read(awaited, 1)
+        os.close(awaited)
         _send(connection, {"pid": pid})
         _, status = os.waitpid(pid, 0)
         _send(connection, {"status": status})

@@ -548,3 +548,62 @@ def test_a_zygote_holds_no_descriptor_and_no_directory_of_the_session(short_tmpd
     finally:
         os.close(read_fd)
         os.close(write_fd)
+
+
+#: Runs zygote.py (argv[1:]) with children that take a second to make their own session.
+SLOW_SETSID_ZYGOTE = """
+import os, runpy, sys, time
+
+setsid = os.setsid
+
+def slow_setsid():
+    time.sleep(1)
+    return setsid()
+
+os.setsid = slow_setsid
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def test_a_warm_worker_can_be_signalled_as_soon_as_the_session_has_it(short_tmpdir: Path) -> None:
+    """The zygote names its child only once the child leads its own process group.
+
+    The outer side signals a worker's process group (Ctrl-C, a kill): were
+    the pid sent at once, a signal sent before the child's setsid would
+    find no such group and be lost.
+    """
+    environ = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME")}
+    python = Path(sys.executable)
+    path = prewarm.socket_path(python, environ)
+    assert path is not None
+    zygote = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            SLOW_SETSID_ZYGOTE,
+            str(prewarm.ZYGOTE_SCRIPT),
+            str(path),
+            "30",
+            str(prewarm.WORKER_SCRIPT),
+            "0",
+            str(os.getpid()),
+        ],
+        env=environ,
+        start_new_session=True,
+    )
+    try:
+        assert toys.wait_until(path.exists, 30)
+        launch = Launch(
+            python=python, environ=environ, cwd=short_tmpdir, options=(), label="t", keep_warm=30.0
+        )
+        worker = WorkerProcess(launch, scratch=short_tmpdir)
+        try:
+            assert isinstance(worker.process, prewarm.WarmChild)
+            assert os.getpgid(worker.pid) == worker.pid
+            assert worker.kill() == -signal.SIGKILL
+        finally:
+            worker.stop()
+    finally:
+        zygote.kill()
+        zygote.wait()
