@@ -1,4 +1,4 @@
-"""``python -m pytest_uvbuild``: env keys for CI caches, cache management, build records.
+"""``python -m pytest_uvbuild``: env keys, cache management, build records, warm workers.
 
 Each sub-command is one function taking the parsed arguments and returning
 an exit status; :func:`main` turns our errors into one line on stderr and
@@ -11,7 +11,7 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -63,14 +63,21 @@ def cmd_cache_dir(args: argparse.Namespace) -> int:
     return 0
 
 
+def _listed_in_full(as_json: bool, rows: Sequence[Mapping[str, object]], none: str) -> bool:
+    """Print ``rows`` as JSON, or ``none`` if there are none; whether that was all to print."""
+    if as_json:
+        print(json.dumps(list(rows), indent=2))
+    elif not rows:
+        print(none)
+    return as_json or not rows
+
+
 def cmd_cache_list(args: argparse.Namespace) -> int:
     """Print one line (or JSON object) per cached env."""
     entries = _cache(args).entries()
-    if args.json:
-        print(json.dumps([e.as_json() for e in entries], indent=2))
-        return 0
-    if not entries:
-        print(f"no envs cached in {_cache(args).root}")
+    if _listed_in_full(
+        args.json, [e.as_json() for e in entries], f"no envs cached in {_cache(args).root}"
+    ):
         return 0
     print(f"{'KEY':<16}  {'PYTHON':<15}  {'SIZE':>9}  {'LAST USED':<16}  PROJECT")
     for e in entries:
@@ -146,6 +153,54 @@ def cmd_cache_verify(args: argparse.Namespace) -> int:
                 f"from) may hold the same changes. Fix: uv cache clean {' '.join(changed)}"
             )
     return 1 if damaged else 0
+
+
+#: How long ``warm stop`` waits for the warm workers it stopped to be gone.
+WARM_STOP_SECONDS = 5.0
+
+
+def _seconds(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    return f"{seconds / 60:.0f}m"
+
+
+def cmd_warm_list(args: argparse.Namespace) -> int:
+    """Print one line (or JSON object) per warm worker waiting for the next session."""
+    from pytest_uvbuild.prewarm import socket_dir_in, waiting
+
+    zygotes = waiting()
+    if _listed_in_full(
+        args.json, [z.as_json() for z in zygotes], f"no warm workers waiting in {socket_dir_in()}"
+    ):
+        return 0
+    now = time.time()
+    print(f"{'PID':<8}  {'STATE':<9}  {'AGE':>5}  {'LEFT':>5}  PYTHON")
+    for z in zygotes:
+        state = "starting" if z.listening_since is None else "listening"
+        age = "?" if z.started is None else _seconds(now - z.started)
+        left = "?" if z.until is None else _seconds(z.until - now)
+        print(f"{z.pid:<8}  {state:<9}  {age:>5}  {left:>5}  {z.python or '?'}")
+    return 0
+
+
+def cmd_warm_stop(args: argparse.Namespace) -> int:
+    """Stop every warm worker of this user that waits; 1 if one is still there after 5 s."""
+    from pytest_uvbuild.prewarm import stop_waiting, waiting
+
+    stopped = stop_waiting(timeout=WARM_STOP_SECONDS)
+    print(f"{stopped} stopped")
+    left = waiting()
+    if left:
+        pids = ", ".join(str(z.pid) for z in left)
+        print(
+            f"error: {len(left)} warm worker(s) still waiting after {WARM_STOP_SECONDS:g} s "
+            f"(pid {pids}). Fix: run warm stop again, or kill them.",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
 
 
 class _Parser(argparse.ArgumentParser):
@@ -229,7 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser = _Parser(
         prog="python -m pytest_uvbuild",
-        description="Inspect pytest-uvbuild's env cache and build records.",
+        description="Inspect pytest-uvbuild's env cache, build records and warm workers.",
         parents=[common],
     )
     sub = parser.add_subparsers(dest="command", required=True)
@@ -284,6 +339,19 @@ def build_parser() -> argparse.ArgumentParser:
     c_verify.add_argument("--json", action="store_true", help="Print a JSON list of results")
     c_verify.set_defaults(func=cmd_cache_verify)
     _add_record_commands(sub)
+    warm = sub.add_parser("warm", help="List or stop warm workers (see hermetic_keep_warm)")
+    warm_sub = warm.add_subparsers(dest="warm_command", required=True)
+    w_list = warm_sub.add_parser(
+        "list", help="List this user's warm workers waiting for the next session ($TMPDIR)"
+    )
+    w_list.add_argument(
+        "--json", action="store_true", help="Print a JSON list with every field of each one"
+    )
+    w_list.set_defaults(func=cmd_warm_list)
+    w_stop = warm_sub.add_parser(
+        "stop", help="Stop every warm worker of this user that waits; print how many"
+    )
+    w_stop.set_defaults(func=cmd_warm_stop)
     return parser
 
 

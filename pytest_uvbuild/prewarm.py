@@ -32,10 +32,12 @@ import stat
 import struct
 import subprocess
 import tempfile
+import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import pytest
 
@@ -45,13 +47,16 @@ __all__ = [
     "KEEP_WARM_VARIABLE",
     "ZYGOTE_SCRIPT",
     "HandoverLost",
+    "WaitingZygote",
     "WarmChild",
     "claim",
     "keep_warm_seconds",
     "leave_behind",
     "leave_behind_at_exit",
     "listening",
+    "socket_dir_in",
     "stop_waiting",
+    "waiting",
 ]
 
 ZYGOTE_SCRIPT: Final = Path(__file__).with_name("zygote.py")
@@ -91,7 +96,7 @@ def keep_warm_seconds(config: pytest.Config) -> float:
     return max(0.0, seconds)
 
 
-def _socket_dir_in(temp_dir: Path | None) -> Path:
+def socket_dir_in(temp_dir: Path | None = None) -> Path:
     """Where this user's zygote sockets live under ``temp_dir`` (default: this process's)."""
     base = Path(temp_dir) if temp_dir is not None else Path(tempfile.gettempdir())
     return base / f"pytest-uvbuild-{os.getuid()}"
@@ -99,7 +104,7 @@ def _socket_dir_in(temp_dir: Path | None) -> Path:
 
 def _socket_dir() -> Path | None:
     """The user's private socket directory, made if missing; None if it is not private."""
-    directory = _socket_dir_in(None)
+    directory = socket_dir_in(None)
     with contextlib.suppress(FileExistsError):
         directory.mkdir(mode=0o700)
     try:
@@ -361,24 +366,125 @@ def _leave_all_behind() -> None:
 
 def listening(temp_dir: Path | None = None) -> list[Path]:
     """The sockets of this user's zygotes that are ready for a session (see :func:`claim`)."""
-    return sorted(_socket_dir_in(temp_dir).glob("*.sock"))
+    return sorted(socket_dir_in(temp_dir).glob("*.sock"))
 
 
-def stop_waiting(temp_dir: Path | None = None) -> int:
+@dataclass(frozen=True)
+class WaitingZygote:
+    """A zygote that holds its socket's name: starting, or listening for a session.
+
+    What it wrote in its lock file; a zygote of an older pytest-uvbuild
+    wrote its pid only.
+    """
+
+    socket: Path
+    pid: int
+    #: The env's interpreter it runs (None if it did not say).
+    python: str | None
+    #: When it started (``time.time()``) and how long it listens, if it said.
+    started: float | None
+    idle: float | None
+    #: When it started listening; None while it still imports pytest.
+    listening_since: float | None
+
+    @property
+    def until(self) -> float | None:
+        """When it stops waiting, once it listens (None if not known)."""
+        if self.listening_since is None or self.idle is None:
+            return None
+        return self.listening_since + self.idle
+
+    def as_json(self) -> dict[str, object]:
+        """Every field, for ``warm list --json``."""
+        return {
+            "socket": str(self.socket),
+            "pid": self.pid,
+            "python": self.python,
+            "state": "starting" if self.listening_since is None else "listening",
+            "started": self.started,
+            "listening_since": self.listening_since,
+            "until": self.until,
+        }
+
+
+def waiting(temp_dir: Path | None = None) -> list[WaitingZygote]:
+    """This user's zygotes that hold their name: about to listen, or listening.
+
+    ``temp_dir`` is the ``TMPDIR`` the sessions ran with (default: this
+    process's). A zygote that took a session's handover is that session's
+    worker now, and not among them.
+    """
+    found = []
+    for lock in sorted(socket_dir_in(temp_dir).glob("*.lock")):
+        path = lock.with_suffix("")
+        if not _zygote_alive(path):
+            continue
+        # Read once the lock is known to be held: a zygote empties the file
+        # as it lets go, so a stale pid is never read as the holder's.
+        holder = _holder(lock)
+        if holder is None:
+            continue  # just taken, not written yet
+        try:
+            listening_since: float | None = path.stat().st_mtime
+        except OSError:
+            listening_since = None
+        if listening_since is not None and listening_since < (holder["started"] or 0.0):
+            listening_since = None  # a dead zygote's socket, which it replaces as it listens
+        found.append(WaitingZygote(socket=path, listening_since=listening_since, **holder))
+    return found
+
+
+def _holder(lock: Path) -> dict[str, Any] | None:
+    """What a zygote wrote in its lock file: a JSON object, or (older ones) its pid."""
+    try:
+        text = lock.read_text().strip()
+    except OSError:
+        return None
+    if text.isdigit():
+        return {"pid": int(text), "python": None, "started": None, "idle": None}
+    try:
+        data = json.loads(text)
+        pid = data["pid"]
+    except (ValueError, TypeError, KeyError):
+        return None
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+        return None
+    return {
+        "pid": pid,
+        "python": data.get("python") if isinstance(data.get("python"), str) else None,
+        "started": _number(data.get("started")),
+        "idle": _number(data.get("idle")),
+    }
+
+
+def _number(value: object) -> float | None:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    return None
+
+
+def stop_waiting(temp_dir: Path | None = None, *, timeout: float = 0.0) -> int:
     """Stop every zygote of this user that still waits; return how many were signalled.
 
     ``temp_dir`` is the ``TMPDIR`` the sessions ran with (default: this
-    process's). Only a pid whose lock is held is signalled, so a pid reused
-    by another process since is never hit.
+    process's). Only a pid that holds a socket's lock is signalled, so a pid
+    reused by another process since is never hit. ``SIGTERM`` makes a
+    zygote unwind and remove its socket. With ``timeout``, this waits that
+    long at most for them all to be gone, and stops those that start
+    meanwhile too.
     """
-    stopped = 0
-    for lock in _socket_dir_in(temp_dir).glob("*.lock"):
-        pid = lock.read_text().strip()
-        if pid.isdigit() and _zygote_alive(lock.with_suffix("")):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(int(pid), signal.SIGTERM)
-                stopped += 1
-    return stopped
+    deadline = time.monotonic() + timeout
+    signalled: set[int] = set()
+    while True:
+        pending = waiting(temp_dir)
+        for zygote in pending:
+            if zygote.pid not in signalled:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(zygote.pid, signal.SIGTERM)
+                    signalled.add(zygote.pid)
+        if not pending or time.monotonic() >= deadline:
+            return len(signalled)
+        time.sleep(0.02)
 
 
 def _zygote_alive(path: Path) -> bool:

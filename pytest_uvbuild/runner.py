@@ -333,9 +333,8 @@ class WorkerProcess:
         self._log: IO[bytes] | None = None
         if not launch.inherit_output:
             self._log = self.log_path.open("wb")
+        #: A zygote's child (pytest imported already), or a fresh process.
         self.process: subprocess.Popen[bytes] | WarmChild
-        #: Whether a zygote forked this worker (pytest imported already).
-        self.warm = False
         try:
             warm = None
             if launch.keep_warm:
@@ -361,7 +360,7 @@ class WorkerProcess:
                         spec_path
                     )
             if warm is not None:
-                self.process, self.warm = warm, True
+                self.process = warm
             else:
                 self.process = subprocess.Popen(
                     [str(launch.python), "-s", str(WORKER_SCRIPT), str(spec_path)],
@@ -739,11 +738,12 @@ class Batch:
         if collect is None:
             assert nodeids is not None
             collect = _collection_args(self.runner.config.rootpath, nodeids)
+        # A standby exists only without --hermetic-all: ``nodeids`` is given.
         worker = self.runner.take_standby(self.key)
         if (
             worker is not None
             and worker.collecting is not None
-            and (nodeids is None or not worker.collecting.issuperset(collect))
+            and not worker.collecting.issuperset(collect)
         ):
             # It collects other files than these tests need: not ours.
             self.runner.discard(worker)

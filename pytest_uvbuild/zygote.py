@@ -9,21 +9,24 @@ hermetic session. A session that ends leaves one of these behind; the next
 session with the same env and the same start-up environment connects
 instead of spawning. What it does:
 
-* locks ``SOCKET.lock`` (if another zygote holds it, it exits at once),
+* locks ``SOCKET.lock`` (if another zygote holds it, it exits at once) and
+  writes there who it is (see ``python -m pytest_uvbuild warm list``),
   waits up to ``PATIENCE_SECONDS`` for the session that started it
   (``SESSION_PID``) to exit,
   imports pytest and the worker module, and only then binds the Unix socket
   ``SOCKET`` (in a directory only its user can enter);
 * waits up to ``IDLE_SECONDS`` for one connection, and removes the socket
-  either way: each zygote serves one session;
+  either way: each zygote serves one session. ``SIGTERM`` until then
+  (``warm stop``) ends it the same way;
 * receives, with the connection, the session's pipes and output streams
   (``SCM_RIGHTS``) and one JSON document: the worker's boot spec, working
   directory, umask and complete environment;
 * forks. The child starts a new session (process group), takes the streams
   and the environment, and runs :func:`worker.run` exactly as a fresh worker
-  would. The parent sends ``{"pid": ...}``, waits for the child and sends
-  ``{"status": <wait status>}``, so the outer side can name a crash's signal
-  as it does for a child of its own; then it exits.
+  would. Once the child leads its process group (which the session
+  signals), the parent sends ``{"pid": ...}``, waits for the child and
+  sends ``{"status": <wait status>}``, so the outer side can name a crash's
+  signal as it does for a child of its own; then it exits.
 
 What an interpreter fixes at start-up (the hash seed, ``sys.path`` from
 ``PYTHONPATH``, the locale, other ``PYTHON*`` settings) is part of the
@@ -60,28 +63,36 @@ HANDOVER_FDS = 4
 _LENGTH = struct.Struct("!Q")
 
 
-def _hold_name(path: str) -> int | None:
-    """Lock ``PATH.lock`` for as long as this zygote listens; None if another one does."""
+def _hold_name(path: str, idle: float) -> int | None:
+    """Lock ``PATH.lock`` for as long as this zygote listens; None if another one does.
+
+    The lock file says who holds it (pid, interpreter, start time, how long
+    it listens), for ``python -m pytest_uvbuild warm list`` and ``warm stop``.
+    """
     fd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         os.close(fd)
         return None
-    # Who holds it, for whoever wants to stop a waiting zygote.
+    holder = {"pid": os.getpid(), "python": sys.executable, "started": time.time(), "idle": idle}
     os.ftruncate(fd, 0)
-    os.write(fd, str(os.getpid()).encode())
+    os.write(fd, json.dumps(holder).encode())
     return fd
 
 
-def _listen(path: str) -> socket.socket:
+def _release_name(fd: int) -> None:
+    """Unlock the name; emptied first, a lock file names only a zygote that holds it."""
+    os.ftruncate(fd, 0)
+    os.close(fd)
+
+
+def _listen(listener: socket.socket, path: str) -> None:
     """Bind ``path`` (holding its lock, so a leftover file is a dead zygote's)."""
     if os.path.exists(path):
         os.unlink(path)
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(path)
     listener.listen(1)
-    return listener
 
 
 def _receive(connection: socket.socket) -> tuple[dict[str, Any], list[int]]:
@@ -109,13 +120,18 @@ def _send(connection: socket.socket, message: dict[str, Any]) -> None:
     connection.sendall(json.dumps(message).encode("utf-8") + b"\n")
 
 
-def _become_worker(worker: Any, handover: dict[str, Any], fds: list[int]) -> None:
-    """In the forked child: take the session's streams and environment, run the worker."""
+def _become_worker(worker: Any, handover: dict[str, Any], fds: list[int], leading: int) -> None:
+    """In the forked child: take the session's streams and environment, run the worker.
+
+    ``leading`` is closed once this process leads its own session and
+    process group: only then does the parent tell the session its pid.
+    """
     import tempfile
 
     event_fd, control_fd, stdout_fd, stderr_fd = fds
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     os.setsid()
+    os.close(leading)
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
     os.dup2(stdout_fd, 1)
@@ -184,11 +200,12 @@ def _import_what_sessions_import() -> None:
 
 def main(argv: list[str]) -> int:
     path, idle, worker_script = argv[1], float(argv[2]), argv[3]
-    held = _hold_name(path)
+    held = _hold_name(path, idle)
     if held is None:
         return 0
-    # Stopped while waiting: unwind, so that the socket file goes too.
+    # Stopped while waiting (``warm stop``): unwind, so that the socket file goes too.
     signal.signal(signal.SIGTERM, _stop)
+    listener = None
     try:
         _let_the_session_end(int(argv[5]), float(argv[4]))
         import pytest  # noqa: F401 - importing it now is the point
@@ -197,34 +214,43 @@ def main(argv: list[str]) -> int:
         worker = _load_worker(worker_script)
         # Listening only once ready: a session never waits for our imports;
         # until then it starts its own worker, which costs the same.
-        listener = _listen(path)
-        try:
-            ready, _, _ = select.select([listener], [], [], idle)
-            if not ready:
-                return 0
-            connection, _ = listener.accept()
-        finally:
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        _listen(listener, path)
+        ready, _, _ = select.select([listener], [], [], idle)
+        if not ready:
+            return 0
+        connection, _ = listener.accept()
+    finally:
+        # From now on a SIGTERM is ignored: the clean-up is not cut short,
+        # and a zygote that took a session only reports its child's end,
+        # rather than leave the session guessing.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        if listener is not None:
             # One session per zygote: the next one may leave a new zygote
             # behind while this one still looks after its child.
             listener.close()
-            os.unlink(path)
-    finally:
-        os.close(held)
+            if os.path.exists(path):
+                os.unlink(path)
+        _release_name(held)
     with connection:
         handover, fds = _receive(connection)
+        awaited, leading = os.pipe()
         pid = os.fork()
         if pid == 0:
             try:
+                os.close(awaited)
                 connection.close()
-                _become_worker(worker, handover, fds)
+                _become_worker(worker, handover, fds, leading)
             except BaseException:
                 traceback.print_exc()
             os._exit(70)
-        # From now on this process only reports its child's end: it outlives
-        # a stray SIGTERM rather than leave the session guessing.
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        for fd in fds:
+        for fd in (leading, *fds):
             os.close(fd)
+        # The session signals the worker's process group (Ctrl-C, a kill):
+        # until the child has made it, a signal sent there would be lost.
+        # End of file comes once it has, or once it is gone.
+        os.read(awaited, 1)
+        os.close(awaited)
         _send(connection, {"pid": pid})
         _, status = os.waitpid(pid, 0)
         _send(connection, {"status": status})

@@ -751,9 +751,14 @@ with open(os.path.join(os.path.dirname(__file__), "loads.log"), "a") as fh:
 """
 
 
+def _hint_file(pytester: pytest.Pytester) -> Path:
+    """Where pytest's cache keeps the early-spawn hints."""
+    return pytester.path / ".pytest_cache" / "v" / "uvbuild" / "hermetic-main-env"
+
+
 def _hint(pytester: pytest.Pytester) -> list[Any]:
     """The early-spawn hints pytest's cache holds after a run (one per argument list)."""
-    path = pytester.path / ".pytest_cache" / "v" / "uvbuild" / "hermetic-main-env"
+    path = _hint_file(pytester)
     return list(json.loads(path.read_text()).values()) if path.exists() else []
 
 
@@ -812,6 +817,44 @@ def test_a_stale_hint_never_loses_a_test(uv_pytester: pytest.Pytester) -> None:
     (uv_pytester.path / "test_a.py").unlink()
     run(uv_pytester, "-q").assert_outcomes(passed=1)
     assert _hint(uv_pytester) == [["test_b.py"]]
+
+
+def test_a_corrupt_hint_is_ignored_and_replaced(uv_pytester: pytest.Pytester) -> None:
+    """A hint file that is not JSON, not an object, or holds a wrong value never breaks a run."""
+    uv_pytester.makepyfile(
+        test_a="import pytest\n\n@pytest.mark.hermetic\ndef test_a():\n    import toyalpha\n"
+    )
+    run(uv_pytester, "-q").assert_outcomes(passed=1)
+    (key,) = json.loads(_hint_file(uv_pytester).read_text())
+    for corrupt in (
+        "{not json",
+        "[1, 2]",
+        json.dumps({key: [1, 2]}),
+        json.dumps({key: "test_a.py"}),
+        json.dumps({key: {"test_a.py": True}}),
+    ):
+        _hint_file(uv_pytester).write_text(corrupt)
+        result = run(uv_pytester, "-q")
+        result.assert_outcomes(passed=1)
+        assert result.ret == 0, corrupt
+        assert _hint(uv_pytester) == [["test_a.py"]], corrupt
+
+
+def test_the_hints_keep_the_argument_lists_last_changed(uv_pytester: pytest.Pytester) -> None:
+    """Hints are bounded: a new argument list's hint pushes out the one changed longest ago."""
+    from pytest_uvbuild.hermetic import _HINT_LIMIT
+
+    uv_pytester.makepyfile(
+        test_a="import pytest\n\n@pytest.mark.hermetic\ndef test_a():\n    import toyalpha\n"
+    )
+    older = {f"other-{n}": ["test_x.py"] for n in range(_HINT_LIMIT)}
+    _hint_file(uv_pytester).parent.mkdir(parents=True)
+    _hint_file(uv_pytester).write_text(json.dumps(older))
+    run(uv_pytester, "-q").assert_outcomes(passed=1)
+    hints = json.loads(_hint_file(uv_pytester).read_text())
+    assert len(hints) == _HINT_LIMIT
+    assert list(hints)[:-1] == list(older)[1:]
+    assert list(hints.values())[-1] == ["test_a.py"]
 
 
 def test_collect_only_spawns_no_worker(uv_pytester: pytest.Pytester) -> None:

@@ -9,7 +9,9 @@ stops every zygote that is still waiting when the test ends.
 from __future__ import annotations
 
 import atexit
+import fcntl
 import functools
+import json
 import os
 import signal
 import socket
@@ -24,7 +26,7 @@ from pathlib import Path
 import pytest
 import toys
 
-from pytest_uvbuild import prewarm
+from pytest_uvbuild import cli, prewarm
 from pytest_uvbuild.runner import Launch, WorkerProcess
 
 HERMETIC = ("--uv-build", "--uv-install-project=source")
@@ -84,11 +86,102 @@ def test_the_next_session_gets_a_warm_worker_with_its_own_home(
     assert prewarm.stop_waiting(warm_tmpdir) == 0
 
 
+def _warm_command(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m pytest_uvbuild warm ...`` as a user would (TMPDIR is the test's)."""
+    return subprocess.run(
+        [sys.executable, "-m", "pytest_uvbuild", "warm", *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+
+
+@pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="reads /proc")
+def test_warm_list_shows_a_waiting_zygote_and_warm_stop_ends_it(
+    uv_pytester: pytest.Pytester, warm_tmpdir: Path, shared_env_cache: Path
+) -> None:
+    """`warm list` shows the zygote a session left; `warm stop` ends it, socket and all."""
+    uv_pytester.makepyfile(test_who=WHO_AM_I)
+    uv_pytester.runpytest_subprocess(*HERMETIC).assert_outcomes(passed=1)
+    _wait_for_zygote(warm_tmpdir)
+    (sock,) = prewarm.listening(warm_tmpdir)
+    pid = int(json.loads(Path(f"{sock}.lock").read_text())["pid"])
+
+    listed = _warm_command("list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    (entry,) = json.loads(listed.stdout)
+    assert (entry["socket"], entry["pid"], entry["state"]) == (str(sock), pid, "listening")
+    # The env's interpreter, in the test's env cache.
+    assert shared_env_cache in Path(entry["python"]).parents
+    assert entry["started"] <= entry["listening_since"] < entry["until"]
+    shown = _warm_command("list")
+    assert shown.returncode == 0, shown.stderr
+    header, line = shown.stdout.splitlines()
+    assert header.split() == ["PID", "STATE", "AGE", "LEFT", "PYTHON"]
+    assert line.split()[:2] == [str(pid), "listening"]
+    assert line.split()[-1] == entry["python"]
+
+    stopped = _warm_command("stop")
+    assert (stopped.returncode, stopped.stdout, stopped.stderr) == (0, "1 stopped\n", "")
+    assert not sock.exists()
+    assert not prewarm._zygote_alive(sock)
+    assert json.loads(_warm_command("list", "--json").stdout) == []
+    assert _warm_command("list").stdout.startswith("no warm workers waiting in ")
+
+    # The next session starts a fresh worker.
+    uv_pytester.runpytest_subprocess(*HERMETIC).assert_outcomes(passed=1)
+    rows = [line.split("|") for line in (uv_pytester.path / "who.txt").read_text().splitlines()]
+    assert [row[0] for row in rows] == ["False", "False"]
+
+
+def test_waiting_names_the_holder_of_each_held_lock_only(
+    short_tmpdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A held lock names its zygote (an older one's pid-only file too); a free or empty one none."""
+    directory = prewarm.socket_dir_in()
+    directory.mkdir(mode=0o700)
+    holder = {"pid": 1234, "python": "/env/bin/python", "started": time.time() - 600, "idle": 30}
+    texts = {"a": json.dumps(holder), "b": "4242", "c": "", "d": "{not json"}
+    held = []
+    for name, text in texts.items():
+        (directory / f"{name}.sock.lock").write_text(text)
+        fd = os.open(directory / f"{name}.sock.lock", os.O_RDWR)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.append(fd)
+    (directory / "a.sock").touch()  # listening
+    (directory / "e.sock.lock").write_text("4343")  # a zygote that has ended
+    try:
+        found = prewarm.waiting()
+        assert cli.main(["warm", "list"]) == 0
+    finally:
+        for fd in held:
+            os.close(fd)
+    assert [(z.socket.name, z.pid, z.python) for z in found] == [
+        ("a.sock", 1234, "/env/bin/python"),
+        ("b.sock", 4242, None),
+    ]
+    listening, old = found
+    assert listening.until == pytest.approx((directory / "a.sock").stat().st_mtime + 30)
+    assert (old.started, old.listening_since, old.until) == (None, None, None)
+    lines = [line.split() for line in capsys.readouterr().out.splitlines()]
+    assert lines == [
+        ["PID", "STATE", "AGE", "LEFT", "PYTHON"],
+        ["1234", "listening", "10m", lines[1][3], "/env/bin/python"],
+        ["4242", "starting", "?", "?", "?"],
+    ]
+
+
 @pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="reads /proc")
 def test_a_warm_worker_crash_names_its_signal_and_status(
     uv_pytester: pytest.Pytester, warm_tmpdir: Path
 ) -> None:
-    """Crashes of a zygote's child are reported as for a fresh worker; the rest still run."""
+    """The zygote relays its child's exit status and signal; the rest of the batch still runs.
+
+    Neither crash report could come from the zygote's silence (read as
+    SIGKILL), nor from a fresh worker: each crashing test checks that the
+    zygote is its parent.
+    """
     uv_pytester.makepyfile(
         test_crash="""
         import os, signal
@@ -96,16 +189,20 @@ def test_a_warm_worker_crash_names_its_signal_and_status(
 
         pytestmark = pytest.mark.hermetic
 
+        def forked_by_a_zygote():
+            with open("/proc/%d/cmdline" % os.getppid(), "rb") as fh:
+                return b"zygote.py" in fh.read()
+
         def test_first():
             pass
 
-        def test_sigkill():
-            with open("/proc/%d/cmdline" % os.getppid(), "rb") as fh, open("parent", "wb") as out:
-                out.write(fh.read())
-            os.kill(os.getpid(), signal.SIGKILL)
-
         def test_exit():
+            assert forked_by_a_zygote()
             os._exit(3)
+
+        def test_sigterm():
+            assert forked_by_a_zygote()
+            os.kill(os.getpid(), signal.SIGTERM)
 
         def test_last():
             import toyalpha
@@ -115,18 +212,21 @@ def test_a_warm_worker_crash_names_its_signal_and_status(
         passed=1, deselected=3
     )
     _wait_for_zygote(warm_tmpdir)
-    result = uv_pytester.runpytest_subprocess(*HERMETIC)
-    result.assert_outcomes(passed=2, failed=2)
+    result = uv_pytester.runpytest_subprocess(*HERMETIC, "-k", "exit")
+    result.assert_outcomes(failed=1, deselected=3)
+    result.stdout.fnmatch_lines(
+        ["*_ test_exit _*", "The hermetic worker running this test exited with status 3*"]
+    )
+    # That session left a zygote too: the next crash is a warm worker's again.
+    _wait_for_zygote(warm_tmpdir)
+    result = uv_pytester.runpytest_subprocess(*HERMETIC, "-k", "sigterm or last")
+    result.assert_outcomes(passed=1, failed=1, deselected=2)
     result.stdout.fnmatch_lines(
         [
-            "*_ test_sigkill _*",
-            "The hermetic worker running this test was killed by signal 9 (SIGKILL)*",
-            "*_ test_exit _*",
-            "The hermetic worker running this test exited with status 3*",
+            "*_ test_sigterm _*",
+            "The hermetic worker running this test was killed by signal 15 (SIGTERM)*",
         ]
     )
-    # The signal was the warm worker's (the zygote, its parent, reported it).
-    assert b"zygote.py" in (uv_pytester.path / "parent").read_bytes()
 
 
 def test_without_keep_warm_nothing_is_left_behind(
@@ -142,7 +242,7 @@ def test_without_keep_warm_nothing_is_left_behind(
         passed=1
     )
     # Leaving a zygote makes its socket directory first, as the session exits.
-    assert not prewarm._socket_dir_in(warm_tmpdir).exists()
+    assert not prewarm.socket_dir_in(warm_tmpdir).exists()
 
 
 def test_a_bad_keep_warm_value_is_a_usage_error(
@@ -299,7 +399,7 @@ def test_a_leftover_socket_without_a_zygote_means_a_fresh_worker(
 LEAVE_AT_EXIT = """
 import sys, time
 from pathlib import Path
-from pytest_uvbuild import prewarm
+from pytest_uvbuild import cli, prewarm
 
 python, environ = Path(sys.executable), {"PATH": "/usr/bin:/bin"}
 prewarm.leave_behind_at_exit([(python, environ, 30.0)])
@@ -401,7 +501,7 @@ def test_a_lost_handover_gives_the_fresh_worker_new_pipes(short_tmpdir: Path) ->
     worker = WorkerProcess(launch, scratch=short_tmpdir)
     try:
         server.join(5)
-        assert not worker.warm
+        assert not isinstance(worker.process, prewarm.WarmChild)
         event = worker.next_event(time.time() + 30)
         assert event is not None
         assert event[0] == "ready"
@@ -440,7 +540,7 @@ def test_a_zygote_holds_no_descriptor_and_no_directory_of_the_session(short_tmpd
         assert path is not None
         lock = Path(f"{path}.lock")
         assert toys.wait_until(lambda: lock.exists() and lock.read_text().strip(), 10)
-        pid = int(lock.read_text())
+        pid = int(json.loads(lock.read_text())["pid"])
         pipe = os.readlink(f"/proc/self/fd/{write_fd}")
         held = {os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")}
         assert pipe not in held
@@ -448,3 +548,62 @@ def test_a_zygote_holds_no_descriptor_and_no_directory_of_the_session(short_tmpd
     finally:
         os.close(read_fd)
         os.close(write_fd)
+
+
+#: Runs zygote.py (argv[1:]) with children that take a second to make their own session.
+SLOW_SETSID_ZYGOTE = """
+import os, runpy, sys, time
+
+setsid = os.setsid
+
+def slow_setsid():
+    time.sleep(1)
+    return setsid()
+
+os.setsid = slow_setsid
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def test_a_warm_worker_can_be_signalled_as_soon_as_the_session_has_it(short_tmpdir: Path) -> None:
+    """The zygote names its child only once the child leads its own process group.
+
+    The outer side signals a worker's process group (Ctrl-C, a kill): were
+    the pid sent at once, a signal sent before the child's setsid would
+    find no such group and be lost.
+    """
+    environ = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME")}
+    python = Path(sys.executable)
+    path = prewarm.socket_path(python, environ)
+    assert path is not None
+    zygote = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            SLOW_SETSID_ZYGOTE,
+            str(prewarm.ZYGOTE_SCRIPT),
+            str(path),
+            "30",
+            str(prewarm.WORKER_SCRIPT),
+            "0",
+            str(os.getpid()),
+        ],
+        env=environ,
+        start_new_session=True,
+    )
+    try:
+        assert toys.wait_until(path.exists, 30)
+        launch = Launch(
+            python=python, environ=environ, cwd=short_tmpdir, options=(), label="t", keep_warm=30.0
+        )
+        worker = WorkerProcess(launch, scratch=short_tmpdir)
+        try:
+            assert isinstance(worker.process, prewarm.WarmChild)
+            assert os.getpgid(worker.pid) == worker.pid
+            assert worker.kill() == -signal.SIGKILL
+        finally:
+            worker.stop()
+    finally:
+        zygote.kill()
+        zygote.wait()

@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import json
 import signal
+import sys
+import threading
+import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
+from pytest_uvbuild import runner as runner_module
 from pytest_uvbuild.runner import (
     DEFAULT_SOURCE_DATE_EPOCH,
+    HermeticRunner,
+    Launch,
     _collection_args,
     _covers,
     describe_exit,
@@ -158,3 +164,54 @@ def test_deserialise_restores_tuples(pytester: pytest.Pytester) -> None:
     assert rebuilt.location == ("t.py", 1, "test_x")
     assert rebuilt.sections == [("Captured stdout call", "hi")]
     assert rebuilt.user_properties == [("k", "v")]
+
+
+#: Stands in for a worker whose inner session never ends: it says one
+#: warning, then keeps its event pipe open and sleeps.
+NEVER_ENDING_WORKER = """
+import json, os, sys, time
+with open(sys.argv[-1]) as fh:
+    boot = json.load(fh)
+warning = {"message": "said while ending", "category": "UserWarning", "module": "builtins",
+           "filename": "conftest.py", "lineno": 1, "when": "runtest", "nodeid": ""}
+os.write(boot["event_fd"], json.dumps(["warning", warning]).encode() + b"\\n")
+time.sleep(600)
+"""
+
+
+def test_take_last_words_gives_up_on_a_worker_that_never_ends(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker whose session never ends keeps the session only until the timeout; reap kills it."""
+    python = pytester.path / "python"
+    python.write_text(f"#!/bin/sh\nexec {sys.executable} -c '{NEVER_ENDING_WORKER}' \"$@\"\n")
+    python.chmod(0o755)
+    launch = Launch(python=python, environ={}, cwd=pytester.path, options=(), label="t")
+    config = pytester.parseconfigure()
+    recorded: list[str] = []
+
+    class Recorder:
+        def pytest_warning_recorded(self, warning_message: warnings.WarningMessage) -> None:
+            recorded.append(str(warning_message.message))
+
+    config.pluginmanager.register(Recorder())
+    runner = HermeticRunner(config, scratch=pytester.path, forward_collection_warnings=True)
+    batch = runner.batch("k", lambda: launch, members=(), no_network=(), preplanned=True)
+    worker = batch.worker = runner.spawn(launch)
+    try:
+        runner.stop()
+        assert runner.ending == [(batch, worker)]
+        # In a thread: were the limit ignored, the test fails instead of hanging.
+        ending = threading.Thread(target=runner.take_last_words, args=(0.5,), daemon=True)
+        ending.start()
+        ending.join(60)
+        assert not ending.is_alive()
+        assert recorded == ["said while ending"]
+        assert runner.ending == []
+        assert worker.process.poll() is None
+
+        monkeypatch.setattr(runner_module, "STOP_GRACE_SECONDS", 0.1)
+        runner.reap()
+        assert worker.process.returncode == -signal.SIGKILL
+    finally:
+        worker.kill()

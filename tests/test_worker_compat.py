@@ -166,7 +166,7 @@ def test_worker_runs_on_supported_python_and_pytest(
         "test_suite.py::test_exits",
     ]
     worker = WorkerProcess(launch, scratch=tmp_path)
-    assert worker.warm is warm
+    assert isinstance(worker.process, prewarm.WarmChild) is warm
     worker.collect(
         collect=[str(pytester.path / "test_suite.py")],
         nodeids=ids,
