@@ -34,10 +34,9 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import pytest
 
@@ -369,8 +368,7 @@ def listening(temp_dir: Path | None = None) -> list[Path]:
     return sorted(socket_dir_in(temp_dir).glob("*.sock"))
 
 
-@dataclass(frozen=True)
-class WaitingZygote:
+class WaitingZygote(NamedTuple):
     """A zygote that holds its socket's name: starting, or listening for a session.
 
     What it wrote in its lock file; a zygote of an older pytest-uvbuild
