@@ -802,7 +802,7 @@ def _write_record(
             if rows is None:
                 rows = fresh_rows(env, plan.lock_bytes)
                 _keep_rows(rows_dir, env, plan.build_id, rows)
-            sbom = sbom_bytes(env, plan, rows, uv)
+            sbom = sbom_bytes(env, plan, rows)
             (target / SBOM).write_bytes(sbom)
             kept = {name: _sha256(path.read_bytes()) for name, path in products.items()}
             kept[SBOM] = _sha256(sbom)

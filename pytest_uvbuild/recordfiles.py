@@ -197,7 +197,8 @@ def verify_products(
         remove_tree(fresh)
 
 
-def sbom_bytes(env: UvEnv, plan: RecordPlan, rows: list[dict[str, Any]], uv: Uv) -> bytes:
+def sbom_bytes(env: UvEnv, plan: RecordPlan, rows: list[dict[str, Any]]) -> bytes:
+    """The record's CycloneDX SBOM, made from the lock's package rows and the plan's inputs."""
     from pytest_uvbuild.sbom import build_sbom
 
     root = next((r for r in rows if r.get("root")), None)
