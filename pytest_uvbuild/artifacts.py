@@ -431,28 +431,60 @@ def _env_paths(env: UvEnv) -> list[Path]:
     return [*env.layer, env.site_packages]
 
 
-def _kept_rows(rows_dir: Path | None, env: UvEnv, build_id: str) -> list[dict[str, Any]] | None:
-    """The package rows kept for this project if they are for this build id (no lock parse).
+def _read(path: Path) -> bytes | None:
+    """The bytes of the file at ``path``; ``None`` when it cannot be read."""
+    try:
+        return path.read_bytes()
+    except OSError:
+        return None
+
+
+def _rows_of(
+    payload: bytes | None, build_id: str, *, plugin_version: str | None = None
+) -> list[dict[str, Any]] | None:
+    """The lock's package rows in an ``audit.json``-shaped payload made for ``build_id``.
 
     The rows depend only on what the build id addresses (the env key, the
-    lock, pyproject.toml, the sources); a session without a record to read
-    them back from (``--uv-no-artifacts``) finds them here.
+    lock, pyproject.toml, the sources), so rows of the same id and audit
+    schema spare a lock parse. A ``plugin_version``, when given, must match
+    too. ``None`` when the payload is missing, not such JSON, or for another id.
     """
-    if rows_dir is None:
+    if payload is None:
         return None
     try:
-        data = json.loads(_index_path(rows_dir, env.project.root).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        data = json.loads(payload.decode("utf-8"))
+    except ValueError:
         return None
     if not isinstance(data, dict) or (
         data.get("schema"),
         data.get("schema_version"),
-        data.get("plugin_version"),
         data.get("build_id"),
-    ) != (AUDIT_SCHEMA, AUDIT_SCHEMA_VERSION, __version__, build_id):
+    ) != (AUDIT_SCHEMA, AUDIT_SCHEMA_VERSION, build_id):
+        return None
+    if plugin_version is not None and data.get("plugin_version") != plugin_version:
         return None
     rows = data.get("packages")
     return rows if isinstance(rows, list) else None
+
+
+def _lock_rows(rows_dir: Path | None, env: UvEnv, plan: RecordPlan) -> list[dict[str, Any]]:
+    """The lock's package rows for this build id: kept ones, else parsed from the lock and kept.
+
+    ``rows_dir`` keeps the rows of the last build id per project, so that a
+    session without a record to read them back from (``--uv-no-artifacts``,
+    or a new record) parses no lock when the id has not changed. The kept
+    rows outlive an upgrade of this plugin, so they name its version.
+    """
+    if rows_dir is not None:
+        kept = _read(_index_path(rows_dir, env.project.root))
+        rows = _rows_of(kept, plan.build_id, plugin_version=__version__)
+        if rows is not None:
+            return rows
+    from pytest_uvbuild.recordfiles import fresh_rows
+
+    rows = fresh_rows(env, plan.lock_bytes)
+    _keep_rows(rows_dir, env, plan.build_id, rows)
+    return rows
 
 
 def _keep_rows(
@@ -472,22 +504,6 @@ def _keep_rows(
         write_atomic(
             _index_path(rows_dir, env.project.root), json.dumps(payload).encode(), fsync=False
         )
-
-
-def _previous_rows(record_dir: Path, build_id: str) -> list[dict[str, Any]] | None:
-    """The lock's package rows from a complete record of the same id (no lock parse)."""
-    try:
-        data = json.loads((record_dir / "audit.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    if (
-        not isinstance(data, dict)
-        or data.get("schema") != AUDIT_SCHEMA
-        or data.get("build_id") != build_id
-    ):
-        return None
-    rows = data.get("packages")
-    return rows if isinstance(rows, list) else None
 
 
 def make_audit(
@@ -720,12 +736,7 @@ def _audit_only(
     started: float,
     rows_dir: Path | None,
 ) -> RecordOutcome:
-    rows = _kept_rows(rows_dir, env, plan.build_id)
-    if rows is None:
-        from pytest_uvbuild.recordfiles import fresh_rows
-
-        rows = fresh_rows(env, plan.lock_bytes)
-        _keep_rows(rows_dir, env, plan.build_id, rows)
+    rows = _lock_rows(rows_dir, env, plan)
     verify_result = None
     if verify:
         scratch = Path(tempfile.mkdtemp(prefix="pytest-uvbuild-products-"))
@@ -768,7 +779,9 @@ def _write_record(
 
     builds_root = record_dir.parent
     old_sums = read_sums(record_dir) if is_complete(record_dir) else None
-    rows = _previous_rows(record_dir, plan.build_id) if old_sums is not None else None
+    rows = (
+        _rows_of(_read(record_dir / "audit.json"), plan.build_id) if old_sums is not None else None
+    )
     created: str | None = None
     if old_sums is not None and rows is not None:
         with contextlib.suppress(OSError, ValueError):
@@ -795,13 +808,10 @@ def _write_record(
         state = "written"
     try:
         if not reuse:
-            from pytest_uvbuild.recordfiles import env_products, fresh_rows, sbom_bytes
+            from pytest_uvbuild.recordfiles import env_products, sbom_bytes
 
             products = env_products(uv, env, plan, target, offline=offline, reuse_sdist=True)
-            rows = _kept_rows(rows_dir, env, plan.build_id)
-            if rows is None:
-                rows = fresh_rows(env, plan.lock_bytes)
-                _keep_rows(rows_dir, env, plan.build_id, rows)
+            rows = _lock_rows(rows_dir, env, plan)
             sbom = sbom_bytes(env, plan, rows)
             (target / SBOM).write_bytes(sbom)
             kept = {name: _sha256(path.read_bytes()) for name, path in products.items()}

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from conftest import MakeProject
+from pytest_uvbuild import artifacts, recordfiles
 from pytest_uvbuild.artifacts import (
     RecordError,
     build_id_of,
@@ -25,6 +26,7 @@ from pytest_uvbuild.envcache import EnvCache, UvEnv
 from pytest_uvbuild.recordfiles import export_args
 from pytest_uvbuild.request import EnvRequest
 from pytest_uvbuild.sdist import SdistError, repack_sdist
+from pytest_uvbuild.uvcli import Uv
 
 
 def _tarball(path: Path, members: list[tuple[str, bytes | None, int, int]]) -> Path:
@@ -265,18 +267,25 @@ def test_lock_changed_during_session(
         plan_record(None, env, EnvCache(shared_env_cache).uv, offline=True)
 
 
-def test_an_audit_without_a_record_keeps_the_rows_of_its_build_id(
-    make_project: MakeProject,
-    tmp_path: Path,
-    shared_env_cache: Path,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """Without a record, the lock's package rows are kept per project and reused for one id."""
-    from pytest_uvbuild import artifacts, recordfiles
+def _record(env: UvEnv, uv: Uv, tmp_path: Path, **options: Any) -> artifacts.RecordOutcome:
+    """Record ``env`` in-process under ``tmp_path/builds`` (the index and rows beside it)."""
+    settings: dict[str, Any] = {
+        "builds_root": tmp_path / "builds",
+        "index_dir": tmp_path / "index",
+        "baseline": None,
+        "gate": False,
+        "verify": False,
+        "offline": True,
+        "run": {},
+        "rows_dir": tmp_path / "rows",
+        **options,
+    }
+    return artifacts.record_session(env, uv, **settings)
 
-    root = make_project(tmp_path / "proj")
-    env = _env(root, shared_env_cache)
-    uv = EnvCache(shared_env_cache).uv
+
+@pytest.fixture
+def lock_parses(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """A list that gets "lock parsed" each time the record parses uv.lock for package rows."""
     parses: list[str] = []
     fresh_rows = recordfiles.fresh_rows
 
@@ -285,26 +294,81 @@ def test_an_audit_without_a_record_keeps_the_rows_of_its_build_id(
         return fresh_rows(env, lock_bytes)
 
     monkeypatch.setattr(recordfiles, "fresh_rows", counting)
+    return parses
+
+
+def test_an_audit_without_a_record_keeps_the_rows_of_its_build_id(
+    make_project: MakeProject, tmp_path: Path, shared_env_cache: Path, lock_parses: list[str]
+) -> None:
+    """Without a record, the lock's package rows are kept per project and reused for one id."""
+    root = make_project(tmp_path / "proj")
+    env = _env(root, shared_env_cache)
+    uv = EnvCache(shared_env_cache).uv
 
     def audit() -> dict[str, Any]:
-        outcome = artifacts.record_session(
-            env,
-            uv,
-            builds_root=None,
-            index_dir=tmp_path / "index",
-            baseline=None,
-            gate=False,
-            verify=False,
-            offline=True,
-            run={},
-            rows_dir=tmp_path / "rows",
-        )
-        return outcome.audit
+        return _record(env, uv, tmp_path, builds_root=None).audit
 
     first = audit()
     assert audit()["packages"] == first["packages"]
-    assert parses == ["lock parsed"]
+    assert lock_parses == ["lock parsed"]
     (root / "src" / "demo" / "__init__.py").write_text("EDITED = True\n")  # another build id
     assert audit()["build_id"] != first["build_id"]
-    assert parses == ["lock parsed", "lock parsed"]
+    assert lock_parses == ["lock parsed", "lock parsed"]
+    env.release()
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("schema", "pytest-uvbuild/other"),
+        ("schema_version", 2),
+        ("build_id", "0" * 16),
+        ("packages", "not a list"),
+    ],
+)
+def test_a_record_reuses_only_rows_of_its_own_id_and_audit_schema(
+    make_project: MakeProject,
+    tmp_path: Path,
+    shared_env_cache: Path,
+    field: str,
+    value: Any,
+) -> None:
+    """A complete record whose audit.json is for another id or schema is rebuilt, not reused."""
+    env = _env(make_project(tmp_path / "proj"), shared_env_cache)
+    uv = EnvCache(shared_env_cache).uv
+    first = _record(env, uv, tmp_path, rows_dir=None)
+    assert (first.state, _record(env, uv, tmp_path, rows_dir=None).state) == ("written", "reused")
+    assert first.path is not None
+    audit_json = first.path / "audit.json"
+    audit = json.loads(audit_json.read_text())
+    audit_json.write_text(json.dumps({**audit, field: value}))
+    assert artifacts.is_complete(first.path)
+    assert _record(env, uv, tmp_path, rows_dir=None).state == "written"
+    assert json.loads(audit_json.read_text())["packages"] == audit["packages"]
+    env.release()
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("plugin_version", "0.0.0+other"), ("schema_version", 2), ("build_id", "0" * 16)],
+)
+def test_kept_rows_of_another_plugin_version_or_id_are_parsed_again(
+    make_project: MakeProject,
+    tmp_path: Path,
+    shared_env_cache: Path,
+    lock_parses: list[str],
+    field: str,
+    value: Any,
+) -> None:
+    """Rows kept by another plugin version, audit schema or build id are not used: the lock is."""
+    env = _env(make_project(tmp_path / "proj"), shared_env_cache)
+    uv = EnvCache(shared_env_cache).uv
+    _record(env, uv, tmp_path, builds_root=None)
+    (kept,) = (tmp_path / "rows").iterdir()
+    kept.write_text(json.dumps({**json.loads(kept.read_text()), field: value}))
+    lock_parses.clear()
+    _record(env, uv, tmp_path, builds_root=None)
+    assert lock_parses == ["lock parsed"]
+    _record(env, uv, tmp_path, builds_root=None)
+    assert lock_parses == ["lock parsed"]  # and kept again for the next session
     env.release()
