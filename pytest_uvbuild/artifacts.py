@@ -313,17 +313,12 @@ def read_sums(record_dir: Path) -> dict[str, str] | None:
 def is_complete(record_dir: Path) -> bool:
     """Whether ``record_dir`` is a whole record: a manifest naming files that all exist."""
     sums = read_sums(record_dir)
-    if sums is None or not set(REQUIRED_FILES) <= set(sums):
-        return False
-    return all((record_dir / name).is_file() for name in sums)
+    return sums is not None and _names_whole_record(record_dir, sums)
 
 
-def _holds(path: Path, data: bytes) -> bool:
-    """Whether the file at ``path`` has exactly these bytes."""
-    try:
-        return path.read_bytes() == data
-    except OSError:
-        return False
+def _names_whole_record(record_dir: Path, sums: Mapping[str, str]) -> bool:
+    """Whether the manifest ``sums`` names every required file, and each file it names exists."""
+    return set(REQUIRED_FILES) <= set(sums) and all((record_dir / n).is_file() for n in sums)
 
 
 def _sums_text(sums: Mapping[str, str]) -> bytes:
@@ -504,6 +499,15 @@ def _keep_rows(
         write_atomic(
             _index_path(rows_dir, env.project.root), json.dumps(payload).encode(), fsync=False
         )
+
+
+def _created(metadata: bytes | None) -> str | None:
+    """The ``created`` time of a record's ``metadata.json``; ``None`` when it cannot say."""
+    try:
+        data = json.loads(metadata.decode("utf-8")) if metadata is not None else None
+    except ValueError:
+        return None
+    return data.get("created") if isinstance(data, dict) else None
 
 
 def make_audit(
@@ -778,16 +782,18 @@ def _write_record(
     from pytest_uvbuild.gitinfo import git_info
 
     builds_root = record_dir.parent
-    old_sums = read_sums(record_dir) if is_complete(record_dir) else None
-    rows = (
-        _rows_of(_read(record_dir / "audit.json"), plan.build_id) if old_sums is not None else None
+    manifest = read_sums(record_dir)
+    old_sums = (
+        manifest if manifest is not None and _names_whole_record(record_dir, manifest) else None
     )
-    created: str | None = None
-    if old_sums is not None and rows is not None:
-        with contextlib.suppress(OSError, ValueError):
-            previous = json.loads((record_dir / "metadata.json").read_text(encoding="utf-8"))
-            created = previous.get("created") if isinstance(previous, dict) else None
+    # Each file of a complete record is read once: the per-run files for
+    # their rows and creation time, and to leave unchanged bytes unwritten.
+    previous = (
+        {name: _read(record_dir / name) for name in PER_RUN_FILES} if old_sums is not None else {}
+    )
+    rows = _rows_of(previous.get("audit.json"), plan.build_id)
     reuse = old_sums is not None and rows is not None
+    created = _created(previous.get("metadata.json")) if reuse else None
     for leftover in builds_root.glob(f".tmp-{plan.build_id}-*"):
         remove_tree(leftover)
     if reuse:
@@ -851,7 +857,7 @@ def _write_record(
         # session (which cannot read its rows back) replaces.
         for name, data in per_run.items():
             # An unchanged audit (the usual case) is not written again.
-            if not (reuse and _holds(target / name, data)):
+            if not (reuse and previous[name] == data):
                 write_atomic(target / name, data, fsync=False)
         sums = {**kept, **{name: _sha256(data) for name, data in per_run.items()}}
         write_atomic(target / SUMS, _sums_text(sums))

@@ -372,3 +372,29 @@ def test_kept_rows_of_another_plugin_version_or_id_are_parsed_again(
     _record(env, uv, tmp_path, builds_root=None)
     assert lock_parses == ["lock parsed"]  # and kept again for the next session
     env.release()
+
+
+def test_a_reused_record_reads_each_per_run_file_once(
+    make_project: MakeProject,
+    tmp_path: Path,
+    shared_env_cache: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Reusing a record opens its manifest, audit.json, audit.md and metadata.json once each."""
+    env = _env(make_project(tmp_path / "proj"), shared_env_cache)
+    uv = EnvCache(shared_env_cache).uv
+    record = _record(env, uv, tmp_path).path
+    assert record is not None
+    opened: list[str] = []
+    real_open = io.open
+
+    def counting_open(file: Any, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(file, Path) and file.parent == record:
+            opened.append(file.name)
+        return real_open(file, *args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(io, "open", counting_open)  # what Path.read_bytes and read_text call
+        assert _record(env, uv, tmp_path).state == "reused"
+    assert sorted(opened) == sorted([artifacts.SUMS, *artifacts.PER_RUN_FILES])
+    env.release()
