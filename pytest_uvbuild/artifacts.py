@@ -44,6 +44,7 @@ from pytest_uvbuild.audit import (
     AUDIT_SCHEMA,
     AUDIT_SCHEMA_VERSION,
     RECORD_SCHEMA,
+    InstalledDist,
     audit_markdown,
     compute_drift,
     compute_host_differences,
@@ -422,8 +423,9 @@ def _host_python(env: UvEnv) -> dict[str, Any]:
     }
 
 
-def _env_paths(env: UvEnv) -> list[Path]:
-    return [*env.layer, env.site_packages]
+def _installed(env: UvEnv) -> dict[str, InstalledDist]:
+    """The distributions installed in the env, its project layer first."""
+    return scan_installed([*env.layer, env.site_packages])
 
 
 def _read(path: Path) -> bytes | None:
@@ -462,7 +464,9 @@ def _rows_of(
     return rows if isinstance(rows, list) else None
 
 
-def _lock_rows(rows_dir: Path | None, env: UvEnv, plan: RecordPlan) -> list[dict[str, Any]]:
+def _lock_rows(
+    rows_dir: Path | None, env: UvEnv, plan: RecordPlan, installed: Mapping[str, InstalledDist]
+) -> list[dict[str, Any]]:
     """The lock's package rows for this build id: kept ones, else parsed from the lock and kept.
 
     ``rows_dir`` keeps the rows of the last build id per project, so that a
@@ -477,7 +481,7 @@ def _lock_rows(rows_dir: Path | None, env: UvEnv, plan: RecordPlan) -> list[dict
             return rows
     from pytest_uvbuild.recordfiles import fresh_rows
 
-    rows = fresh_rows(env, plan.lock_bytes)
+    rows = fresh_rows(env, plan.lock_bytes, installed)
     _keep_rows(rows_dir, env, plan.build_id, rows)
     return rows
 
@@ -514,13 +518,16 @@ def make_audit(
     env: UvEnv,
     build_id: str,
     rows: list[dict[str, Any]],
+    installed: Mapping[str, InstalledDist],
     *,
     baseline: Baseline | None,
     gate: bool,
     verify: dict[str, Any] | None,
 ) -> dict[str, Any]:
-    """The audit of this session: drift, host differences, baseline diff, verdict."""
-    installed = scan_installed(_env_paths(env))
+    """The audit of this session: drift, host differences, baseline diff, verdict.
+
+    ``installed`` is what the env holds (:func:`_installed`).
+    """
     drift = compute_drift(rows, installed)
     # Only versions count on the host: no direct_url.json is read for its packages.
     host = compute_host_differences(rows, installed_versions(_host_paths()))
@@ -740,7 +747,8 @@ def _audit_only(
     started: float,
     rows_dir: Path | None,
 ) -> RecordOutcome:
-    rows = _lock_rows(rows_dir, env, plan)
+    installed = _installed(env)
+    rows = _lock_rows(rows_dir, env, plan, installed)
     verify_result = None
     if verify:
         scratch = Path(tempfile.mkdtemp(prefix="pytest-uvbuild-products-"))
@@ -751,7 +759,9 @@ def _audit_only(
             verify_result = verify_products(uv, env, plan, products, offline=offline)
         finally:
             remove_tree(scratch)
-    audit = make_audit(env, plan.build_id, rows, baseline=baseline, gate=gate, verify=verify_result)
+    audit = make_audit(
+        env, plan.build_id, rows, installed, baseline=baseline, gate=gate, verify=verify_result
+    )
     return RecordOutcome(
         build_id=plan.build_id,
         path=None,
@@ -813,11 +823,13 @@ def _write_record(
         created = _utc(time.time())
         state = "written"
     try:
+        # One scan of the env serves the audit and, for a new record, the licenses.
+        installed = _installed(env)
         if not reuse:
             from pytest_uvbuild.recordfiles import env_products, sbom_bytes
 
             products = env_products(uv, env, plan, target, offline=offline, reuse_sdist=True)
-            rows = _lock_rows(rows_dir, env, plan)
+            rows = _lock_rows(rows_dir, env, plan, installed)
             sbom = sbom_bytes(env, plan, rows)
             (target / SBOM).write_bytes(sbom)
             kept = {name: _sha256(path.read_bytes()) for name, path in products.items()}
@@ -829,7 +841,7 @@ def _write_record(
 
             verify_result = verify_products(uv, env, plan, products, offline=offline)
         audit = make_audit(
-            env, plan.build_id, rows, baseline=baseline, gate=gate, verify=verify_result
+            env, plan.build_id, rows, installed, baseline=baseline, gate=gate, verify=verify_result
         )
         markdown = audit_markdown(audit)
         run = {**run, "record": state}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import os
 import tarfile
 from pathlib import Path
 from typing import Any
@@ -289,9 +290,9 @@ def lock_parses(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     parses: list[str] = []
     fresh_rows = recordfiles.fresh_rows
 
-    def counting(env: UvEnv, lock_bytes: bytes) -> list[dict[str, Any]]:
+    def counting(*args: Any) -> list[dict[str, Any]]:
         parses.append("lock parsed")
-        return fresh_rows(env, lock_bytes)
+        return fresh_rows(*args)
 
     monkeypatch.setattr(recordfiles, "fresh_rows", counting)
     return parses
@@ -397,4 +398,32 @@ def test_a_reused_record_reads_each_per_run_file_once(
         patch.setattr(io, "open", counting_open)  # what Path.read_bytes and read_text call
         assert _record(env, uv, tmp_path).state == "reused"
     assert sorted(opened) == sorted([artifacts.SUMS, *artifacts.PER_RUN_FILES])
+    env.release()
+
+
+@pytest.mark.parametrize("written", [True, False], ids=["new record", "no artifacts"])
+def test_an_audit_from_the_lock_lists_the_env_once(
+    make_project: MakeProject,
+    tmp_path: Path,
+    shared_env_cache: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    written: bool,
+) -> None:
+    """Rows parsed from the lock and the audit share one listing of the env's site-packages."""
+    env = _env(make_project(tmp_path / "proj"), shared_env_cache)
+    uv = EnvCache(shared_env_cache).uv
+    listed: list[Path] = []
+    real_listdir = os.listdir
+
+    def counting_listdir(path: Any = ".") -> list[str]:
+        listed.append(Path(path))
+        return real_listdir(path)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "listdir", counting_listdir)
+        builds_root = tmp_path / "builds" if written else None
+        outcome = _record(env, uv, tmp_path, builds_root=builds_root, rows_dir=None)
+    assert outcome.state == ("written" if written else "not written (--uv-no-artifacts)")
+    assert outcome.audit["drift"] == []  # the one listing found every package
+    assert listed.count(env.site_packages) == 1
     env.release()
