@@ -28,6 +28,8 @@ RECORD_FILES = {
     "uv.lock",
 }
 DETERMINISTIC = ("requirements.txt", "uv.lock", "demo-0.1.0.tar.gz", "sbom.cdx.json")
+#: What pytester leaves in a project (its --basetemp, captured output) that git must ignore.
+GIT_DEBRIS = ".pytest_cache/\n__pycache__/\nrunpytest-*\nstdout\nstderr\n"
 SECRETS = {"PYTEST_UVBUILD_TEST_TOKEN": "tok-5f1e2d3c4b", "GITHUB_TOKEN": "ghp_0a9b8c7d6e5f"}
 
 PASSING_TEST = """
@@ -79,8 +81,7 @@ def test_record_files_and_fields(
     """One session writes every file with every field, in a git checkout, without secrets."""
     uv_pytester.makepyfile(test_pkg=PASSING_TEST)
     root = uv_pytester.path
-    # pytester puts its --basetemp and the captured output inside the project
-    (root / ".gitignore").write_text(".pytest_cache/\n__pycache__/\nrunpytest-*\nstdout\nstderr\n")
+    (root / ".gitignore").write_text(GIT_DEBRIS)
     git(root, "init", "-q", "-b", "main")
     git(root, "add", "-A")
     git(root, "commit", "-q", "-m", "initial")
@@ -516,3 +517,35 @@ def test_hermetic_outcomes_in_run_facts(uv_pytester: pytest.Pytester) -> None:
         "xpassed": 0,
         "failing": ["test_inside.py::test_fails"],
     }
+
+
+@pytest.fixture
+def project_below_top(
+    pytester: pytest.Pytester, make_project: MakeProject, monkeypatch: pytest.MonkeyPatch
+) -> Path:
+    """A committed git checkout whose uv project is its subdirectory ``proj``, the cwd."""
+    top = pytester.path
+    project = make_project(top / "proj")
+    (project / "test_pkg.py").write_text(PASSING_TEST)
+    (top / ".gitignore").write_text(GIT_DEBRIS)
+    git(top, "init", "-q", "-b", "main")
+    git(top, "add", "-A")
+    git(top, "commit", "-q", "-m", "initial")
+    monkeypatch.chdir(project)
+    return project
+
+
+def test_a_project_below_the_top_of_a_dirty_checkout_is_recorded_dirty(
+    pytester: pytest.Pytester, project_below_top: Path
+) -> None:
+    """A new file deep in a project that is a subdirectory of its checkout makes it dirty."""
+    top = project_below_top.parent
+    (project_below_top / "src" / "demo" / "extra.py").write_text("NEW = True\n")
+    result = pytester.runpytest_subprocess("--uv-build")
+    result.assert_outcomes(passed=1)
+    # The new file, and nothing the session left behind, makes the checkout dirty.
+    assert git(top, "status", "--porcelain", "--untracked-files=all") == "?? proj/src/demo/extra.py"
+    recorded = load(only_record(project_below_top / "builds"), "metadata.json")["git"]
+    assert recorded["dirty"] is True
+    assert recorded["commit"] == git(top, "rev-parse", "HEAD")
+    assert len(recorded["diff_sha256"]) == 64
