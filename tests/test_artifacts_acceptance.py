@@ -6,6 +6,7 @@ import gzip
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import tarfile
 from pathlib import Path
@@ -53,6 +54,12 @@ def load(record: Path, name: str) -> Any:
 def sha256(path: Path) -> str:
     """Hex sha256 of a file."""
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def manifest(record: Path) -> dict[str, str]:
+    """A record's SHA256SUMS as file name to hex digest."""
+    lines = (record / "SHA256SUMS").read_text().splitlines()
+    return {name: digest for digest, name in (line.split("  ", 1) for line in lines)}
 
 
 def sdist_members(sdist: Path) -> dict[str, bytes]:
@@ -111,10 +118,7 @@ def test_record_files_and_fields(
     assert (root / "builds" / ".gitignore").read_text() == "*\n"
 
     # SHA256SUMS lists every other file, in `sha256sum -c` format.
-    sums: dict[str, str] = {}
-    for line in (record / "SHA256SUMS").read_text().splitlines():
-        digest, name = line.split("  ", 1)
-        sums[name] = digest
+    sums = manifest(record)
     assert set(sums) == RECORD_FILES - {"SHA256SUMS"}
     assert all(sums[name] == sha256(record / name) for name in sums)
 
@@ -258,6 +262,26 @@ def test_warm_session_reuses_and_crashes_rebuild(uv_pytester: pytest.Pytester) -
     assert {n: (record / n).read_bytes() for n in DETERMINISTIC} == before
     assert not stale.exists()
     assert (record / "SHA256SUMS").is_file()
+
+
+def test_a_changed_audit_is_rewritten_in_a_reused_record(uv_pytester: pytest.Pytester) -> None:
+    """An audit that changes under the same id rewrites audit.json, audit.md and the sums."""
+    uv_pytester.makepyfile(test_pkg=PASSING_TEST)
+    uv_pytester.runpytest_subprocess("--uv-build").assert_outcomes(passed=1)
+    record = only_record(uv_pytester.path / "builds")
+    assert load(record, "audit.json")["baseline"] is None
+
+    # A baseline changes the audit, not the inputs that the id addresses.
+    result = uv_pytester.runpytest_subprocess("--uv-build", f"--uv-baseline={record}")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines([f"build {record.name} reused: *", "baseline *: no differences"])
+    audit = load(record, "audit.json")
+    assert audit["baseline"]["baseline_id"] == record.name
+    origin = audit["baseline"]["baseline"]
+    assert f"Baseline: `{origin}` (build {record.name})" in (record / "audit.md").read_text()
+    assert load(record, "metadata.json")["audit"]["baseline_differences"] == 0
+    sums = manifest(record)
+    assert {name: sha256(record / name) for name in sums} == sums
 
 
 def test_same_id_and_bytes_from_two_cold_caches(
@@ -549,3 +573,34 @@ def test_a_project_below_the_top_of_a_dirty_checkout_is_recorded_dirty(
     assert recorded["dirty"] is True
     assert recorded["commit"] == git(top, "rev-parse", "HEAD")
     assert len(recorded["diff_sha256"]) == 64
+
+
+def logging_git(directory: Path) -> Path:
+    """Write a ``git`` that logs each call's arguments and runs the real one; return the log."""
+    real = shutil.which("git")
+    assert real is not None
+    directory.mkdir(parents=True, exist_ok=True)
+    log = directory / "git-calls.log"
+    wrapper = directory / "git"
+    wrapper.write_text(f'#!/bin/sh\nprintf \'%s\\n\' "$*" >> "{log}"\nexec "{real}" "$@"\n')
+    wrapper.chmod(0o755)
+    return log
+
+
+def test_the_record_uses_the_git_answer_started_with_the_session(
+    pytester: pytest.Pytester,
+    project_below_top: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """git status runs once per session: the query started early is the one recorded."""
+    log = logging_git(tmp_path / "bin")
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
+    result = pytester.runpytest_subprocess("--uv-build")
+    result.assert_outcomes(passed=1)
+    calls = log.read_text().splitlines()
+    statuses = [c for c in calls if "status" in c.split()]
+    assert len(statuses) == 1, calls
+    recorded = load(only_record(project_below_top / "builds"), "metadata.json")["git"]
+    assert recorded["commit"] == git(project_below_top, "rev-parse", "HEAD")
+    assert recorded["dirty"] is False
