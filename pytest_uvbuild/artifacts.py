@@ -44,6 +44,7 @@ from pytest_uvbuild.audit import (
     AUDIT_SCHEMA,
     AUDIT_SCHEMA_VERSION,
     RECORD_SCHEMA,
+    InstalledDist,
     audit_markdown,
     compute_drift,
     compute_host_differences,
@@ -313,17 +314,12 @@ def read_sums(record_dir: Path) -> dict[str, str] | None:
 def is_complete(record_dir: Path) -> bool:
     """Whether ``record_dir`` is a whole record: a manifest naming files that all exist."""
     sums = read_sums(record_dir)
-    if sums is None or not set(REQUIRED_FILES) <= set(sums):
-        return False
-    return all((record_dir / name).is_file() for name in sums)
+    return sums is not None and _names_whole_record(record_dir, sums)
 
 
-def _holds(path: Path, data: bytes) -> bool:
-    """Whether the file at ``path`` has exactly these bytes."""
-    try:
-        return path.read_bytes() == data
-    except OSError:
-        return False
+def _names_whole_record(record_dir: Path, sums: Mapping[str, str]) -> bool:
+    """Whether the manifest ``sums`` names every required file, and each file it names exists."""
+    return set(REQUIRED_FILES) <= set(sums) and all((record_dir / n).is_file() for n in sums)
 
 
 def _sums_text(sums: Mapping[str, str]) -> bytes:
@@ -427,32 +423,67 @@ def _host_python(env: UvEnv) -> dict[str, Any]:
     }
 
 
-def _env_paths(env: UvEnv) -> list[Path]:
-    return [*env.layer, env.site_packages]
+def _installed(env: UvEnv) -> dict[str, InstalledDist]:
+    """The distributions installed in the env, its project layer first."""
+    return scan_installed([*env.layer, env.site_packages])
 
 
-def _kept_rows(rows_dir: Path | None, env: UvEnv, build_id: str) -> list[dict[str, Any]] | None:
-    """The package rows kept for this project if they are for this build id (no lock parse).
+def _read(path: Path) -> bytes | None:
+    """The bytes of the file at ``path``; ``None`` when it cannot be read."""
+    try:
+        return path.read_bytes()
+    except OSError:
+        return None
+
+
+def _rows_of(
+    payload: bytes | None, build_id: str, *, plugin_version: str | None = None
+) -> list[dict[str, Any]] | None:
+    """The lock's package rows in an ``audit.json``-shaped payload made for ``build_id``.
 
     The rows depend only on what the build id addresses (the env key, the
-    lock, pyproject.toml, the sources); a session without a record to read
-    them back from (``--uv-no-artifacts``) finds them here.
+    lock, pyproject.toml, the sources), so rows of the same id and audit
+    schema spare a lock parse. A ``plugin_version``, when given, must match
+    too. ``None`` when the payload is missing, not such JSON, or for another id.
     """
-    if rows_dir is None:
+    if payload is None:
         return None
     try:
-        data = json.loads(_index_path(rows_dir, env.project.root).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        data = json.loads(payload.decode("utf-8"))
+    except ValueError:
         return None
     if not isinstance(data, dict) or (
         data.get("schema"),
         data.get("schema_version"),
-        data.get("plugin_version"),
         data.get("build_id"),
-    ) != (AUDIT_SCHEMA, AUDIT_SCHEMA_VERSION, __version__, build_id):
+    ) != (AUDIT_SCHEMA, AUDIT_SCHEMA_VERSION, build_id):
+        return None
+    if plugin_version is not None and data.get("plugin_version") != plugin_version:
         return None
     rows = data.get("packages")
     return rows if isinstance(rows, list) else None
+
+
+def _lock_rows(
+    rows_dir: Path | None, env: UvEnv, plan: RecordPlan, installed: Mapping[str, InstalledDist]
+) -> list[dict[str, Any]]:
+    """The lock's package rows for this build id: kept ones, else parsed from the lock and kept.
+
+    ``rows_dir`` keeps the rows of the last build id per project, so that a
+    session without a record to read them back from (``--uv-no-artifacts``,
+    or a new record) parses no lock when the id has not changed. The kept
+    rows outlive an upgrade of this plugin, so they name its version.
+    """
+    if rows_dir is not None:
+        kept = _read(_index_path(rows_dir, env.project.root))
+        rows = _rows_of(kept, plan.build_id, plugin_version=__version__)
+        if rows is not None:
+            return rows
+    from pytest_uvbuild.recordfiles import fresh_rows
+
+    rows = fresh_rows(env, plan.lock_bytes, installed)
+    _keep_rows(rows_dir, env, plan.build_id, rows)
+    return rows
 
 
 def _keep_rows(
@@ -474,33 +505,29 @@ def _keep_rows(
         )
 
 
-def _previous_rows(record_dir: Path, build_id: str) -> list[dict[str, Any]] | None:
-    """The lock's package rows from a complete record of the same id (no lock parse)."""
+def _created(metadata: bytes | None) -> str | None:
+    """The ``created`` time of a record's ``metadata.json``; ``None`` when it cannot say."""
     try:
-        data = json.loads((record_dir / "audit.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        data = json.loads(metadata.decode("utf-8")) if metadata is not None else None
+    except ValueError:
         return None
-    if (
-        not isinstance(data, dict)
-        or data.get("schema") != AUDIT_SCHEMA
-        or data.get("build_id") != build_id
-    ):
-        return None
-    rows = data.get("packages")
-    return rows if isinstance(rows, list) else None
+    return data.get("created") if isinstance(data, dict) else None
 
 
 def make_audit(
     env: UvEnv,
     build_id: str,
     rows: list[dict[str, Any]],
+    installed: Mapping[str, InstalledDist],
     *,
     baseline: Baseline | None,
     gate: bool,
     verify: dict[str, Any] | None,
 ) -> dict[str, Any]:
-    """The audit of this session: drift, host differences, baseline diff, verdict."""
-    installed = scan_installed(_env_paths(env))
+    """The audit of this session: drift, host differences, baseline diff, verdict.
+
+    ``installed`` is what the env holds (:func:`_installed`).
+    """
     drift = compute_drift(rows, installed)
     # Only versions count on the host: no direct_url.json is read for its packages.
     host = compute_host_differences(rows, installed_versions(_host_paths()))
@@ -720,12 +747,8 @@ def _audit_only(
     started: float,
     rows_dir: Path | None,
 ) -> RecordOutcome:
-    rows = _kept_rows(rows_dir, env, plan.build_id)
-    if rows is None:
-        from pytest_uvbuild.recordfiles import fresh_rows
-
-        rows = fresh_rows(env, plan.lock_bytes)
-        _keep_rows(rows_dir, env, plan.build_id, rows)
+    installed = _installed(env)
+    rows = _lock_rows(rows_dir, env, plan, installed)
     verify_result = None
     if verify:
         scratch = Path(tempfile.mkdtemp(prefix="pytest-uvbuild-products-"))
@@ -736,7 +759,9 @@ def _audit_only(
             verify_result = verify_products(uv, env, plan, products, offline=offline)
         finally:
             remove_tree(scratch)
-    audit = make_audit(env, plan.build_id, rows, baseline=baseline, gate=gate, verify=verify_result)
+    audit = make_audit(
+        env, plan.build_id, rows, installed, baseline=baseline, gate=gate, verify=verify_result
+    )
     return RecordOutcome(
         build_id=plan.build_id,
         path=None,
@@ -767,14 +792,18 @@ def _write_record(
     from pytest_uvbuild.gitinfo import git_info
 
     builds_root = record_dir.parent
-    old_sums = read_sums(record_dir) if is_complete(record_dir) else None
-    rows = _previous_rows(record_dir, plan.build_id) if old_sums is not None else None
-    created: str | None = None
-    if old_sums is not None and rows is not None:
-        with contextlib.suppress(OSError, ValueError):
-            previous = json.loads((record_dir / "metadata.json").read_text(encoding="utf-8"))
-            created = previous.get("created") if isinstance(previous, dict) else None
+    manifest = read_sums(record_dir)
+    old_sums = (
+        manifest if manifest is not None and _names_whole_record(record_dir, manifest) else None
+    )
+    # Each file of a complete record is read once: the per-run files for
+    # their rows and creation time, and to leave unchanged bytes unwritten.
+    previous = (
+        {name: _read(record_dir / name) for name in PER_RUN_FILES} if old_sums is not None else {}
+    )
+    rows = _rows_of(previous.get("audit.json"), plan.build_id)
     reuse = old_sums is not None and rows is not None
+    created = _created(previous.get("metadata.json")) if reuse else None
     for leftover in builds_root.glob(f".tmp-{plan.build_id}-*"):
         remove_tree(leftover)
     if reuse:
@@ -794,15 +823,14 @@ def _write_record(
         created = _utc(time.time())
         state = "written"
     try:
+        # One scan of the env serves the audit and, for a new record, the licenses.
+        installed = _installed(env)
         if not reuse:
-            from pytest_uvbuild.recordfiles import env_products, fresh_rows, sbom_bytes
+            from pytest_uvbuild.recordfiles import env_products, sbom_bytes
 
             products = env_products(uv, env, plan, target, offline=offline, reuse_sdist=True)
-            rows = _kept_rows(rows_dir, env, plan.build_id)
-            if rows is None:
-                rows = fresh_rows(env, plan.lock_bytes)
-                _keep_rows(rows_dir, env, plan.build_id, rows)
-            sbom = sbom_bytes(env, plan, rows, uv)
+            rows = _lock_rows(rows_dir, env, plan, installed)
+            sbom = sbom_bytes(env, plan, rows)
             (target / SBOM).write_bytes(sbom)
             kept = {name: _sha256(path.read_bytes()) for name, path in products.items()}
             kept[SBOM] = _sha256(sbom)
@@ -813,7 +841,7 @@ def _write_record(
 
             verify_result = verify_products(uv, env, plan, products, offline=offline)
         audit = make_audit(
-            env, plan.build_id, rows, baseline=baseline, gate=gate, verify=verify_result
+            env, plan.build_id, rows, installed, baseline=baseline, gate=gate, verify=verify_result
         )
         markdown = audit_markdown(audit)
         run = {**run, "record": state}
@@ -841,7 +869,7 @@ def _write_record(
         # session (which cannot read its rows back) replaces.
         for name, data in per_run.items():
             # An unchanged audit (the usual case) is not written again.
-            if not (reuse and _holds(target / name, data)):
+            if not (reuse and previous[name] == data):
                 write_atomic(target / name, data, fsync=False)
         sums = {**kept, **{name: _sha256(data) for name, data in per_run.items()}}
         write_atomic(target / SUMS, _sums_text(sums))

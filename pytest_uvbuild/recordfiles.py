@@ -21,13 +21,13 @@ from pytest_uvbuild.artifacts import (
     REQUIREMENTS,
     RecordError,
     RecordPlan,
-    _env_paths,
     _json_bytes,
 )
-from pytest_uvbuild.audit import lock_packages, read_license, scan_installed
+from pytest_uvbuild.audit import lock_packages, read_license
 from pytest_uvbuild.fsutil import remove_tree
 
 if TYPE_CHECKING:
+    from pytest_uvbuild.audit import InstalledDist
     from pytest_uvbuild.envcache import UvEnv
     from pytest_uvbuild.uvcli import Uv
 
@@ -136,8 +136,14 @@ def compare_products(expected: Mapping[str, Path], rebuilt: Mapping[str, Path]) 
     return {"ok": all(s == "identical" for s in states.values()), "files": states}
 
 
-def fresh_rows(env: UvEnv, lock_bytes: bytes) -> list[dict[str, Any]]:
-    """Package rows from the lock graph (the cold path: parses uv.lock)."""
+def fresh_rows(
+    env: UvEnv, lock_bytes: bytes, installed: Mapping[str, InstalledDist]
+) -> list[dict[str, Any]]:
+    """Package rows from the lock graph (the cold path: parses uv.lock).
+
+    ``installed`` is what the env holds (:func:`~pytest_uvbuild.audit.scan_installed`),
+    where the licenses are read.
+    """
     from pytest_uvbuild.lockgraph import LockGraph, marker_environment
 
     if sys.version_info >= (3, 11):
@@ -151,7 +157,6 @@ def fresh_rows(env: UvEnv, lock_bytes: bytes) -> list[dict[str, Any]]:
             f"{env.project.lock_path} cannot be parsed ({exc}). Fix: run `uv lock`."
         ) from None
     graph = LockGraph.from_lock(lock)
-    installed = scan_installed(_env_paths(env))
     licenses = {name: read_license(dist.path) for name, dist in installed.items()}
     return lock_packages(
         graph,
@@ -197,7 +202,8 @@ def verify_products(
         remove_tree(fresh)
 
 
-def sbom_bytes(env: UvEnv, plan: RecordPlan, rows: list[dict[str, Any]], uv: Uv) -> bytes:
+def sbom_bytes(env: UvEnv, plan: RecordPlan, rows: list[dict[str, Any]]) -> bytes:
+    """The record's CycloneDX SBOM, made from the lock's package rows and the plan's inputs."""
     from pytest_uvbuild.sbom import build_sbom
 
     root = next((r for r in rows if r.get("root")), None)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import os
 import tarfile
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ from typing import Any
 import pytest
 
 from conftest import MakeProject
+from pytest_uvbuild import artifacts, recordfiles
 from pytest_uvbuild.artifacts import (
     RecordError,
     build_id_of,
@@ -25,6 +27,7 @@ from pytest_uvbuild.envcache import EnvCache, UvEnv
 from pytest_uvbuild.recordfiles import export_args
 from pytest_uvbuild.request import EnvRequest
 from pytest_uvbuild.sdist import SdistError, repack_sdist
+from pytest_uvbuild.uvcli import Uv
 
 
 def _tarball(path: Path, members: list[tuple[str, bytes | None, int, int]]) -> Path:
@@ -265,46 +268,162 @@ def test_lock_changed_during_session(
         plan_record(None, env, EnvCache(shared_env_cache).uv, offline=True)
 
 
+def _record(env: UvEnv, uv: Uv, tmp_path: Path, **options: Any) -> artifacts.RecordOutcome:
+    """Record ``env`` in-process under ``tmp_path/builds`` (the index and rows beside it)."""
+    settings: dict[str, Any] = {
+        "builds_root": tmp_path / "builds",
+        "index_dir": tmp_path / "index",
+        "baseline": None,
+        "gate": False,
+        "verify": False,
+        "offline": True,
+        "run": {},
+        "rows_dir": tmp_path / "rows",
+        **options,
+    }
+    return artifacts.record_session(env, uv, **settings)
+
+
+@pytest.fixture
+def lock_parses(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """A list that gets "lock parsed" each time the record parses uv.lock for package rows."""
+    parses: list[str] = []
+    fresh_rows = recordfiles.fresh_rows
+
+    def counting(*args: Any) -> list[dict[str, Any]]:
+        parses.append("lock parsed")
+        return fresh_rows(*args)
+
+    monkeypatch.setattr(recordfiles, "fresh_rows", counting)
+    return parses
+
+
 def test_an_audit_without_a_record_keeps_the_rows_of_its_build_id(
+    make_project: MakeProject, tmp_path: Path, shared_env_cache: Path, lock_parses: list[str]
+) -> None:
+    """Without a record, the lock's package rows are kept per project and reused for one id."""
+    root = make_project(tmp_path / "proj")
+    env = _env(root, shared_env_cache)
+    uv = EnvCache(shared_env_cache).uv
+
+    def audit() -> dict[str, Any]:
+        return _record(env, uv, tmp_path, builds_root=None).audit
+
+    first = audit()
+    assert audit()["packages"] == first["packages"]
+    assert lock_parses == ["lock parsed"]
+    (root / "src" / "demo" / "__init__.py").write_text("EDITED = True\n")  # another build id
+    assert audit()["build_id"] != first["build_id"]
+    assert lock_parses == ["lock parsed", "lock parsed"]
+    env.release()
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("schema", "pytest-uvbuild/other"),
+        ("schema_version", 2),
+        ("build_id", "0" * 16),
+        ("packages", "not a list"),
+    ],
+)
+def test_a_record_reuses_only_rows_of_its_own_id_and_audit_schema(
+    make_project: MakeProject,
+    tmp_path: Path,
+    shared_env_cache: Path,
+    field: str,
+    value: Any,
+) -> None:
+    """A complete record whose audit.json is for another id or schema is rebuilt, not reused."""
+    env = _env(make_project(tmp_path / "proj"), shared_env_cache)
+    uv = EnvCache(shared_env_cache).uv
+    first = _record(env, uv, tmp_path, rows_dir=None)
+    assert (first.state, _record(env, uv, tmp_path, rows_dir=None).state) == ("written", "reused")
+    assert first.path is not None
+    audit_json = first.path / "audit.json"
+    audit = json.loads(audit_json.read_text())
+    audit_json.write_text(json.dumps({**audit, field: value}))
+    assert artifacts.is_complete(first.path)
+    assert _record(env, uv, tmp_path, rows_dir=None).state == "written"
+    assert json.loads(audit_json.read_text())["packages"] == audit["packages"]
+    env.release()
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("plugin_version", "0.0.0+other"), ("schema_version", 2), ("build_id", "0" * 16)],
+)
+def test_kept_rows_of_another_plugin_version_or_id_are_parsed_again(
+    make_project: MakeProject,
+    tmp_path: Path,
+    shared_env_cache: Path,
+    lock_parses: list[str],
+    field: str,
+    value: Any,
+) -> None:
+    """Rows kept by another plugin version, audit schema or build id are not used: the lock is."""
+    env = _env(make_project(tmp_path / "proj"), shared_env_cache)
+    uv = EnvCache(shared_env_cache).uv
+    _record(env, uv, tmp_path, builds_root=None)
+    (kept,) = (tmp_path / "rows").iterdir()
+    kept.write_text(json.dumps({**json.loads(kept.read_text()), field: value}))
+    lock_parses.clear()
+    _record(env, uv, tmp_path, builds_root=None)
+    assert lock_parses == ["lock parsed"]
+    _record(env, uv, tmp_path, builds_root=None)
+    assert lock_parses == ["lock parsed"]  # and kept again for the next session
+    env.release()
+
+
+def test_a_reused_record_reads_each_per_run_file_once(
     make_project: MakeProject,
     tmp_path: Path,
     shared_env_cache: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Without a record, the lock's package rows are kept per project and reused for one id."""
-    from pytest_uvbuild import artifacts, recordfiles
-
-    root = make_project(tmp_path / "proj")
-    env = _env(root, shared_env_cache)
+    """Reusing a record opens its manifest, audit.json, audit.md and metadata.json once each."""
+    env = _env(make_project(tmp_path / "proj"), shared_env_cache)
     uv = EnvCache(shared_env_cache).uv
-    parses: list[str] = []
-    fresh_rows = recordfiles.fresh_rows
+    record = _record(env, uv, tmp_path).path
+    assert record is not None
+    opened: list[str] = []
+    real_open = io.open
 
-    def counting(env: UvEnv, lock_bytes: bytes) -> list[dict[str, Any]]:
-        parses.append("lock parsed")
-        return fresh_rows(env, lock_bytes)
+    def counting_open(file: Any, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(file, Path) and file.parent == record:
+            opened.append(file.name)
+        return real_open(file, *args, **kwargs)
 
-    monkeypatch.setattr(recordfiles, "fresh_rows", counting)
+    with monkeypatch.context() as patch:
+        patch.setattr(io, "open", counting_open)  # what Path.read_bytes and read_text call
+        assert _record(env, uv, tmp_path).state == "reused"
+    assert sorted(opened) == sorted([artifacts.SUMS, *artifacts.PER_RUN_FILES])
+    env.release()
 
-    def audit() -> dict[str, Any]:
-        outcome = artifacts.record_session(
-            env,
-            uv,
-            builds_root=None,
-            index_dir=tmp_path / "index",
-            baseline=None,
-            gate=False,
-            verify=False,
-            offline=True,
-            run={},
-            rows_dir=tmp_path / "rows",
-        )
-        return outcome.audit
 
-    first = audit()
-    assert audit()["packages"] == first["packages"]
-    assert parses == ["lock parsed"]
-    (root / "src" / "demo" / "__init__.py").write_text("EDITED = True\n")  # another build id
-    assert audit()["build_id"] != first["build_id"]
-    assert parses == ["lock parsed", "lock parsed"]
+@pytest.mark.parametrize("written", [True, False], ids=["new record", "no artifacts"])
+def test_an_audit_from_the_lock_lists_the_env_once(
+    make_project: MakeProject,
+    tmp_path: Path,
+    shared_env_cache: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    written: bool,
+) -> None:
+    """Rows parsed from the lock and the audit share one listing of the env's site-packages."""
+    env = _env(make_project(tmp_path / "proj"), shared_env_cache)
+    uv = EnvCache(shared_env_cache).uv
+    listed: list[Path] = []
+    real_listdir = os.listdir
+
+    def counting_listdir(path: Any = ".") -> list[str]:
+        listed.append(Path(path))
+        return real_listdir(path)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "listdir", counting_listdir)
+        builds_root = tmp_path / "builds" if written else None
+        outcome = _record(env, uv, tmp_path, builds_root=builds_root, rows_dir=None)
+    assert outcome.state == ("written" if written else "not written (--uv-no-artifacts)")
+    assert outcome.audit["drift"] == []  # the one listing found every package
+    assert listed.count(env.site_packages) == 1
     env.release()

@@ -6,6 +6,7 @@ import gzip
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import tarfile
 from pathlib import Path
@@ -28,6 +29,8 @@ RECORD_FILES = {
     "uv.lock",
 }
 DETERMINISTIC = ("requirements.txt", "uv.lock", "demo-0.1.0.tar.gz", "sbom.cdx.json")
+#: What pytester leaves in a project (its --basetemp, captured output) that git must ignore.
+GIT_DEBRIS = ".pytest_cache/\n__pycache__/\nrunpytest-*\nstdout\nstderr\n"
 SECRETS = {"PYTEST_UVBUILD_TEST_TOKEN": "tok-5f1e2d3c4b", "GITHUB_TOKEN": "ghp_0a9b8c7d6e5f"}
 
 PASSING_TEST = """
@@ -51,6 +54,12 @@ def load(record: Path, name: str) -> Any:
 def sha256(path: Path) -> str:
     """Hex sha256 of a file."""
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def manifest(record: Path) -> dict[str, str]:
+    """A record's SHA256SUMS as file name to hex digest."""
+    lines = (record / "SHA256SUMS").read_text().splitlines()
+    return {name: digest for digest, name in (line.split("  ", 1) for line in lines)}
 
 
 def sdist_members(sdist: Path) -> dict[str, bytes]:
@@ -79,8 +88,7 @@ def test_record_files_and_fields(
     """One session writes every file with every field, in a git checkout, without secrets."""
     uv_pytester.makepyfile(test_pkg=PASSING_TEST)
     root = uv_pytester.path
-    # pytester puts its --basetemp and the captured output inside the project
-    (root / ".gitignore").write_text(".pytest_cache/\n__pycache__/\nrunpytest-*\nstdout\nstderr\n")
+    (root / ".gitignore").write_text(GIT_DEBRIS)
     git(root, "init", "-q", "-b", "main")
     git(root, "add", "-A")
     git(root, "commit", "-q", "-m", "initial")
@@ -110,10 +118,7 @@ def test_record_files_and_fields(
     assert (root / "builds" / ".gitignore").read_text() == "*\n"
 
     # SHA256SUMS lists every other file, in `sha256sum -c` format.
-    sums: dict[str, str] = {}
-    for line in (record / "SHA256SUMS").read_text().splitlines():
-        digest, name = line.split("  ", 1)
-        sums[name] = digest
+    sums = manifest(record)
     assert set(sums) == RECORD_FILES - {"SHA256SUMS"}
     assert all(sums[name] == sha256(record / name) for name in sums)
 
@@ -257,6 +262,26 @@ def test_warm_session_reuses_and_crashes_rebuild(uv_pytester: pytest.Pytester) -
     assert {n: (record / n).read_bytes() for n in DETERMINISTIC} == before
     assert not stale.exists()
     assert (record / "SHA256SUMS").is_file()
+
+
+def test_a_changed_audit_is_rewritten_in_a_reused_record(uv_pytester: pytest.Pytester) -> None:
+    """An audit that changes under the same id rewrites audit.json, audit.md and the sums."""
+    uv_pytester.makepyfile(test_pkg=PASSING_TEST)
+    uv_pytester.runpytest_subprocess("--uv-build").assert_outcomes(passed=1)
+    record = only_record(uv_pytester.path / "builds")
+    assert load(record, "audit.json")["baseline"] is None
+
+    # A baseline changes the audit, not the inputs that the id addresses.
+    result = uv_pytester.runpytest_subprocess("--uv-build", f"--uv-baseline={record}")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines([f"build {record.name} reused: *", "baseline *: no differences"])
+    audit = load(record, "audit.json")
+    assert audit["baseline"]["baseline_id"] == record.name
+    origin = audit["baseline"]["baseline"]
+    assert f"Baseline: `{origin}` (build {record.name})" in (record / "audit.md").read_text()
+    assert load(record, "metadata.json")["audit"]["baseline_differences"] == 0
+    sums = manifest(record)
+    assert {name: sha256(record / name) for name in sums} == sums
 
 
 def test_same_id_and_bytes_from_two_cold_caches(
@@ -516,3 +541,66 @@ def test_hermetic_outcomes_in_run_facts(uv_pytester: pytest.Pytester) -> None:
         "xpassed": 0,
         "failing": ["test_inside.py::test_fails"],
     }
+
+
+@pytest.fixture
+def project_below_top(
+    pytester: pytest.Pytester, make_project: MakeProject, monkeypatch: pytest.MonkeyPatch
+) -> Path:
+    """A committed git checkout whose uv project is its subdirectory ``proj``, the cwd."""
+    top = pytester.path
+    project = make_project(top / "proj")
+    (project / "test_pkg.py").write_text(PASSING_TEST)
+    (top / ".gitignore").write_text(GIT_DEBRIS)
+    git(top, "init", "-q", "-b", "main")
+    git(top, "add", "-A")
+    git(top, "commit", "-q", "-m", "initial")
+    monkeypatch.chdir(project)
+    return project
+
+
+def test_a_project_below_the_top_of_a_dirty_checkout_is_recorded_dirty(
+    pytester: pytest.Pytester, project_below_top: Path
+) -> None:
+    """A new file deep in a project that is a subdirectory of its checkout makes it dirty."""
+    top = project_below_top.parent
+    (project_below_top / "src" / "demo" / "extra.py").write_text("NEW = True\n")
+    result = pytester.runpytest_subprocess("--uv-build")
+    result.assert_outcomes(passed=1)
+    # The new file, and nothing the session left behind, makes the checkout dirty.
+    assert git(top, "status", "--porcelain", "--untracked-files=all") == "?? proj/src/demo/extra.py"
+    recorded = load(only_record(project_below_top / "builds"), "metadata.json")["git"]
+    assert recorded["dirty"] is True
+    assert recorded["commit"] == git(top, "rev-parse", "HEAD")
+    assert len(recorded["diff_sha256"]) == 64
+
+
+def logging_git(directory: Path) -> Path:
+    """Write a ``git`` that logs each call's arguments and runs the real one; return the log."""
+    real = shutil.which("git")
+    assert real is not None
+    directory.mkdir(parents=True, exist_ok=True)
+    log = directory / "git-calls.log"
+    wrapper = directory / "git"
+    wrapper.write_text(f'#!/bin/sh\nprintf \'%s\\n\' "$*" >> "{log}"\nexec "{real}" "$@"\n')
+    wrapper.chmod(0o755)
+    return log
+
+
+def test_the_record_uses_the_git_answer_started_with_the_session(
+    pytester: pytest.Pytester,
+    project_below_top: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """git status runs once per session: the query started early is the one recorded."""
+    log = logging_git(tmp_path / "bin")
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
+    result = pytester.runpytest_subprocess("--uv-build")
+    result.assert_outcomes(passed=1)
+    calls = log.read_text().splitlines()
+    statuses = [c for c in calls if "status" in c.split()]
+    assert len(statuses) == 1, calls
+    recorded = load(only_record(project_below_top / "builds"), "metadata.json")["git"]
+    assert recorded["commit"] == git(project_below_top, "rev-parse", "HEAD")
+    assert recorded["dirty"] is False

@@ -100,6 +100,44 @@ def test_detached_head_and_subdirectory(repo: Path) -> None:
     assert info["commit"] == _git(repo, "rev-parse", "HEAD")
 
 
+def test_a_project_in_a_subdirectory_describes_its_whole_checkout(repo: Path) -> None:
+    """Below the top of a checkout, dirty and the digest cover the whole checkout's changes.
+
+    git names changed paths from the top of the checkout, so an untracked
+    file inside the project is read from there; a change beside the project
+    counts even where the user's ``diff.relative`` would hide it from a diff
+    run in the project.
+    """
+    project = repo / "proj"
+    (project / "src").mkdir(parents=True)
+    (project / "src" / "mod.py").write_text("x = 1\n")
+    _git(repo, "add", "proj")
+    _git(repo, "commit", "-q", "-m", "project")
+    _git(repo, "config", "diff.relative", "true")
+    clean = git_info(project)
+    assert clean is not None
+    assert (clean["dirty"], clean["diff_sha256"]) == (False, None)
+
+    (repo / "a.txt").write_text("changed beside the project\n")
+    beside = git_info(project)
+    assert beside is not None
+    assert beside["dirty"] is True
+    (repo / "a.txt").write_text("changed again beside the project\n")
+    beside_again = git_info(project)
+    assert beside_again is not None
+    assert beside_again["diff_sha256"] != beside["diff_sha256"]
+
+    (project / "src" / "new.py").write_text("y = 1\n")
+    untracked = git_info(project)
+    assert untracked is not None
+    assert untracked["diff_sha256"] != beside_again["diff_sha256"]
+    (project / "src" / "new.py").write_text("y = 2\n")
+    untracked_again = git_info(project)
+    assert untracked_again is not None
+    assert untracked_again["diff_sha256"] != untracked["diff_sha256"]
+    assert untracked_again == git_info(repo)
+
+
 def test_outside_a_repository(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Outside any git checkout the answer is None."""
     monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path))
