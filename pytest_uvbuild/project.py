@@ -357,8 +357,6 @@ def lock_local_dirs(lock: Mapping[str, Any]) -> tuple[str, ...]:
     return tuple(sorted(found))
 
 
-
-
 def local_selection_digest(lock: Mapping[str, Any]) -> str:
     """A digest of all in ``uv.lock`` that can decide which local packages a selection installs.
 
