@@ -107,7 +107,12 @@ def run_suites(names: Sequence[str], repeats: int, *, quick: bool) -> list[Suite
 
 
 def git_commit() -> str:
-    """The checked-out commit, with ``+dirty`` when the working tree has changes."""
+    """The checked-out commit, with ``+dirty`` when the working tree has changes.
+
+    The files a benchmark run writes itself (results, this page, its plots)
+    do not count: a run of several suites would otherwise mark all but the
+    first as dirty.
+    """
 
     def git(*args: str) -> str:
         proc = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=False)
@@ -116,7 +121,11 @@ def git_commit() -> str:
     sha = git("rev-parse", "--short", "HEAD")
     if not sha:
         return "unknown"
-    return sha + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+    own_output = [
+        f":(exclude){path}" for path in ("bench/results", "docs/performance.md", "docs/assets")
+    ]
+    changed = git("status", "--porcelain", "--untracked-files=no", "--", ".", *own_output)
+    return sha + ("+dirty" if changed else "")
 
 
 def machine_facts() -> dict[str, Any]:
@@ -407,7 +416,8 @@ def render(
         "",
         f"- Last rendered by `{argv_shown}`, finished {facts.get('finished', '?')} (UTC);",
         "  the table below says when each suite ran and which commit it measured",
-        "  (`+dirty`: with uncommitted changes in the working tree).",
+        "  (`+dirty`: with uncommitted changes in the working tree, other than the",
+        "  benchmark's own results).",
         f"- Machine: {facts.get('cpu', '?')}, {machine.get('cpus', '?')} CPUs, "
         f"{facts.get('memory', '?')} RAM; load average before the run: "
         f"{facts.get('load_before', '?')}",
