@@ -63,14 +63,19 @@ def test_who(request):
 """
 
 
+def _leave_a_zygote(uv_pytester: pytest.Pytester, warm_tmpdir: Path) -> None:
+    """Run one hermetic session of ``WHO_AM_I`` and wait for the zygote it leaves behind."""
+    uv_pytester.makepyfile(test_who=WHO_AM_I)
+    uv_pytester.runpytest_subprocess(*HERMETIC).assert_outcomes(passed=1)
+    _wait_for_zygote(warm_tmpdir)
+
+
 @pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="reads /proc")
 def test_the_next_session_gets_a_warm_worker_with_its_own_home(
     uv_pytester: pytest.Pytester, warm_tmpdir: Path
 ) -> None:
     """A session leaves a zygote; the next one's worker is its child, with a fresh HOME."""
-    uv_pytester.makepyfile(test_who=WHO_AM_I)
-    uv_pytester.runpytest_subprocess(*HERMETIC).assert_outcomes(passed=1)
-    _wait_for_zygote(warm_tmpdir)
+    _leave_a_zygote(uv_pytester, warm_tmpdir)
     uv_pytester.runpytest_subprocess(*HERMETIC).assert_outcomes(passed=1)
     first, second = (
         line.split("|") for line in (uv_pytester.path / "who.txt").read_text().splitlines()
@@ -102,9 +107,7 @@ def test_warm_list_shows_a_waiting_zygote_and_warm_stop_ends_it(
     uv_pytester: pytest.Pytester, warm_tmpdir: Path, shared_env_cache: Path
 ) -> None:
     """`warm list` shows the zygote a session left; `warm stop` ends it, socket and all."""
-    uv_pytester.makepyfile(test_who=WHO_AM_I)
-    uv_pytester.runpytest_subprocess(*HERMETIC).assert_outcomes(passed=1)
-    _wait_for_zygote(warm_tmpdir)
+    _leave_a_zygote(uv_pytester, warm_tmpdir)
     (sock,) = prewarm.listening(warm_tmpdir)
     pid = int(json.loads(Path(f"{sock}.lock").read_text())["pid"])
 
@@ -307,6 +310,44 @@ def test_socket_name_follows_the_start_up_environment_but_not_home(
     assert prewarm.socket_path(python, base) != name
 
 
+STUBBORN_HOLDER = """
+import fcntl, json, os, signal, sys, time
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o600)
+fcntl.flock(fd, fcntl.LOCK_EX)
+os.write(fd, json.dumps({"pid": os.getpid(), "python": sys.executable}).encode())
+print("held", flush=True)
+time.sleep(60)
+"""
+
+
+def test_warm_stop_names_a_warm_worker_that_outlives_its_wait(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """warm stop exits 1 and names the pid of a warm worker still there after its wait."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(cli, "WARM_STOP_SECONDS", 0.3)
+    directory = prewarm.socket_dir_in(tmp_path)
+    directory.mkdir(mode=0o700)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", STUBBORN_HOLDER, str(directory / "stubborn.sock.lock")],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "held"
+        assert cli.main(["warm", "stop"]) == 1
+        out, err = capsys.readouterr()
+        assert out == "1 stopped\n"
+        assert f"still waiting after 0.3 s (pid {holder.pid})" in err
+        assert "Fix:" in err
+        assert holder.poll() is None  # it ignored SIGTERM, as the message says
+    finally:
+        holder.kill()
+        holder.wait()
+
+
 def test_a_shared_socket_dir_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A socket dir others can enter is not used: no warm worker rather than a foreign one."""
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
@@ -321,9 +362,7 @@ def test_concurrent_sessions_share_one_zygote_safely(
     uv_pytester: pytest.Pytester, warm_tmpdir: Path
 ) -> None:
     """Three sessions racing for a zygote all pass; each zygote serves one of them at most."""
-    uv_pytester.makepyfile(test_who=WHO_AM_I)
-    uv_pytester.runpytest_subprocess(*HERMETIC).assert_outcomes(passed=1)
-    _wait_for_zygote(warm_tmpdir)
+    _leave_a_zygote(uv_pytester, warm_tmpdir)
     (uv_pytester.path / "who.txt").unlink()
     command = [sys.executable, "-m", "pytest", *HERMETIC, "-p", "no:cacheprovider", "-q"]
     sessions = [
