@@ -195,6 +195,14 @@ def _measure(
     # (a) 300 tests: ours, in three variants, against uv run pytest.
     print("(a) 300 hermetic tests vs uv run pytest", flush=True)
     in_process = functools.partial(call, [*uv_run_cmd, "plain_300"], expect="300 passed")
+
+    def against_in_process(
+        case: str, ours: Callable[[], Any], baseline: str, *, goal: str | None = None, note: str
+    ) -> None:
+        """Time ``ours`` side by side with 300 tests of in-process pytest; add the row."""
+        ours_stats, base = side_by_side(ours, in_process, repeats, setup=settle)
+        rows.append(row(SUITE, case, ours_stats, baseline, base, goal=goal, note=note))
+
     goal = "\u2264 1.30\u00d7"
     for case, run, extra, case_goal, note in (
         (
@@ -222,43 +230,23 @@ def _measure(
             "ours: pytest --uv-build --uv-no-artifacts (the audit still runs)",
         ),
     ):
-        ours, base = side_by_side(
+        against_in_process(
+            case,
             functools.partial(run, [*ours_cmd, *extra, "hermetic_300"], expect="300 passed"),
-            in_process,
-            repeats,
-            setup=settle,
-        )
-        rows.append(
-            row(
-                SUITE,
-                case,
-                ours,
-                "uv run --locked pytest (in-process)",
-                base,
-                goal=case_goal,
-                note=note,
-            )
+            "uv run --locked pytest (in-process)",
+            goal=case_goal,
+            note=note,
         )
 
     # What the gap is made of: the worker is a second interpreter that must
     # start and import pytest before it can collect, which no in-process run pays.
     env_python = _locked_env_python(project, env)
-    floor, base = side_by_side(
+    against_in_process(
+        "the worker's start alone: python -c 'import pytest' in the locked env",
         lambda: call([str(env_python), "-c", "import pytest"]),
-        in_process,
-        repeats,
-        setup=settle,
-    )
-    rows.append(
-        row(
-            SUITE,
-            "the worker's start alone: python -c 'import pytest' in the locked env",
-            floor,
-            "uv run --locked pytest (in-process), 300 trivial tests",
-            base,
-            note="a fixed cost of every hermetic session; the ratio is its share of the "
-            "baseline's whole run",
-        )
+        "uv run --locked pytest (in-process), 300 trivial tests",
+        note="a fixed cost of every hermetic session; the ratio is its share of the "
+        "baseline's whole run",
     )
 
     # (b) the cost of one more test against the peers.
