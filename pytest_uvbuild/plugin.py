@@ -353,7 +353,7 @@ def _add_hermetic_options(parser: pytest.Parser, group: Any) -> None:
         "hermetic_keep_warm",
         default="auto",
         help="Seconds a warm worker (pytest imported) waits for the next session after one "
-        "ends; 0: none; auto (default): 120, or 0 when CI is set. "
+        "ends; 0: none; auto (default): 120, or 0 when CI or BUILD_NUMBER is set. "
         "PYTEST_UVBUILD_KEEP_WARM overrides it",
     )
 

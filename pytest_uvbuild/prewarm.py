@@ -24,6 +24,7 @@ import atexit
 import contextlib
 import hashlib
 import json
+import math
 import os
 import select
 import signal
@@ -76,17 +77,21 @@ def keep_warm_seconds(config: pytest.Config) -> float:
     """How long a zygote left by this session waits (0: none is left, none is used).
 
     ``PYTEST_UVBUILD_KEEP_WARM`` wins over ini ``hermetic_keep_warm``; either
-    is a number of seconds or ``auto`` (the default): 120, or 0 when the
-    ``CI`` variable is set, since a CI job rarely runs a second session.
+    is a number of seconds or ``auto`` (the default): 120, or 0 on CI (the
+    ``CI`` or ``BUILD_NUMBER`` variable set, as pytest itself tells), since a
+    CI job rarely runs a second session.
     """
     raw = os.environ.get(KEEP_WARM_VARIABLE)
     if raw is None:
         raw = str(config.getini("hermetic_keep_warm") or "auto")
     raw = raw.strip().lower()
     if raw in ("", "auto"):
-        return 0.0 if os.environ.get("CI") else DEFAULT_KEEP_WARM_SECONDS
+        on_ci = any(os.environ.get(name) for name in ("CI", "BUILD_NUMBER"))
+        return 0.0 if on_ci else DEFAULT_KEEP_WARM_SECONDS
     try:
         seconds = float(raw)
+        if not math.isfinite(seconds):
+            raise ValueError(raw)  # a zygote cannot wait forever (nor NaN seconds)
     except ValueError:
         raise pytest.UsageError(
             f"hermetic_keep_warm must be a number of seconds or 'auto', not {raw!r}. "
@@ -102,9 +107,13 @@ def socket_dir_in(temp_dir: Path | None = None) -> Path:
 
 
 def _socket_dir() -> Path | None:
-    """The user's private socket directory, made if missing; None if it is not private."""
+    """The user's private socket directory, made if missing; None if it is not private.
+
+    None too if it cannot be made (a read-only or full temp dir): a warm
+    worker only saves time, and the session starts its own.
+    """
     directory = socket_dir_in(None)
-    with contextlib.suppress(FileExistsError):
+    with contextlib.suppress(OSError):
         directory.mkdir(mode=0o700)
     try:
         info = directory.lstat()
@@ -244,7 +253,10 @@ def claim(
     path = socket_path(python, environ)
     if path is None or not path.exists():
         return None
-    connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    except OSError:
+        return None  # out of descriptors, say: the fresh worker reports it if it matters
     connection.settimeout(CLAIM_TIMEOUT_SECONDS)
     try:
         connection.connect(str(path))

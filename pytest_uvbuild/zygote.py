@@ -99,7 +99,7 @@ def _receive(connection: socket.socket) -> tuple[dict[str, Any], list[int]]:
     """The session's JSON document and the descriptors that came with its length."""
     fds = array.array("i")
     header, ancillary, _, _ = connection.recvmsg(
-        _LENGTH.size, socket.CMSG_LEN(HANDOVER_FDS * fds.itemsize)
+        _LENGTH.size, socket.CMSG_SPACE(HANDOVER_FDS * fds.itemsize)
     )
     for level, kind, data in ancillary:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:

@@ -264,6 +264,7 @@ def test_a_bad_keep_warm_value_is_a_usage_error(
     [
         ("auto", {}, prewarm.DEFAULT_KEEP_WARM_SECONDS),
         ("auto", {"CI": "true"}, 0.0),
+        ("auto", {"BUILD_NUMBER": "17"}, 0.0),
         ("45", {"CI": "true"}, 45.0),
         ("auto", {prewarm.KEEP_WARM_VARIABLE: "0"}, 0.0),
         ("10", {prewarm.KEEP_WARM_VARIABLE: "7.5"}, 7.5),
@@ -277,13 +278,42 @@ def test_keep_warm_seconds(
     variables: dict[str, str],
     expected: float,
 ) -> None:
-    """The variable wins over the ini value; auto means 120 s, or none when CI is set."""
+    """The variable wins over the ini value; auto means 120 s, or none on CI (CI, BUILD_NUMBER)."""
     monkeypatch.delenv(prewarm.KEEP_WARM_VARIABLE, raising=False)
     monkeypatch.delenv("CI", raising=False)
+    monkeypatch.delenv("BUILD_NUMBER", raising=False)
     for name, value in variables.items():
         monkeypatch.setenv(name, value)
     config = pytester.parseconfig("-o", f"hermetic_keep_warm={ini}")
     assert prewarm.keep_warm_seconds(config) == expected
+
+
+@pytest.mark.parametrize("value", ["inf", "nan", "-inf"])
+def test_keep_warm_must_be_a_finite_number(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    """A zygote cannot wait forever: an infinite or NaN keep-warm value is a usage error."""
+    monkeypatch.setenv(prewarm.KEEP_WARM_VARIABLE, value)
+    config = pytester.parseconfig()
+    with pytest.raises(pytest.UsageError, match="must be a number of seconds"):
+        prewarm.keep_warm_seconds(config)
+
+
+def test_no_socket_dir_that_cannot_be_made_means_no_warm_worker(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A temp dir where the socket dir cannot be made means no warm worker, not an error."""
+    (tmp_path / "file").write_text("")
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "file"))
+    (tmp_path / "pyvenv.cfg").write_text("")
+    assert prewarm.socket_path(tmp_path / "bin" / "python", {}) is None
+    fds = (0, 1, 2, 2)
+    assert (
+        prewarm.claim(
+            tmp_path / "bin" / "python", {}, cwd=tmp_path, spec=tmp_path, boot={}, fds=fds
+        )
+        is None
+    )
 
 
 def test_socket_name_follows_the_start_up_environment_but_not_home(
