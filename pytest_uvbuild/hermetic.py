@@ -222,9 +222,9 @@ class _Plans:
 
 
 _PLAN_KEY: Final = pytest.StashKey[ItemPlan]()
-#: ``config.cache`` entry: per argument list, the files of the main env's hermetic tests.
+#: ``config.cache`` entry: per command line, the files of the main env's hermetic tests.
 _HINT_CACHE_KEY: Final = "uvbuild/hermetic-main-env"
-#: How many argument lists the hint remembers (the oldest goes first).
+#: How many command lines the hint remembers (the oldest goes first).
 _HINT_LIMIT: Final = 32
 
 
@@ -403,7 +403,7 @@ class HermeticPlugin:
     def _hints_by_arguments(self) -> dict[str, Any] | None:
         """The early-spawn hints in pytest's cache (None without the cache plugin).
 
-        One entry per argument list: the files (relative to the rootdir) that
+        One entry per command line: the files (relative to the rootdir) that
         held that session's hermetic tests in the main env, or False. Read
         once a session: at its start, and reused at its end.
         """
@@ -415,10 +415,27 @@ class HermeticPlugin:
             self._hints = loaded if isinstance(loaded, dict) else {}
         return self._hints
 
+    @property
+    def _hint_key(self) -> str:
+        """The arguments, and the options that select among their tests (-k, -m, --lf, --deselect).
+
+        Runs that select differently hold their hermetic tests in other
+        files, so each keeps its own hint. Options that do not select (a
+        ``--basetemp``, a report path) stay out: they would make every run new.
+        """
+        option = self.config.option
+        selecting = [
+            f"-k={getattr(option, 'keyword', '')}",
+            f"-m={getattr(option, 'markexpr', '')}",
+            f"--lf={bool(getattr(option, 'lf', False))}",
+            *(f"--deselect={nodeid}" for nodeid in sorted(getattr(option, "deselect", None) or ())),
+        ]
+        return "\0".join([*self.config.args, *selecting])
+
     def _hint(self) -> list[str] | bool | None:
         """What the last session with these arguments left: its files, False, or None."""
         hints = self._hints_by_arguments()
-        known = None if hints is None else hints.get("\0".join(self.config.args))
+        known = None if hints is None else hints.get(self._hint_key)
         if isinstance(known, bool) or (
             isinstance(known, list) and all(isinstance(name, str) for name in known)
         ):
@@ -428,7 +445,7 @@ class HermeticPlugin:
     def _remember(self, value: list[str] | bool) -> None:
         """Record this session's hint; the cache file is written only when it changes."""
         hints = self._hints_by_arguments()
-        key = "\0".join(self.config.args)
+        key = self._hint_key
         if hints is None or hints.get(key) == value:
             return
         hints.pop(key, None)

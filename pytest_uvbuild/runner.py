@@ -743,9 +743,11 @@ class Batch:
         if (
             worker is not None
             and worker.collecting is not None
-            and not worker.collecting.issuperset(collect)
+            and worker.collecting != frozenset(collect)
         ):
-            # It collects other files than these tests need: not ours.
+            # It collects other files than these tests need: not ours. Not
+            # even a superset: the extra modules and their conftests would
+            # act on this session (a fresh worker would not import them).
             self.runner.discard(worker)
             worker = None
         if worker is None:

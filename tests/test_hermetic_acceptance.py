@@ -784,20 +784,24 @@ def test_a_known_hermetic_suite_spawns_its_worker_at_session_start(
     assert _hint(uv_pytester) == [["test_mixed.py"]]
     assert log.read_text().split() == ["outside", "inside"]
 
-    # The hint says "hermetic": the worker starts before collection, then
-    # finds nothing to do (-k), is shut down cleanly, and the hint flips.
+    # Another command line (-k) has a hint of its own: with none yet, the
+    # worker starts at the first hermetic test collected, finds nothing to
+    # do once it is deselected, is shut down cleanly, and "none" is kept.
     log.unlink()
     run(uv_pytester, "-k", "plain").assert_outcomes(passed=1, deselected=1)
     assert sorted(log.read_text().split()) == ["inside", "outside"]
-    assert _hint(uv_pytester) == [False]
+    assert _hint(uv_pytester) == [["test_mixed.py"], False]
 
-    # Now the hint says "no hermetic tests": nothing is spawned for tests
+    # Now that hint says "no hermetic tests": nothing is spawned for tests
     # that are collected and then deselected, and a run that does select
     # some still starts its worker when the first one runs.
     log.unlink()
     run(uv_pytester, "-k", "plain").assert_outcomes(passed=1, deselected=1)
     assert log.read_text().split() == ["outside"]
     run(uv_pytester, "-p", "no:cacheprovider").assert_outcomes(passed=2)
+    # The -k runs left the whole suite's hint as it was.
+    run(uv_pytester).assert_outcomes(passed=2)
+    assert _hint(uv_pytester) == [["test_mixed.py"], False]
 
 
 def test_a_stale_hint_never_loses_a_test(uv_pytester: pytest.Pytester) -> None:
@@ -817,6 +821,31 @@ def test_a_stale_hint_never_loses_a_test(uv_pytester: pytest.Pytester) -> None:
     (uv_pytester.path / "test_a.py").unlink()
     run(uv_pytester, "-q").assert_outcomes(passed=1)
     assert _hint(uv_pytester) == [["test_b.py"]]
+
+
+def test_an_early_worker_collecting_more_files_than_needed_is_not_used(
+    uv_pytester: pytest.Pytester,
+) -> None:
+    """A worker that collected extra hinted files is replaced: their conftests must not act."""
+    hermetic_a = "import pytest\n\n@pytest.mark.hermetic\ndef test_a():\n    import toyalpha\n"
+    uv_pytester.makepyfile(test_a=hermetic_a)
+    sub = uv_pytester.mkpydir("sub")
+    (sub / "conftest.py").write_text(
+        "import importlib.util\n"
+        "import pytest\n\n"
+        "def pytest_collection_modifyitems(items):\n"
+        "    if importlib.util.find_spec('toyalpha') is not None:  # inside the locked env\n"
+        "        for item in items:\n"
+        "            item.add_marker(pytest.mark.skip(reason='sub/conftest.py acted'))\n"
+    )
+    (sub / "test_b.py").write_text(hermetic_a.replace("test_a", "test_b"))
+    run(uv_pytester, "-q").assert_outcomes(skipped=2)  # one worker loads both, as in-process
+    assert _hint(uv_pytester) == [["sub/test_b.py", "test_a.py"]]
+    # test_b now runs outside: the early worker collecting both files is
+    # not used for test_a, whose own session never loads sub/conftest.py.
+    (sub / "test_b.py").write_text("def test_b():\n    pass\n")
+    run(uv_pytester, "-q").assert_outcomes(passed=2)
+    assert _hint(uv_pytester) == [["test_a.py"]]
 
 
 def test_a_corrupt_hint_is_ignored_and_replaced(uv_pytester: pytest.Pytester) -> None:
