@@ -353,12 +353,12 @@ class WorkerProcess:
                 except HandoverLost:
                     # A child of the zygote may hold copies of these pipes:
                     # the fresh worker gets new ones, and that child ends at
-                    # EOF on its control pipe.
+                    # EOF on its control pipe. The new ones are made first:
+                    # if that fails, the handlers below close the old ones.
+                    fresh = self._pipes(spec_path)
                     for fd in (event_read, event_write, control_read, control_write):
                         os.close(fd)
-                    event_read, event_write, control_read, control_write, boot = self._pipes(
-                        spec_path
-                    )
+                    event_read, event_write, control_read, control_write, boot = fresh
             if warm is not None:
                 self.process = warm
             else:
@@ -390,16 +390,26 @@ class WorkerProcess:
         self._control: IO[bytes] | None = os.fdopen(control_write, "wb")
 
     def _pipes(self, spec_path: Path) -> tuple[int, int, int, int, dict[str, Any]]:
-        """New event and control pipes, and the boot spec naming them, written to ``spec_path``."""
-        event_read, event_write = os.pipe()
-        control_read, control_write = os.pipe()
-        boot = {
-            "protocol": PROTOCOL_VERSION,
-            "event_fd": event_write,
-            "control_fd": control_read,
-            "capture_dir": str(self.capture_dir),
-        }
-        spec_path.write_text(json.dumps(boot), encoding="utf-8")
+        """New event and control pipes, and the boot spec naming them, written to ``spec_path``.
+
+        If any step fails, the pipes made so far are closed again.
+        """
+        made: list[int] = []
+        try:
+            made.extend(os.pipe())
+            made.extend(os.pipe())
+            event_read, event_write, control_read, control_write = made
+            boot = {
+                "protocol": PROTOCOL_VERSION,
+                "event_fd": event_write,
+                "control_fd": control_read,
+                "capture_dir": str(self.capture_dir),
+            }
+            spec_path.write_text(json.dumps(boot), encoding="utf-8")
+        except BaseException:
+            for fd in made:
+                os.close(fd)
+            raise
         return event_read, event_write, control_read, control_write, boot
 
     @property

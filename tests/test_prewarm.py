@@ -27,6 +27,7 @@ import pytest
 import toys
 
 from pytest_uvbuild import cli, prewarm
+from pytest_uvbuild.errors import HermeticRunError
 from pytest_uvbuild.runner import Launch, WorkerProcess
 
 HERMETIC = ("--uv-build", "--uv-install-project=source")
@@ -617,6 +618,40 @@ def test_a_zygote_holds_no_descriptor_and_no_directory_of_the_session(short_tmpd
     finally:
         os.close(read_fd)
         os.close(write_fd)
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="counts /proc/self/fd")
+def test_a_lost_handover_that_cannot_make_new_pipes_leaks_no_descriptor(
+    short_tmpdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Out of descriptors after a lost handover: one clear error, and every pipe closed once."""
+
+    def lost(*args: object, **kwargs: object) -> None:
+        raise prewarm.HandoverLost("the zygote hung up")
+
+    monkeypatch.setattr(prewarm, "claim", lost)
+    real_pipe = os.pipe
+    calls = iter(range(1_000))
+
+    def pipe() -> tuple[int, int]:
+        if next(calls) == 3:  # the second pipe of the new pair
+            raise OSError(24, "Too many open files")
+        return real_pipe()
+
+    launch = Launch(
+        python=Path(sys.executable),
+        environ={"PATH": os.environ["PATH"]},
+        cwd=short_tmpdir,
+        options=(),
+        label="t",
+        keep_warm=30.0,
+    )
+    before = sorted(os.listdir("/proc/self/fd"))
+    monkeypatch.setattr(os, "pipe", pipe)
+    with pytest.raises(HermeticRunError, match="Too many open files"):
+        WorkerProcess(launch, scratch=short_tmpdir)
+    monkeypatch.setattr(os, "pipe", real_pipe)
+    assert sorted(os.listdir("/proc/self/fd")) == before
 
 
 #: Runs zygote.py (argv[1:]) with children that take a second to make their own session.
