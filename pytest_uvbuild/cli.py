@@ -178,10 +178,9 @@ def cmd_warm_list(args: argparse.Namespace) -> int:
     now = time.time()
     print(f"{'PID':<8}  {'STATE':<9}  {'AGE':>5}  {'LEFT':>5}  PYTHON")
     for z in zygotes:
-        state = "starting" if z.listening_since is None else "listening"
         age = "?" if z.started is None else _seconds(now - z.started)
         left = "?" if z.until is None else _seconds(z.until - now)
-        print(f"{z.pid:<8}  {state:<9}  {age:>5}  {left:>5}  {z.python or '?'}")
+        print(f"{z.pid:<8}  {z.state:<9}  {age:>5}  {left:>5}  {z.python or '?'}")
     return 0
 
 

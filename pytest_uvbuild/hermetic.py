@@ -23,7 +23,7 @@ import os
 import tempfile
 from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, NamedTuple
+from typing import TYPE_CHECKING, Any, Final, Literal, NamedTuple
 
 import pytest
 
@@ -253,7 +253,7 @@ class HermeticPlugin:
         #: The cache's hints, once read (see _hints_by_arguments).
         self._hints: dict[str, Any] | None = None
         #: What the cache said at session start (None: nothing, or not asked).
-        self._hinted: list[str] | bool | None = None
+        self._hinted: list[str] | Literal[False] | None = None
         self._main_key: tuple[EnvRequest, tuple[tuple[str, str], ...]] = (
             self.uvbuild.request,
             (),
@@ -383,7 +383,7 @@ class HermeticPlugin:
         if self._may_prestart and not is_xdist_worker(self.config):
             self._hinted = self._hint()
             if self._hinted:
-                self._prestart(self._hinted if isinstance(self._hinted, list) else ())
+                self._prestart(self._hinted)
 
     def pytest_itemcollected(self, item: pytest.Item) -> None:
         """At the first hermetic test, spawn the main env's worker: it configures meanwhile.
@@ -432,17 +432,17 @@ class HermeticPlugin:
         ]
         return "\0".join([*self.config.args, *selecting])
 
-    def _hint(self) -> list[str] | bool | None:
+    def _hint(self) -> list[str] | Literal[False] | None:
         """What the last session with these arguments left: its files, False, or None."""
         hints = self._hints_by_arguments()
         known = None if hints is None else hints.get(self._hint_key)
-        if isinstance(known, bool) or (
+        if known is False or (
             isinstance(known, list) and all(isinstance(name, str) for name in known)
         ):
             return known
         return None
 
-    def _remember(self, value: list[str] | bool) -> None:
+    def _remember(self, value: list[str] | Literal[False]) -> None:
         """Record this session's hint; the cache file is written only when it changes."""
         hints = self._hints_by_arguments()
         key = self._hint_key

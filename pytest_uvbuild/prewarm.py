@@ -398,6 +398,11 @@ class WaitingZygote(NamedTuple):
     listening_since: float | None
 
     @property
+    def state(self) -> str:
+        """``starting`` while it imports pytest, then ``listening``."""
+        return "starting" if self.listening_since is None else "listening"
+
+    @property
     def until(self) -> float | None:
         """When it stops waiting, once it listens (None if not known)."""
         if self.listening_since is None or self.idle is None:
@@ -410,7 +415,7 @@ class WaitingZygote(NamedTuple):
             "socket": str(self.socket),
             "pid": self.pid,
             "python": self.python,
-            "state": "starting" if self.listening_since is None else "listening",
+            "state": self.state,
             "started": self.started,
             "listening_since": self.listening_since,
             "until": self.until,

@@ -35,9 +35,8 @@ import time
 import warnings
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Final
+from typing import IO, TYPE_CHECKING, Any, Final, NamedTuple
 
 import pytest
 
@@ -293,8 +292,7 @@ def describe_exit(returncode: int | None) -> str:
     return f"exited with status {returncode}"
 
 
-@dataclass(frozen=True)
-class Launch:
+class Launch(NamedTuple):
     """How to start workers for one batch: interpreter, environment, directory, options."""
 
     python: Path

@@ -861,6 +861,7 @@ def test_a_corrupt_hint_is_ignored_and_replaced(uv_pytester: pytest.Pytester) ->
         json.dumps({key: [1, 2]}),
         json.dumps({key: "test_a.py"}),
         json.dumps({key: {"test_a.py": True}}),
+        json.dumps({key: True}),
     ):
         _hint_file(uv_pytester).write_text(corrupt)
         result = run(uv_pytester, "-q")
