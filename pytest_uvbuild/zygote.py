@@ -9,7 +9,7 @@ hermetic session. A session that ends leaves one of these behind; the next
 session with the same env and the same start-up environment connects
 instead of spawning. What it does:
 
-* locks ``SOCKET.lock`` (if another zygote holds it, it exits at once) and
+* locks ``SOCKET.lock`` (if another zygote holds it, it exits) and
   writes there who it is (see ``python -m pytest_uvbuild warm list``),
   waits up to ``PATIENCE_SECONDS`` for the session that started it
   (``SESSION_PID``) to exit,
@@ -61,20 +61,31 @@ from typing import Any  # noqa: E402
 #: The handover carries the session's event pipe, control pipe, stdout and stderr.
 HANDOVER_FDS = 4
 _LENGTH = struct.Struct("!Q")
+#: How long a busy name's lock is tried again before another zygote is taken
+#: to hold it: ``warm list`` and a session's exit test a lock by taking it
+#: for an instant, which must not make a starting zygote give up.
+CONTENDED_SECONDS = 0.25
 
 
 def _hold_name(path: str, idle: float) -> int | None:
     """Lock ``PATH.lock`` for as long as this zygote listens; None if another one does.
 
+    A lock that stays busy for :data:`CONTENDED_SECONDS` is another zygote's.
+
     The lock file says who holds it (pid, interpreter, start time, how long
     it listens), for ``python -m pytest_uvbuild warm list`` and ``warm stop``.
     """
     fd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        os.close(fd)
-        return None
+    deadline = time.monotonic() + CONTENDED_SECONDS
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except OSError:
+            if time.monotonic() >= deadline:
+                os.close(fd)
+                return None
+            time.sleep(0.005)
     holder = {"pid": os.getpid(), "python": sys.executable, "started": time.time(), "idle": idle}
     os.ftruncate(fd, 0)
     os.write(fd, json.dumps(holder).encode())

@@ -711,3 +711,34 @@ def test_a_warm_worker_can_be_signalled_as_soon_as_the_session_has_it(short_tmpd
     finally:
         zygote.kill()
         zygote.wait()
+
+
+def test_a_zygote_takes_a_name_whose_lock_was_tested_for_an_instant(tmp_path: Path) -> None:
+    """A zygote starting while `warm list` or a session's exit tests its lock still takes it."""
+    from pytest_uvbuild import zygote
+
+    path = str(tmp_path / "z.sock")
+    probe = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    threading.Timer(0.05, os.close, [probe]).start()
+    held = zygote._hold_name(path, 30)
+    assert held is not None
+    try:
+        assert json.loads(Path(f"{path}.lock").read_text())["pid"] == os.getpid()
+    finally:
+        zygote._release_name(held)
+
+
+def test_a_zygote_leaves_a_name_held_by_another_zygote(tmp_path: Path) -> None:
+    """A zygote whose lock stays busy beyond the contention window exits, leaving the holder be."""
+    from pytest_uvbuild import zygote
+
+    path = str(tmp_path / "z.sock")
+    holder = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    try:
+        started = time.monotonic()
+        assert zygote._hold_name(path, 30) is None
+        assert time.monotonic() - started >= zygote.CONTENDED_SECONDS
+    finally:
+        os.close(holder)
