@@ -223,7 +223,7 @@ def wheelhouse(scratch: Path) -> Path:
     """Build the toy wheelhouse (plus pytest from the registry) under ``scratch``."""
     import pytest
 
-    registry = REPO / ".pytest_cache" / "d" / "uvbuild-registry-wheels"
+    registry = REPO / ".pytest_cache" / "d" / toys.REGISTRY_WHEELS_DIR
     if not list(registry.glob(f"pytest-{pytest.__version__}-*.whl")):
         (registry / ".complete").unlink(missing_ok=True)
     toys.fetch_registry_wheels(registry, toys.registry_wheels(pytest.__version__))

@@ -36,12 +36,12 @@ def wheelhouse(tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Co
     """A directory of wheels: the toy packages plus pytest and its dependencies."""
     # Under xdist every worker asks for this fixture; the first one builds it.
     shared = tmp_path_factory.getbasetemp().parent
-    house = shared / "wheelhouse"
-    with FileLock(str(shared / "wheelhouse.lock")):
+    house = shared / toys.WHEELHOUSE_DIR
+    with FileLock(f"{house}.lock"):
         if (house / ".complete").exists():
             return house
         assert pytestconfig.cache is not None
-        registry = pytestconfig.cache.mkdir("uvbuild-registry-wheels")
+        registry = pytestconfig.cache.mkdir(toys.REGISTRY_WHEELS_DIR)
         # A pytest upgrade in the dev env needs matching wheels in the cache.
         if not list(registry.glob(f"pytest-{pytest.__version__}-*.whl")):
             (registry / ".complete").unlink(missing_ok=True)

@@ -48,6 +48,12 @@ def registry_wheels(pytest_version: str) -> tuple[str, ...]:
     )
 
 
+#: Registry wheels differ per interpreter (tomli has compiled ones for each
+#: CPython), so each keeps its own download cache and wheelhouse.
+REGISTRY_WHEELS_DIR = f"uvbuild-registry-wheels-{sys.implementation.cache_tag}"
+WHEELHOUSE_DIR = f"wheelhouse-{sys.implementation.cache_tag}"
+
+
 class UvFailed(RuntimeError):
     """A uv command used to set up a fixture failed."""
 
