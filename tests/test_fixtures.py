@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from conftest import MakeProject
+
+#: The running Python's version: uv_env's interpreter unless told otherwise.
+RUNNING = "{}.{}".format(*sys.version_info[:2])
 
 
 def test_uv_env_and_factory_attributes(
@@ -69,7 +73,7 @@ def test_uv_env_and_factory_attributes(
     result = uv_pytester.runpytest_subprocess("-p", "no:randomly")
     result.assert_outcomes(passed=3)
     result.stdout.fnmatch_lines(
-        ["*= uv-build =*", "env * [[]CPython 3.11.*", "env * [[]CPython 3.12.*"]
+        ["*= uv-build =*", f"env * [[]CPython {RUNNING}.*", "env * [[]CPython 3.12.*"]
     )
 
 
