@@ -998,3 +998,46 @@ def test_hermetic_all_keeps_warnings_from_the_session_end(uv_pytester: pytest.Py
             ["*UserWarning: said at the end", "*maximum allowed warnings exceeded: 1 > 0*"]
         )
         assert result.ret == plain.ret != 0
+
+
+def _short_summary(result: pytest.RunResult) -> list[str]:
+    """The lines of a run's short test summary."""
+    lines = result.outlines
+    start = next(i for i, line in enumerate(lines) if "short test summary info" in line)
+    end = next(i for i in range(start + 1, len(lines)) if re.match(r"^(=+ |!+ )", lines[i]))
+    return lines[start + 1 : end]
+
+
+def test_the_short_summary_quotes_only_what_it_quotes_in_process(
+    uv_pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On CI a doctest, missing fixture or collection error adds no text to its summary line."""
+    monkeypatch.setenv("CI", "true")
+    uv_pytester.makepyfile(
+        test_summary='''
+        import pytest
+
+        def add(a, b):
+            """
+            >>> add(1, 1)
+            3
+            """
+            return a + b
+
+        def test_missing(no_such_fixture):
+            pass
+
+        @pytest.mark.xfail(reason="strictly fixed", strict=True)
+        def test_xpass_strict():
+            pass
+        ''',
+        test_broken="import no_such_module_here\n",
+    )
+    args = ("--doctest-modules", "--continue-on-collection-errors")
+    plain = uv_pytester.runpytest_subprocess(*args)
+    hermetic = run(uv_pytester, "--hermetic-all", *args)
+    for result in (plain, hermetic):
+        # test_broken.py fails twice: as a test module and as a doctest module.
+        result.assert_outcomes(failed=2, errors=3)
+    assert _short_summary(hermetic) == _short_summary(plain)
+    assert "FAILED test_summary.py::test_summary.add" in _short_summary(plain)
