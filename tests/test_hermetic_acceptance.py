@@ -1041,3 +1041,40 @@ def test_the_short_summary_quotes_only_what_it_quotes_in_process(
         result.assert_outcomes(failed=2, errors=3)
     assert _short_summary(hermetic) == _short_summary(plain)
     assert "FAILED test_summary.py::test_summary.add" in _short_summary(plain)
+
+
+def test_plain_fixtures_torn_down_at_a_hermetic_test_are_captured(
+    uv_pytester: pytest.Pytester,
+) -> None:
+    """A plain test's fixture torn down at a hermetic test: captured, one report, as in-process."""
+    uv_pytester.makepyfile(
+        test_server="""
+        import logging
+        import pytest
+
+        @pytest.fixture(scope="module")
+        def server():
+            yield
+            print("stopping the server")
+            logging.getLogger("server").warning("server stopped")
+            raise RuntimeError("the server would not stop")
+
+        def test_plain(server):
+            pass
+
+        @pytest.mark.hermetic
+        def test_hermetic():
+            print("inside")
+        """
+    )
+    uv_pytester.makeini("[pytest]\njunit_logging = all\n")
+    plain = uv_pytester.runpytest_subprocess("-rA", "--junitxml=plain.xml")
+    hermetic = run(uv_pytester, "-rA", "--junitxml=hermetic.xml")
+    for result in (plain, hermetic):
+        result.assert_outcomes(passed=2, errors=1)
+    assert _terminal_lines(hermetic) == _terminal_lines(plain)
+    assert _junit(uv_pytester.path / "hermetic.xml") == _junit(uv_pytester.path / "plain.xml")
+    hermetic.stdout.fnmatch_lines(
+        ["*Captured stdout teardown*", "stopping the server", "*Captured log teardown*"]
+    )
+    assert "hermetic.py" not in hermetic.stdout.str()
