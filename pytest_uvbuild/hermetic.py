@@ -541,6 +541,13 @@ class HermeticPlugin:
             if not plan.network:
                 plans.no_network.setdefault(plan.key, set()).add(plan.inner_id)
         self._plans = plans
+        if self._runner is not None:
+            # A batch made before the plans (the worker that collected for
+            # --hermetic-all) learns its tests now: without them each test
+            # would run as the batch's last, tearing down every fixture.
+            for key, batch in self._runner.batches.items():
+                batch.members = list(plans.members.get(key, ()))
+                batch.no_network = frozenset(plans.no_network.get(key, ()))
         if plans.members and not (
             self.config.getoption("usepdb", False) or self.config.getoption("trace", False)
         ):

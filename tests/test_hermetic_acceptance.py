@@ -1078,3 +1078,34 @@ def test_plain_fixtures_torn_down_at_a_hermetic_test_are_captured(
         ["*Captured stdout teardown*", "stopping the server", "*Captured log teardown*"]
     )
     assert "hermetic.py" not in hermetic.stdout.str()
+
+
+def test_hermetic_all_shares_fixtures_and_applies_marker_arguments(
+    uv_pytester: pytest.Pytester,
+) -> None:
+    """Under --hermetic-all a session fixture is set up once, and network=False is enforced."""
+    uv_pytester.makepyfile(
+        test_shared="""
+        import socket
+        import pytest
+
+        SETUPS = []
+
+        @pytest.fixture(scope="session")
+        def resource():
+            SETUPS.append(1)
+            yield
+
+        def test_first(resource):
+            pass
+
+        @pytest.mark.hermetic(network=False)
+        def test_offline(resource):
+            with pytest.raises(OSError, match="name lookup of '203.0.113.5' refused"):
+                socket.getaddrinfo("203.0.113.5", 80)
+
+        def test_last(resource):
+            assert len(SETUPS) == 1
+        """
+    )
+    run(uv_pytester, "--hermetic-all").assert_outcomes(passed=3)
