@@ -19,6 +19,9 @@ marked tests run in-process as usual.
 from __future__ import annotations
 
 import contextlib
+import functools
+import io
+import logging
 import os
 import tempfile
 from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
@@ -538,6 +541,13 @@ class HermeticPlugin:
             if not plan.network:
                 plans.no_network.setdefault(plan.key, set()).add(plan.inner_id)
         self._plans = plans
+        if self._runner is not None:
+            # A batch made before the plans (the worker that collected for
+            # --hermetic-all) learns its tests now: without them each test
+            # would run as the batch's last, tearing down every fixture.
+            for key, batch in self._runner.batches.items():
+                batch.members = list(plans.members.get(key, ()))
+                batch.no_network = frozenset(plans.no_network.get(key, ()))
         if plans.members and not (
             self.config.getoption("usepdb", False) or self.config.getoption("trace", False)
         ):
@@ -670,12 +680,20 @@ class HermeticPlugin:
             return None
         ihook = item.ihook
         ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
+        torn_down = False
         try:
             for report in self._reports(item, plan, nextitem):
-                self._log(item, report)
+                if report.when == "teardown" and not torn_down:
+                    torn_down = True
+                    self._log(item, self._with_outer_teardown(item, nextitem, report))
+                else:
+                    self._log(item, report)
         except HermeticRunError as exc:
             raise pytest.UsageError(str(exc)) from None
-        self._teardown_outer(item, nextitem)
+        if not torn_down:
+            outer = self._teardown_outer(item, nextitem)
+            if outer is not None:
+                self._log(item, outer)
         ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
         return True
 
@@ -724,19 +742,51 @@ class HermeticPlugin:
         ):
             self.config.stash[HERMETIC_OUTCOMES_KEY].record(report)
 
-    def _teardown_outer(self, item: pytest.Item, nextitem: pytest.Item | None) -> None:
-        # In-process tests before this one may have left module or session
-        # fixtures set up here; tear down what the next item does not share,
-        # as pytest's own protocol would have done.
+    def _teardown_outer(
+        self, item: pytest.Item, nextitem: pytest.Item | None
+    ) -> pytest.TestReport | None:
+        """Tear down here what the next item does not share; its report, or None.
+
+        In-process tests before this one may have left module or session
+        fixtures set up here: pytest's own protocol would tear them down in
+        this test's teardown, capturing their output and log, as here.
+        """
         setupstate = getattr(item.session, "_setupstate", None)
         if setupstate is None or not getattr(setupstate, "stack", None):
-            return
-        call = pytest.CallInfo.from_call(
-            lambda: setupstate.teardown_exact(nextitem), when="teardown"
-        )
-        if call.excinfo is not None:
-            report = item.ihook.pytest_runtest_makereport(item=item, call=call)
+            return None
+        with _captured(item, "teardown"):
+            call = pytest.CallInfo.from_call(
+                functools.partial(setupstate.teardown_exact, nextitem),
+                when="teardown",
+                reraise=(pytest.exit.Exception, KeyboardInterrupt),
+            )
+        report: pytest.TestReport = item.ihook.pytest_runtest_makereport(item=item, call=call)
+        return report
+
+    def _with_outer_teardown(
+        self, item: pytest.Item, nextitem: pytest.Item | None, report: Any
+    ) -> Any:
+        """The inner teardown ``report`` with the outer teardown's output, time and error.
+
+        In-process both are one teardown, with one report: a second one
+        would be a second testcase in junitxml. Only when both fail is the
+        outer one logged on its own, so that neither error is lost.
+        """
+        outer = self._teardown_outer(item, nextitem)
+        if outer is None:
+            return report
+        if outer.failed and report.failed:
             self._log(item, report)
+            return outer
+        merged: dict[str, str] = dict(report.sections)
+        for name, content in outer.sections:
+            merged[name] = f"{merged[name]}{content}" if name in merged else content
+        report.sections = list(merged.items())
+        report.duration += outer.duration
+        if outer.failed:
+            report.outcome = outer.outcome
+            report.longrepr = outer.longrepr
+        return report
 
     # A wrapper, and the innermost (trylast): the workers stop before the
     # build record is written, and what they say while ending reaches the
@@ -783,6 +833,43 @@ class HermeticPlugin:
             self._scratch = None
         if runner is not None and self._leave_warm:
             runner.leave_warm_workers()
+
+
+@contextlib.contextmanager
+def _captured(item: pytest.Item, when: str) -> Iterator[None]:
+    """Capture output and log records around ``when`` into the item's sections, as pytest does."""
+    manager = item.config.pluginmanager
+    capture = manager.get_plugin("capturemanager")
+    logs = manager.get_plugin("logging-plugin")
+    # pytest's order: output is captured inside the log capture, so its
+    # sections come first.
+    with contextlib.ExitStack() as stack:
+        if logs is not None:
+            stack.enter_context(_log_section(item, when, logs.formatter, logs.log_level))
+        if capture is not None:
+            stack.enter_context(capture.item_capture(when, item))
+        yield
+
+
+@contextlib.contextmanager
+def _log_section(
+    item: pytest.Item, when: str, formatter: logging.Formatter, level: int | None
+) -> Iterator[None]:
+    """Add the log records of the block to the item's ``log`` section of ``when``."""
+    handler = logging.StreamHandler(io.StringIO())
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    saved = root.level
+    if level is not None:
+        handler.setLevel(level)
+        root.setLevel(min(saved, level))
+    root.addHandler(handler)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(saved)
+        item.add_report_section(when, "log", handler.stream.getvalue().strip())
 
 
 class _OptionRecorder:

@@ -64,6 +64,8 @@ __all__ = [
 #: The inner side, executed by path with the env's interpreter.
 WORKER_SCRIPT: Final = Path(__file__).with_name("worker.py")
 PROTOCOL_VERSION: Final = 1
+#: The worker's mark on a report whose longrepr pytest flattened from a repr to text.
+TEXT_REPR_KEY: Final = "uvbuild_text_repr"
 
 #: Variables that pass into the worker unchanged (plus every ``LC_*``).
 ALLOWED_VARIABLES: Final = (
@@ -626,6 +628,7 @@ def deserialise(config: pytest.Config, data: Mapping[str, Any]) -> Any:
     JSON has no tuples; the few fields pytest expects as tuples get them back.
     """
     data = dict(data)
+    flattened = bool(data.pop(TEXT_REPR_KEY, False))
     for key in ("location", "longrepr"):
         value = data.get(key)
         if isinstance(value, list):
@@ -636,7 +639,30 @@ def deserialise(config: pytest.Config, data: Mapping[str, Any]) -> Any:
     report = config.hook.pytest_report_from_serializable(config=config, data=data)
     if report is None:
         raise ProtocolError(f"pytest could not rebuild a report of type {data.get('$report_type')}")
+    if flattened and isinstance(report.longrepr, str):
+        report.longrepr = TextRepr(report.longrepr, red=isinstance(report, pytest.CollectReport))
     return report
+
+
+class TextRepr:
+    """A longrepr that pytest flattened to text, shown as that text but not quoted as a string.
+
+    The terminal's short summary appends a string longrepr to the test's id
+    (on CI, every line of it); a repr (a doctest failure, a missing fixture,
+    a collection error) it leaves out, and so must a rebuilt one.
+    """
+
+    def __init__(self, text: str, *, red: bool = False) -> None:
+        self.text = text
+        #: Collection errors are written in red, as pytest's own repr of them.
+        self.red = red
+
+    def toterminal(self, tw: Any) -> None:
+        """Write the text."""
+        tw.line(self.text, red=self.red)
+
+    def __str__(self) -> str:
+        return self.text
 
 
 def remove_scratch(path: Path) -> None:

@@ -55,6 +55,8 @@ import time  # noqa: E402
 from typing import Any  # noqa: E402
 
 PROTOCOL_VERSION = 1
+#: Set in a serialised report whose longrepr pytest flattened from a repr to text.
+TEXT_REPR_KEY = "uvbuild_text_repr"
 
 #: Options of the outer session's own bookkeeping. An ini ``addopts`` may
 #: set them inside too; they are reset so that the inner session never writes
@@ -309,7 +311,18 @@ class WorkerPlugin:
                 setattr(config.option, name, value)
 
     def _serialise(self, report: Any) -> Any:
-        return self.config.hook.pytest_report_to_serializable(config=self.config, report=report)
+        data = self.config.hook.pytest_report_to_serializable(config=self.config, report=report)
+        # pytest flattens a longrepr without a traceback (a doctest's, a
+        # missing fixture's, a collection error's) to its text. The outer side
+        # must know it was no plain string: the short summary quotes a string
+        # longrepr after the test's id (all of it on CI), never such a repr.
+        if (
+            isinstance(data, dict)
+            and isinstance(data.get("longrepr"), str)
+            and hasattr(report.longrepr, "toterminal")
+        ):
+            data[TEXT_REPR_KEY] = True
+        return data
 
     # -- collection ------------------------------------------------------
 

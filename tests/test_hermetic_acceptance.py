@@ -998,3 +998,114 @@ def test_hermetic_all_keeps_warnings_from_the_session_end(uv_pytester: pytest.Py
             ["*UserWarning: said at the end", "*maximum allowed warnings exceeded: 1 > 0*"]
         )
         assert result.ret == plain.ret != 0
+
+
+def _short_summary(result: pytest.RunResult) -> list[str]:
+    """The lines of a run's short test summary."""
+    lines = result.outlines
+    start = next(i for i, line in enumerate(lines) if "short test summary info" in line)
+    end = next(i for i in range(start + 1, len(lines)) if re.match(r"^(=+ |!+ )", lines[i]))
+    return lines[start + 1 : end]
+
+
+def test_the_short_summary_quotes_only_what_it_quotes_in_process(
+    uv_pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On CI a doctest, missing fixture or collection error adds no text to its summary line."""
+    monkeypatch.setenv("CI", "true")
+    uv_pytester.makepyfile(
+        test_summary='''
+        import pytest
+
+        def add(a, b):
+            """
+            >>> add(1, 1)
+            3
+            """
+            return a + b
+
+        def test_missing(no_such_fixture):
+            pass
+
+        @pytest.mark.xfail(reason="strictly fixed", strict=True)
+        def test_xpass_strict():
+            pass
+        ''',
+        test_broken="import no_such_module_here\n",
+    )
+    args = ("--doctest-modules", "--continue-on-collection-errors")
+    plain = uv_pytester.runpytest_subprocess(*args)
+    hermetic = run(uv_pytester, "--hermetic-all", *args)
+    for result in (plain, hermetic):
+        # test_broken.py fails twice: as a test module and as a doctest module.
+        result.assert_outcomes(failed=2, errors=3)
+    assert _short_summary(hermetic) == _short_summary(plain)
+    assert "FAILED test_summary.py::test_summary.add" in _short_summary(plain)
+
+
+def test_plain_fixtures_torn_down_at_a_hermetic_test_are_captured(
+    uv_pytester: pytest.Pytester,
+) -> None:
+    """A plain test's fixture torn down at a hermetic test: captured, one report, as in-process."""
+    uv_pytester.makepyfile(
+        test_server="""
+        import logging
+        import pytest
+
+        @pytest.fixture(scope="module")
+        def server():
+            yield
+            print("stopping the server")
+            logging.getLogger("server").warning("server stopped")
+            raise RuntimeError("the server would not stop")
+
+        def test_plain(server):
+            pass
+
+        @pytest.mark.hermetic
+        def test_hermetic():
+            print("inside")
+        """
+    )
+    uv_pytester.makeini("[pytest]\njunit_logging = all\n")
+    plain = uv_pytester.runpytest_subprocess("-rA", "--junitxml=plain.xml")
+    hermetic = run(uv_pytester, "-rA", "--junitxml=hermetic.xml")
+    for result in (plain, hermetic):
+        result.assert_outcomes(passed=2, errors=1)
+    assert _terminal_lines(hermetic) == _terminal_lines(plain)
+    assert _junit(uv_pytester.path / "hermetic.xml") == _junit(uv_pytester.path / "plain.xml")
+    hermetic.stdout.fnmatch_lines(
+        ["*Captured stdout teardown*", "stopping the server", "*Captured log teardown*"]
+    )
+    assert "hermetic.py" not in hermetic.stdout.str()
+
+
+def test_hermetic_all_shares_fixtures_and_applies_marker_arguments(
+    uv_pytester: pytest.Pytester,
+) -> None:
+    """Under --hermetic-all a session fixture is set up once, and network=False is enforced."""
+    uv_pytester.makepyfile(
+        test_shared="""
+        import socket
+        import pytest
+
+        SETUPS = []
+
+        @pytest.fixture(scope="session")
+        def resource():
+            SETUPS.append(1)
+            yield
+
+        def test_first(resource):
+            pass
+
+        @pytest.mark.hermetic(network=False)
+        def test_offline(resource):
+            with pytest.raises(OSError, match="name lookup of '203.0.113.5' refused"):
+                socket.getaddrinfo("203.0.113.5", 80)
+
+        def test_last(resource):
+            assert len(SETUPS) == 1
+        """
+    )
+    run(uv_pytester, "--hermetic-all").assert_outcomes(passed=3)
