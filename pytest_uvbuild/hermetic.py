@@ -225,6 +225,8 @@ class _Plans:
 
 
 _PLAN_KEY: Final = pytest.StashKey[ItemPlan]()
+#: The session's parser under ``--hermetic-all`` (see :meth:`HermeticPlugin._know_inner_ini`).
+INI_PARSER_KEY: Final = pytest.StashKey[pytest.Parser]()
 #: ``config.cache`` entry: per command line, the files of the main env's hermetic tests.
 _HINT_CACHE_KEY: Final = "uvbuild/hermetic-main-env"
 #: How many command lines the hint remembers (the oldest goes first).
@@ -615,6 +617,7 @@ class HermeticPlugin:
         for line in batch.collected_markers:
             if line not in known:
                 self.config.addinivalue_line("markers", line)
+        self._know_inner_ini(batch.collected_ini_names)
         items: list[pytest.Item] = []
         for report in batch.collect_errors:
             hook.pytest_collectreport(report=report)
@@ -630,6 +633,25 @@ class HermeticPlugin:
             hook.pytest_collection_finish(session=session)
         session.testscollected = len(items)
         return True
+
+    def _know_inner_ini(self, names: Iterable[str]) -> None:
+        """Register here the ini keys that only the inner session knows.
+
+        Plugins that only the lock has, and the suite's conftest.py files,
+        register ini keys (``asyncio_mode``, say) inside. pytest checks the
+        ini file's keys once collection ends: unregistered, this session would
+        warn of them, or fail with ``--strict-config``, where an in-process
+        run passes. Keys this side knows keep their own definitions.
+        """
+        parser = self.config.stash.get(INI_PARSER_KEY, None)
+        # pytest has no public way to ask which keys a parser knows.
+        known = getattr(parser, "_inidict", None)
+        aliases = getattr(parser, "_ini_aliases", None)
+        if parser is None or not isinstance(known, dict) or not isinstance(aliases, dict):
+            return
+        for name in names:
+            if name not in known and name not in aliases:
+                parser.addini(name, "(registered inside the locked environment)")
 
     def _stand_ins(self, session: pytest.Session, data: Mapping[str, Any]) -> Iterator[pytest.Item]:
         inner_id = str(data["nodeid"])

@@ -366,10 +366,16 @@ def _configure_hermetic(config: pytest.Config) -> None:
 
 
 @pytest.hookimpl(tryfirst=True)
-def pytest_load_initial_conftests(early_config: pytest.Config) -> None:
-    """With ``--hermetic-all``, import no conftest.py here: they load inside the env."""
+def pytest_load_initial_conftests(early_config: pytest.Config, parser: pytest.Parser) -> None:
+    """With ``--hermetic-all``, import no conftest.py here: they load inside the env.
+
+    The parser is kept, to learn the ini keys that only the inside knows.
+    """
     namespace = early_config.known_args_namespace
     if not getattr(namespace, "hermetic_all", False):
         return
     if getattr(namespace, "uv_build", False) or early_config.getini("uv_build"):
+        from pytest_uvbuild.hermetic import INI_PARSER_KEY
+
         namespace.noconftest = True
+        early_config.stash[INI_PARSER_KEY] = parser

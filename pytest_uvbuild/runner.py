@@ -747,6 +747,8 @@ class Batch:
         self.collected = False
         self.collected_items: list[dict[str, Any]] | None = None
         self.collected_markers: list[str] = []
+        #: The ini keys the inner session knows (its plugins', its conftest files').
+        self.collected_ini_names: list[str] = []
         self.current: str | None = None
         self.internal_errors: list[str] = []
         #: Whether this batch ever started a worker (then its launch is worth keeping warm).
@@ -915,10 +917,12 @@ class Batch:
         missing: list[str],
         items: list[dict[str, Any]] | None,
         markers: list[str] | None = None,
+        ini_names: list[str] | None = None,
     ) -> None:
         self.collected = True
         self.collected_items = items
         self.collected_markers = markers or []
+        self.collected_ini_names = ini_names or []
 
     def _worker_logstart(self, nodeid: str, started: float, log_offset: int | None = None) -> str:
         self.current = nodeid

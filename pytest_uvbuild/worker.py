@@ -270,6 +270,22 @@ def _keyword_names(item: Any) -> list[str]:
         return sorted(names)
 
 
+def _ini_names(config: Any) -> list[str]:
+    """The ini keys this session knows: pytest's, its plugins' and its conftest files'.
+
+    pytest keeps them on its parser, with no public way to list them; an
+    empty list (the outer session then warns of keys it does not know, as it
+    would anyway) if a pytest keeps them elsewhere.
+    """
+    parser = getattr(config, "_parser", None)
+    names: set[str] = set()
+    for table in ("_inidict", "_ini_aliases"):
+        known = getattr(parser, table, None)
+        if isinstance(known, dict):
+            names.update(str(name) for name in known)
+    return sorted(names)
+
+
 def _item_data(item: Any, rootdir: str) -> dict[str, Any]:
     """What the outer session needs to build a stand-in for ``item``."""
     relpath, lineno, domain = item.location
@@ -361,10 +377,13 @@ class WorkerPlugin:
         item_data = None
         if self.spec.get("report_items"):
             item_data = [_item_data(item, rootdir) for item in session.items]
-        markers = None
+        markers = ini_names = None
         if self.spec.get("report_items"):
             markers = [str(line) for line in session.config.getini("markers")]
-        self.events.send("collected", missing=self.missing, items=item_data, markers=markers)
+            ini_names = _ini_names(session.config)
+        self.events.send(
+            "collected", missing=self.missing, items=item_data, markers=markers, ini_names=ini_names
+        )
         self._command_loop(session)
         return True
 

@@ -1109,3 +1109,26 @@ def test_hermetic_all_shares_fixtures_and_applies_marker_arguments(
         """
     )
     run(uv_pytester, "--hermetic-all").assert_outcomes(passed=3)
+
+
+def test_hermetic_all_knows_ini_keys_registered_inside(uv_pytester: pytest.Pytester) -> None:
+    """An ini key that only a conftest.py or lock-only plugin registers passes --strict-config."""
+    uv_pytester.makeconftest(
+        """
+        def pytest_addoption(parser):
+            parser.addini("inner_only", "registered by the suite's conftest.py")
+        """
+    )
+    uv_pytester.makepyfile(
+        test_ini="""
+        def test_reads_it(request):
+            assert request.config.getini("inner_only") == "yes"
+        """
+    )
+    uv_pytester.makeini("[pytest]\naddopts = --strict-config\ninner_only = yes\n")
+    strict = run(uv_pytester, "--hermetic-all")
+    strict.assert_outcomes(passed=1)
+    uv_pytester.makeini("[pytest]\ninner_only = yes\n")
+    lenient = run(uv_pytester, "--hermetic-all")
+    lenient.assert_outcomes(passed=1)
+    assert "Unknown config option" not in lenient.stdout.str() + lenient.stderr.str()
