@@ -867,13 +867,15 @@ class EnvCache:
         """Remove unused envs; return (removed, kept busy). See :func:`.cacheadmin.prune`."""
         from pytest_uvbuild.cacheadmin import prune
 
-        return prune(self, older_than=older_than, everything=everything)
+        with self._writing():
+            return prune(self, older_than=older_than, everything=everything)
 
     def verify(self) -> list[VerifyResult]:
         """Check every env and its layers file by file. See :func:`.cacheadmin.verify`."""
         from pytest_uvbuild.cacheadmin import verify
 
-        return verify(self)
+        with self._writing():
+            return verify(self)
 
 
 def _offline(request: EnvRequest) -> list[str]:
