@@ -236,6 +236,15 @@ class UvProject(NamedTuple):
                 f"Defined: {listing}. Fix: declare it under [project.optional-dependencies] "
                 "or pick a defined extra."
             )
+        if only_groups and (groups or extras or all_extras):
+            # uv refuses these combinations with a usage error of its own.
+            raise SelectionError(
+                f"--uv-only-group {', '.join(only_groups)} installs only those groups, without "
+                f"the project {self.root} and its extras, so it cannot be combined with "
+                "--uv-group, --uv-extra or --uv-all-extras (uv refuses that too). Fix: name "
+                "every group with --uv-only-group and drop the others, or use --uv-group "
+                "(with --uv-no-default-groups) instead of --uv-only-group."
+            )
         uv_args: list[str] = []
         if only_groups:
             effective: set[str] = {canonicalize_name(g) for g in only_groups}

@@ -130,6 +130,14 @@ def test_unknown_group_and_extra_are_clear_errors() -> None:
         project.select(extras=["nope"])
 
 
+def test_only_group_with_groups_or_extras_is_a_clear_error() -> None:
+    """--only-group with --group, --extra or --all-extras is refused up front, as uv does."""
+    project = _project(GROUPS_TOML)
+    for extra in ({"groups": ["dev"]}, {"extras": ["fast"]}, {"all_extras": True}):
+        with pytest.raises(SelectionError, match=r"--uv-only-group docs installs only .* Fix: "):
+            project.select(only_groups=["docs"], **extra)
+
+
 def test_package_detection_follows_tool_uv_package() -> None:
     """A build-system makes a package; `[tool.uv] package = false` overrides it."""
     base = '[project]\nname = "p"\n[build-system]\nrequires = []\n'
