@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import time
 from pathlib import Path
@@ -86,6 +87,8 @@ def parse_age(text: str) -> float:
     number, unit = (text[:-1], text[-1]) if text and text[-1] in units else (text, "d")
     try:
         value = float(number)
+        if not math.isfinite(value):  # float() takes "nan" and "inf": no age is either
+            raise ValueError(number)
     except ValueError:
         raise ValueError(
             f"{text!r} is not an age; use a number with s, m, h, d or w (e.g. 30d)"

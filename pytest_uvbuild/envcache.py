@@ -196,16 +196,26 @@ class UvEnv:
         return env
 
     def run(
-        self, args: Sequence[str | os.PathLike[str]], **kwargs: Any
+        self,
+        args: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+        **kwargs: Any,
     ) -> subprocess.CompletedProcess[Any]:
         """Run a command with the env's ``bin/`` first on ``PATH`` and its variables set.
 
-        ``env=`` adds variables; every other keyword goes to :func:`subprocess.run`.
-        A bare ``python`` as the program means this env's interpreter.
+        ``args`` is a list, or one string as :func:`subprocess.run` takes it (a
+        command line with ``shell=True``). ``env=`` adds variables; every other
+        keyword goes to :func:`subprocess.run`. A bare ``python`` as the
+        program means this env's interpreter.
         """
-        argv = [os.fspath(a) for a in args]
-        if argv and argv[0] in ("python", "python3"):
-            argv[0] = str(self.python)
+        argv: str | list[str]
+        if isinstance(args, (str, os.PathLike)):
+            argv = os.fspath(args)
+            if argv in ("python", "python3"):
+                argv = str(self.python)
+        else:
+            argv = [os.fspath(a) for a in args]
+            if argv and argv[0] in ("python", "python3"):
+                argv[0] = str(self.python)
         env = self.environ(kwargs.pop("env", None))
         check = bool(kwargs.pop("check", False))
         return subprocess.run(argv, env=env, check=check, **kwargs)
@@ -867,13 +877,15 @@ class EnvCache:
         """Remove unused envs; return (removed, kept busy). See :func:`.cacheadmin.prune`."""
         from pytest_uvbuild.cacheadmin import prune
 
-        return prune(self, older_than=older_than, everything=everything)
+        with self._writing():
+            return prune(self, older_than=older_than, everything=everything)
 
     def verify(self) -> list[VerifyResult]:
         """Check every env and its layers file by file. See :func:`.cacheadmin.verify`."""
         from pytest_uvbuild.cacheadmin import verify
 
-        return verify(self)
+        with self._writing():
+            return verify(self)
 
 
 def _offline(request: EnvRequest) -> list[str]:

@@ -193,7 +193,8 @@ def inspect(path: Path, probe_dir: Path | None) -> Interpreter | None:
     return _from_info(real, info)
 
 
-def _read_python_version_file(project_root: Path) -> str | None:
+def _read_python_version_file(project_root: Path) -> tuple[str, Path] | None:
+    """The request in the nearest ``.python-version`` and that file's path, if any."""
     # uv reads .python-version in the project and its parents; the first
     # non-comment line is the request.
     for directory in (project_root, *project_root.parents):
@@ -202,7 +203,7 @@ def _read_python_version_file(project_root: Path) -> str | None:
             for raw in candidate.read_text(encoding="utf-8").splitlines():
                 line = raw.strip()
                 if line and not line.startswith("#"):
-                    return line
+                    return line, candidate
             return None
     return None
 
@@ -254,11 +255,23 @@ def _resolve_local(
     requires_python: str | None,
     probe_dir: Path | None,
 ) -> Interpreter:
-    wanted = request or _read_python_version_file(project_root)
+    pinned = None if request else _read_python_version_file(project_root)
+    wanted = request or (pinned[0] if pinned else None)
     if wanted:
         from pytest_uvbuild.discovery import find_matching
 
-        return find_matching(wanted, probe_dir)
+        try:
+            return find_matching(wanted, probe_dir)
+        except InterpreterNotFoundError as exc:
+            if pinned is None:
+                raise
+            # Without naming the file, the user is told about a request they never made.
+            error = InterpreterNotFoundError(
+                f"{pinned[1]} asks for Python {wanted!r} (no --uv-python was given): {exc} "
+                f"Or change {pinned[1]}."
+            )
+            error.request = exc.request
+            raise error from None
     current = current_interpreter(probe_dir)
     if not requires_python:
         return current

@@ -200,6 +200,11 @@ def uv_env(pytestconfig: pytest.Config) -> UvEnv:
     pytest.fail(f"uv_env: {message}", pytrace=False)
 
 
+def _names(value: str | Sequence[str]) -> tuple[str, ...]:
+    """Group or extra names: one string is one name (as in the hermetic marker), not letters."""
+    return (value,) if isinstance(value, str) else tuple(value)
+
+
 @pytest.fixture(scope="session")
 def uv_env_factory(
     pytestconfig: pytest.Config,
@@ -211,10 +216,10 @@ def uv_env_factory(
         project_dir: str | Path | None = None,
         *,
         python: str | None = None,
-        groups: Sequence[str] = (),
-        only_groups: Sequence[str] = (),
+        groups: str | Sequence[str] = (),
+        only_groups: str | Sequence[str] = (),
         no_default_groups: bool = False,
-        extras: Sequence[str] = (),
+        extras: str | Sequence[str] = (),
         all_extras: bool = False,
         install_project: InstallMode = "wheel",
         offline: bool | None = None,
@@ -230,10 +235,10 @@ def uv_env_factory(
         request = EnvRequest(
             project_dir=Path(project_dir).resolve() if project_dir is not None else None,
             python=python,
-            groups=tuple(groups),
-            only_groups=tuple(only_groups),
+            groups=_names(groups),
+            only_groups=_names(only_groups),
             no_default_groups=no_default_groups,
-            extras=tuple(extras),
+            extras=_names(extras),
             all_extras=all_extras,
             install_project=install_project,
             offline=uvbuild.request.offline if offline is None else offline,

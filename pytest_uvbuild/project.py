@@ -236,6 +236,15 @@ class UvProject(NamedTuple):
                 f"Defined: {listing}. Fix: declare it under [project.optional-dependencies] "
                 "or pick a defined extra."
             )
+        if only_groups and (groups or extras or all_extras):
+            # uv refuses these combinations with a usage error of its own.
+            raise SelectionError(
+                f"--uv-only-group {', '.join(only_groups)} installs only those groups, without "
+                f"the project {self.root} and its extras, so it cannot be combined with "
+                "--uv-group, --uv-extra or --uv-all-extras (uv refuses that too). Fix: name "
+                "every group with --uv-only-group and drop the others, or use --uv-group "
+                "(with --uv-no-default-groups) instead of --uv-only-group."
+            )
         uv_args: list[str] = []
         if only_groups:
             effective: set[str] = {canonicalize_name(g) for g in only_groups}
@@ -272,10 +281,45 @@ def load_project(root: Path) -> UvProject:
         )
     pyproject = _read_toml(root / "pyproject.toml", f"create it, e.g. with `uv init {root}`")
     if not (root / "uv.lock").is_file():
+        workspace = _workspace_root_of(root)
+        if workspace is not None:
+            # `uv lock` in a member updates the workspace's lock: it never makes this one.
+            raise ProjectNotFoundError(
+                f"{root} is a member of the uv workspace at {workspace} and has no uv.lock of "
+                "its own; envs are built for the workspace root. Fix: pass "
+                f"--uv-project={workspace}, or leave --uv-project out when running inside the "
+                "workspace (the root's env holds the members it depends on)."
+            )
         raise LockfileError(
             f"{root / 'uv.lock'} is missing. Fix: run `uv lock` in {root} and commit uv.lock."
         )
     return UvProject(root=root, pyproject=pyproject)
+
+
+def _workspace_root_of(member: Path) -> Path | None:
+    """The uv workspace above ``member`` whose ``members`` globs include it (minus ``exclude``)."""
+    import glob
+
+    for directory in member.parents:
+        try:
+            with (directory / "pyproject.toml").open("rb") as fh:
+                workspace = tomllib.load(fh).get("tool", {}).get("uv", {}).get("workspace")
+        except (OSError, tomllib.TOMLDecodeError, AttributeError):
+            continue
+        if not isinstance(workspace, dict):
+            continue
+
+        def matched(key: str, root: Path = directory, table: dict[str, Any] = workspace) -> bool:
+            patterns = table.get(key, [])
+            return isinstance(patterns, list) and any(
+                (root / found).resolve() == member
+                for pattern in patterns
+                if isinstance(pattern, str)
+                for found in glob.glob(pattern, root_dir=root, recursive=True)
+            )
+
+        return directory if matched("members") and not matched("exclude") else None
+    return None
 
 
 def nearest_project_dir(start: Path) -> Path | None:

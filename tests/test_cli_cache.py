@@ -204,3 +204,31 @@ def test_bad_input_is_one_error_line_and_status_2(
     lines = captured.err.strip().splitlines()
     assert len(lines) == 1
     assert message in lines[0]
+
+
+@pytest.mark.parametrize("argv", [["prune", "--all"], ["verify"]], ids=["prune", "verify"])
+def test_a_read_only_cache_is_one_error_line_for_prune_and_verify(
+    argv: list[str],
+    cached_env: tuple[EnvCache, UvEnv],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`cache prune` and `cache verify` on a read-only cache print one error naming the fix."""
+    import errno
+
+    from pytest_uvbuild import envcache
+
+    cache, env = cached_env
+
+    def read_only(path: Path, **kwargs: object) -> None:
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+
+    # Root ignores file modes: make the lock files unopenable as a read-only mount would.
+    monkeypatch.setattr(envcache, "hold_lock", read_only)
+    assert main(["cache", *argv, "--uv-cache-dir", str(cache.root)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    (line,) = captured.err.strip().splitlines()
+    assert line.startswith(f"error: The cache dir {cache.root} is not writable (Read-only")
+    assert "Fix: pass --uv-cache-dir=DIR" in line
+    assert env.path.is_dir()

@@ -84,11 +84,11 @@ def test_key_changes_with_the_format_version(monkeypatch: pytest.MonkeyPatch) ->
 
 
 def test_parse_age() -> None:
-    """Ages take s, m, h, d or w (a bare number is days); garbage and negatives are refused."""
+    """Ages take s, m, h, d or w (a bare number is days); garbage, nan and negatives are refused."""
     assert parse_age("30d") == parse_age("30") == 30 * 86400
     assert parse_age("12h") == 12 * 3600
     assert parse_age("90s") == 90
-    for bad in ("soon", "-1d", "d"):
+    for bad in ("soon", "-1d", "d", "nan", "infd", "nanh"):
         with pytest.raises(ValueError, match=r"e\.g\. 30d"):
             parse_age(bad)
 

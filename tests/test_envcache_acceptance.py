@@ -161,6 +161,22 @@ def _setup_unknown_extra(p: pytest.Pytester, make_project: MakeProject) -> list[
     return ["--uv-extra=nope"]
 
 
+def _setup_only_group_with_extra(p: pytest.Pytester, make_project: MakeProject) -> list[str]:
+    make_project(p.path, extras={"fast": ["toygamma"]})
+    return ["--uv-only-group=dev", "--uv-extra=fast"]
+
+
+def _setup_workspace_member(p: pytest.Pytester, make_project: MakeProject) -> list[str]:
+    make_project(p.path / "packages" / "member", name="member", with_pytest=False, lock=False)
+    make_project(
+        p.path,
+        dependencies=["member"],
+        extra_toml='[tool.uv.workspace]\nmembers = ["packages/*"]\n'
+        "[tool.uv.sources]\nmember = { workspace = true }\n",
+    )
+    return [f"--uv-project={p.path / 'packages' / 'member'}"]
+
+
 def _setup_uv_missing(p: pytest.Pytester, make_project: MakeProject) -> list[str]:
     make_project(p.path)
     os.environ["PYTEST_UVBUILD_UV"] = str(p.path / "no-such-uv")
@@ -192,6 +208,17 @@ USER_ERRORS: dict[str, tuple[Callable[[pytest.Pytester, MakeProject], list[str]]
     ),
     "unknown-group": (_setup_unknown_group, ["Unknown dependency group(s) nope", "Defined: dev"]),
     "unknown-extra": (_setup_unknown_extra, ["Unknown extra(s) nope", "Defined: fast"]),
+    "only-group-with-extra": (
+        _setup_only_group_with_extra,
+        [
+            "--uv-only-group dev installs only those groups",
+            "cannot be combined with --uv-group, --uv-extra",
+        ],
+    ),
+    "workspace-member": (
+        _setup_workspace_member,
+        ["is a member of the uv workspace at", "Fix: pass --uv-project="],
+    ),
     "uv-missing": (_setup_uv_missing, ["PYTEST_UVBUILD_UV points at", "Fix: unset"]),
     "uv-broken": (_setup_uv_broken, ["does not run (`uv --version` exited 1)", "Fix: point"]),
     "cache-unwritable": (

@@ -77,6 +77,33 @@ def test_uv_env_and_factory_attributes(
     )
 
 
+def test_run_takes_a_command_line_and_the_factory_one_name_as_a_string(
+    uv_pytester: pytest.Pytester, make_project: MakeProject, tmp_path: Path
+) -> None:
+    """`run("cmd", shell=True)` runs that command line in the env; `groups="lint"` is one group."""
+    other = make_project(tmp_path / "other", name="other", groups={"lint": ["toygamma"]})
+    uv_pytester.makepyfile(
+        test_strings=f"""
+        def test_command_line(uv_env):
+            out = uv_env.run(
+                "python -c 'import sys, toyalpha; print(sys.prefix)'",
+                shell=True, capture_output=True, text=True, check=True,
+            )
+            assert out.stdout.strip() == str(uv_env.path)
+            code = "import sys; print(sys.prefix)"
+            alone = uv_env.run("python", input=code, capture_output=True, text=True)
+            assert alone.stdout.strip() == str(uv_env.path)
+
+        def test_one_group_name(uv_env_factory):
+            env = uv_env_factory({str(other)!r}, groups="lint")
+            assert env is uv_env_factory({str(other)!r}, groups=["lint"])
+            assert "toygamma" in env.packages
+        """
+    )
+    result = uv_pytester.runpytest_subprocess("-p", "no:randomly")
+    result.assert_outcomes(passed=2)
+
+
 def test_errors_inside_fixtures_are_one_message(
     pytester: pytest.Pytester, make_project: MakeProject
 ) -> None:

@@ -88,6 +88,21 @@ def test_python_version_file_then_requires_python(
     assert running == current_interpreter()
 
 
+def test_python_version_file_that_matches_nothing_is_named_in_the_error(tmp_path: Path) -> None:
+    """A .python-version asking for an absent or garbled Python is named in the error."""
+    (tmp_path / ".python-version").write_text("3.99\n")
+    with pytest.raises(InterpreterNotFoundError) as info:
+        resolve_python(None, project_root=tmp_path, requires_python=None, probe_dir=tmp_path)
+    message = str(info.value)
+    assert message.startswith(f"{tmp_path / '.python-version'} asks for Python '3.99'")
+    assert "No Python interpreter matching '3.99'" in message
+    assert message.endswith(f"Or change {tmp_path / '.python-version'}.")
+    assert info.value.request == "3.99"
+    (tmp_path / ".python-version").write_text("pypy-nightly-latest\n")
+    with pytest.raises(InterpreterNotFoundError, match=r"\.python-version asks for Python 'pypy"):
+        resolve_python(None, project_root=tmp_path, requires_python=None, probe_dir=tmp_path)
+
+
 def test_missing_version_lists_what_was_found(tmp_path: Path) -> None:
     """Asking for an absent Python lists the interpreters found and offers the download opt-in."""
     with pytest.raises(InterpreterNotFoundError) as info:

@@ -71,6 +71,28 @@ def test_explicit_project_dir_must_exist(tmp_path: Path) -> None:
         find_project(tmp_path, tmp_path / "missing")
 
 
+def test_explicit_workspace_member_names_the_workspace_root(tmp_path: Path) -> None:
+    """A workspace member as the project names the root that holds the lock, not `uv lock`."""
+    (tmp_path / "pyproject.toml").write_text(
+        '[project]\nname = "root"\n[tool.uv.workspace]\nmembers = ["packages/*"]\n'
+        'exclude = ["packages/skip"]\n'
+    )
+    (tmp_path / "uv.lock").write_text("version = 1\n")
+    for name in ("member", "skip"):
+        (tmp_path / "packages" / name).mkdir(parents=True)
+        (tmp_path / "packages" / name / "pyproject.toml").write_text(
+            f'[project]\nname = "{name}"\n'
+        )
+    root = tmp_path.resolve()
+    with pytest.raises(
+        ProjectNotFoundError,
+        match=rf"member of the uv workspace at {root} .* Fix: pass --uv-project={root}",
+    ):
+        find_project(tmp_path, tmp_path / "packages" / "member")
+    with pytest.raises(LockfileError, match=r"skip/uv.lock is missing. Fix: run `uv lock`"):
+        find_project(tmp_path, tmp_path / "packages" / "skip")
+
+
 def test_malformed_pyproject_is_a_lockfile_error(tmp_path: Path) -> None:
     """A pyproject.toml that is not TOML is one error naming the file."""
     (tmp_path / "pyproject.toml").write_text("[project\n")
@@ -128,6 +150,14 @@ def test_unknown_group_and_extra_are_clear_errors() -> None:
         project.select(groups=["nope"])
     with pytest.raises(SelectionError, match=r"Unknown extra\(s\) nope .* Defined: fast"):
         project.select(extras=["nope"])
+
+
+def test_only_group_with_groups_or_extras_is_a_clear_error() -> None:
+    """--only-group with --group, --extra or --all-extras is refused up front, as uv does."""
+    project = _project(GROUPS_TOML)
+    for extra in ({"groups": ["dev"]}, {"extras": ["fast"]}, {"all_extras": True}):
+        with pytest.raises(SelectionError, match=r"--uv-only-group docs installs only .* Fix: "):
+            project.select(only_groups=["docs"], **extra)
 
 
 def test_package_detection_follows_tool_uv_package() -> None:
