@@ -100,6 +100,8 @@ _FLAT_TOP_LEVEL_SKIP_DIRS: Final = frozenset(
         "venv",
     }
 )
+#: What a module at the top of a flat layout ends with (sources, stubs, extensions).
+_MODULE_SUFFIXES: Final = (".py", ".pyi", ".so", ".pyd")
 
 
 def default_cache_dir() -> Path:
@@ -268,28 +270,46 @@ def _iter_source_files(directory: Path, *, flat: bool) -> Iterator[tuple[str, os
     """Yield (relative path, stat) of what a wheel of the package may contain.
 
     Caches and hidden entries never count. In a flat layout (the import root
-    is the package directory) the top level also holds tests, docs and build
-    output, which are skipped there; deeper down every file counts, so that
-    a sub-package that happens to be called ``test`` or ``build`` is never
+    is the package directory) the top level also holds tests, docs, reports
+    and build output: there only Python modules count (not test files), and
+    directories that hold Python code somewhere (packages, namespace packages),
+    except those that are never packaged. Deeper down every file counts, so
+    that a sub-package called ``test`` or ``build``, or a data file, is never
     stale.
     """
-    for root, dirs, files in os.walk(directory):
-        top = flat and root == str(directory)
-        dirs[:] = sorted(
-            d
-            for d in dirs
-            if not d.startswith(".")
-            and d != "__pycache__"
-            and not (top and d in _FLAT_TOP_LEVEL_SKIP_DIRS)
-        )
+    if not flat:
+        yield from _walk_files(directory, directory)
+        return
+    try:
+        top = sorted(os.scandir(directory), key=lambda entry: entry.name)
+    except OSError:
+        return
+    for entry in top:
+        name = entry.name
+        if name.startswith(".") or name == "__pycache__":
+            continue
+        if entry.is_dir():
+            if name in _FLAT_TOP_LEVEL_SKIP_DIRS:
+                continue
+            found = list(_walk_files(Path(entry.path), directory))
+            # A report or coverage directory holds no Python code: it is not packaged.
+            if any(rel.endswith(_MODULE_SUFFIXES) for rel, _ in found):
+                yield from found
+        elif name.endswith(_MODULE_SUFFIXES) and not _is_test_file(name):
+            with contextlib.suppress(OSError):
+                yield name, entry.stat()
+
+
+def _walk_files(start: Path, base: Path) -> Iterator[tuple[str, os.stat_result]]:
+    """Every file under ``start`` but caches and hidden ones, relative to ``base``, sorted."""
+    for root, dirs, files in os.walk(start):
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d != "__pycache__")
         for name in sorted(files):
             if name.endswith((".pyc", ".pyo")) or name.startswith("."):
                 continue
-            if top and _is_test_file(name):
-                continue
             full = os.path.join(root, name)
             try:
-                yield os.path.relpath(full, directory), os.stat(full)
+                yield os.path.relpath(full, base), os.stat(full)
             except OSError:
                 continue
 

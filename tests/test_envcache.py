@@ -18,10 +18,10 @@ from filelock import FileLock
 
 from pytest_uvbuild import envbuild, envcache
 from pytest_uvbuild.cacheadmin import parse_age
-from pytest_uvbuild.envcache import EnvCache, UvEnv, compute_key
+from pytest_uvbuild.envcache import EnvCache, UvEnv, compute_key, fingerprint_sources
 from pytest_uvbuild.errors import CacheError, LockfileError
 from pytest_uvbuild.interpreters import current_interpreter
-from pytest_uvbuild.project import Selection
+from pytest_uvbuild.project import LocalSource, Selection
 from pytest_uvbuild.request import EnvRequest
 from pytest_uvbuild.uvcli import Uv
 
@@ -876,3 +876,32 @@ def test_nothing_in_the_cache_is_world_writable(project: Path, tmp_path: Path) -
         and os.lstat(os.path.join(root, name)).st_mode & stat.S_IWOTH
     ]
     assert writable == []
+
+
+def test_flat_layout_fingerprint_counts_code_not_reports(tmp_path: Path) -> None:
+    """In a flat layout, top-level reports and tests leave the digest alone; code edits do not."""
+    (tmp_path / "pyproject.toml").write_text('[tool.uv.build-backend]\nmodule-root = ""\n')
+    package = tmp_path / "flat_pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("VALUE = 1\n")
+    (tmp_path / "nsroot" / "sub").mkdir(parents=True)
+    (tmp_path / "nsroot" / "sub" / "mod.py").write_text("X = 1\n")  # a namespace package
+    (tmp_path / "single.py").write_text("Y = 1\n")
+    sources = [LocalSource("flat-pkg", ".", "directory")]
+
+    def digest() -> str:
+        return fingerprint_sources(tmp_path, sources)
+
+    before = digest()
+    (tmp_path / "report.xml").write_text("<testsuites/>")
+    (tmp_path / "coverage.xml").write_text("<coverage/>")
+    (tmp_path / "htmlcov").mkdir()
+    (tmp_path / "htmlcov" / "index.html").write_text("<html/>")
+    (tmp_path / "test_top.py").write_text("def test_x(): pass\n")
+    assert digest() == before
+    for edited in (package / "__init__.py", tmp_path / "nsroot" / "sub" / "mod.py"):
+        edited.write_text(edited.read_text() + "# edited\n")
+        assert digest() != before
+        before = digest()
+    (tmp_path / "single.py").write_text("Y = 2  # a top-level module\n")
+    assert digest() != before
