@@ -30,6 +30,7 @@ from pytest_uvbuild.envcache import (
     _layer_intact,
     _LayerPlan,
     _offline,
+    same_bytes_keep_mtimes,
 )
 from pytest_uvbuild.errors import CacheError, LockfileError
 from pytest_uvbuild.fsutil import remove_tree, write_atomic
@@ -455,20 +456,21 @@ def _build_layer(
             if source.kind == "archive":
                 installables.append(str(path))
                 continue
-            cache.uv.run(
-                [
-                    "build",
-                    "--wheel",
-                    "--quiet",
-                    "--out-dir",
-                    str(wheels / source.name),
-                    *python_args,
-                    *_offline(request),
-                    str(path),
-                ],
-                what=f"`uv build --wheel` of {source.name} ({path})",
-                cwd=path,
-            )
+            with same_bytes_keep_mtimes([path]):
+                cache.uv.run(
+                    [
+                        "build",
+                        "--wheel",
+                        "--quiet",
+                        "--out-dir",
+                        str(wheels / source.name),
+                        *python_args,
+                        *_offline(request),
+                        str(path),
+                    ],
+                    what=f"`uv build --wheel` of {source.name} ({path})",
+                    cwd=path,
+                )
             installables += sorted(str(p) for p in (wheels / source.name).glob("*.whl"))
         cache.uv.run(
             [

@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 from pytest_uvbuild.distinfo import installed_versions
 from pytest_uvbuild.errors import CacheError, UvBuildError
-from pytest_uvbuild.fsutil import HeldLock, hold_lock, write_atomic
+from pytest_uvbuild.fsutil import HeldLock, file_sha256, hold_lock, write_atomic
 from pytest_uvbuild.integrity import missing_top_level
 from pytest_uvbuild.interpreters import Interpreter, resolve_python
 from pytest_uvbuild.project import (
@@ -337,16 +337,52 @@ def fingerprint_sources(
             else:
                 digest.update(f"{st.st_size}\0{st.st_mtime_ns}\n".encode())
             continue
-        for meta in ("pyproject.toml", "setup.py", "setup.cfg"):
-            try:
-                st = os.stat(path / meta)
-            except OSError:
-                continue
-            digest.update(f"{meta}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-        root = import_root(path, (known_pyprojects or {}).get(path))
-        for rel, st in _iter_source_files(root, flat=root == path):
-            digest.update(f"{root}/{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        for label, _, st in _package_files(path, (known_pyprojects or {}).get(path)):
+            digest.update(f"{label}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     return digest.hexdigest()[:16]
+
+
+def _package_files(
+    path: Path, pyproject: Mapping[str, Any] | None
+) -> Iterator[tuple[str, Path, os.stat_result]]:
+    """(label, path, stat) of each file a local package directory's wheel is built from."""
+    for meta in ("pyproject.toml", "setup.py", "setup.cfg"):
+        try:
+            st = os.stat(path / meta)
+        except OSError:
+            continue
+        yield meta, path / meta, st
+    root = import_root(path, pyproject)
+    for rel, st in _iter_source_files(root, flat=root == path):
+        yield f"{root}/{rel}", root / rel, st
+
+
+@contextlib.contextmanager
+def same_bytes_keep_mtimes(package_dirs: Sequence[Path]) -> Iterator[None]:
+    """Around a build in the working tree: a source file it rewrote byte for byte keeps its mtime.
+
+    Build backends write into the package: setuptools its ``*.egg-info``,
+    setuptools-scm (``version_file``) and hatch-vcs (``version-file``) a
+    version module, the same bytes on every build. Their new mtimes would
+    change the fingerprint (see :func:`fingerprint_sources`), so every
+    session would build the project layer again, and a warm worker, whose
+    ``PYTHONPATH`` names the layer, would never serve the next session. A
+    file whose bytes did change keeps its new mtime.
+    """
+    before: dict[Path, tuple[os.stat_result, str]] = {}
+    for directory in package_dirs:
+        for _, path, st in _package_files(directory, None):
+            with contextlib.suppress(OSError):
+                before[path] = (st, file_sha256(path))
+    try:
+        yield
+    finally:
+        for path, (old, sha) in before.items():
+            with contextlib.suppress(OSError):
+                now = os.stat(path)
+                rewritten = now.st_mtime_ns != old.st_mtime_ns and now.st_size == old.st_size
+                if rewritten and file_sha256(path) == sha:
+                    os.utime(path, ns=(old.st_atime_ns, old.st_mtime_ns))
 
 
 class _LayerPlan(NamedTuple):

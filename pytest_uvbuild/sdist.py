@@ -42,7 +42,10 @@ def build_sdist(
         args += ["--python", str(python)]
     if offline:
         args.append("--offline")
-    uv.run([*args, str(project_root)], what="`uv build --sdist`", cwd=project_root)
+    from pytest_uvbuild.envcache import same_bytes_keep_mtimes
+
+    with same_bytes_keep_mtimes([project_root]):
+        uv.run([*args, str(project_root)], what="`uv build --sdist`", cwd=project_root)
     built = sorted(out_dir.glob("*.tar.gz"))
     if len(built) != 1:
         raise SdistError(

@@ -23,6 +23,7 @@ from pytest_uvbuild.errors import CacheError, LockfileError
 from pytest_uvbuild.interpreters import current_interpreter
 from pytest_uvbuild.project import LocalSource, Selection
 from pytest_uvbuild.request import EnvRequest
+from pytest_uvbuild.sdist import build_sdist
 from pytest_uvbuild.uvcli import Uv
 
 # -- the key ---------------------------------------------------------------
@@ -572,6 +573,62 @@ def test_test_files_and_caches_do_not_rebuild_the_layer(project: Path, tmp_path:
     assert same.layer == first.layer
     (project / "src" / "demo" / "test").mkdir()
     (project / "src" / "demo" / "test" / "__init__.py").write_text("")
+    changed = _make(cache, project)
+    changed.release()
+    assert changed.layer != first.layer
+
+
+def test_a_backend_that_rewrites_its_version_file_keeps_the_layer(
+    project: Path, tmp_path: Path
+) -> None:
+    """A build rewriting a version file with the same bytes (as setuptools-scm does) is no edit."""
+    pyproject = project / "pyproject.toml"
+    pyproject.write_text(
+        pyproject.read_text()
+        .replace('requires = ["uv_build>=0.9,<1"]', "requires = []")
+        .replace('build-backend = "uv_build"', 'build-backend = "versioned"\nbackend-path = ["."]')
+    )
+    # A whole (offline) backend: write the version file, then zip the package.
+    (project / "versioned.py").write_text(
+        textwrap.dedent(
+            """\
+            import os, tarfile, zipfile
+            from pathlib import Path
+
+            def build_sdist(sdist_directory, config_settings=None):
+                Path("src/demo/_version.py").write_text("version = '0.1.0'\\n")
+                name = "demo-0.1.0.tar.gz"
+                with tarfile.open(os.path.join(sdist_directory, name), "w:gz") as sdist:
+                    sdist.add("pyproject.toml", "demo-0.1.0/pyproject.toml")
+                return name
+
+            def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
+                Path("src/demo/_version.py").write_text("version = '0.1.0'\\n")
+                name = "demo-0.1.0-py3-none-any.whl"
+                info = "demo-0.1.0.dist-info/"
+                with zipfile.ZipFile(os.path.join(wheel_directory, name), "w") as wheel:
+                    for path in sorted(Path("src/demo").glob("*.py")):
+                        wheel.write(path, "demo/" + path.name)
+                    wheel.writestr(info + "METADATA", "Metadata-Version: 2.1\\nName: demo\\n"
+                                   "Version: 0.1.0\\n")
+                    wheel.writestr(info + "WHEEL", "Wheel-Version: 1.0\\nGenerator: t\\n"
+                                   "Root-Is-Purelib: true\\nTag: py3-none-any\\n")
+                    wheel.writestr(info + "RECORD", "")
+                return name
+            """
+        )
+    )
+    version_file = project / "src" / "demo" / "_version.py"
+    version_file.write_text("version = '0.1.0'\n")
+    cache = EnvCache(tmp_path / "cache")
+    first = _make(cache, project)
+    first.release()
+    # The build record's sdist is built in the working tree too.
+    build_sdist(cache.uv, project, tmp_path / "sdist", python=None, offline=True)
+    again = _make(cache, project)
+    again.release()
+    assert again.layer == first.layer
+    version_file.write_text("version = '0.2.0'\n")
     changed = _make(cache, project)
     changed.release()
     assert changed.layer != first.layer
