@@ -345,7 +345,15 @@ class HermeticPlugin:
             inherit_output=self.config.getoption("capture", "fd") == "no",
             collect_options=tuple(collection_options(self.config)),
             keep_warm=self.keep_warm,
+            junit_family=getattr(self._junitxml, "family", None),
         )
+
+    @property
+    def _junitxml(self) -> Any:
+        """This session's junitxml writer (``LogXML``), if it writes one."""
+        from _pytest.junitxml import xml_key
+
+        return self.config.stash.get(xml_key, None)
 
     @property
     def _may_prestart(self) -> bool:
@@ -753,6 +761,15 @@ class HermeticPlugin:
         # Travels with the report through xdist, so that the controller (which
         # writes the build record) can count hermetic outcomes too.
         report.uvbuild_hermetic = True
+        recorded = report.__dict__.pop("uvbuild_junitxml", None)
+        xml = self._junitxml
+        if recorded and xml is not None:
+            # What record_testsuite_property and record_xml_attribute recorded inside.
+            for kind, name, value in recorded:
+                if kind == "property":
+                    xml.add_global_property(name, value)
+                else:
+                    xml.node_reporter(report).add_attribute(name, value)
         if not is_xdist_worker(self.config):
             self.config.stash[HERMETIC_OUTCOMES_KEY].record(report)
         item.ihook.pytest_runtest_logreport(report=report)

@@ -308,6 +308,9 @@ class Launch(NamedTuple):
     collect_options: tuple[str, ...] = ()
     #: Seconds a zygote left behind waits for the next session (0: warm workers off).
     keep_warm: float = 0.0
+    #: The outer session's ``junit_family`` when it writes junitxml: the worker
+    #: then relays what ``record_testsuite_property`` and ``record_xml_attribute`` record.
+    junit_family: str | None = None
 
 
 class WorkerProcess:
@@ -429,7 +432,9 @@ class WorkerProcess:
         options = list(self.launch.options)
         if collecting_user_args:
             options += self.launch.collect_options
-        self.send("configure", args=options, initial=list(initial))
+        self.send(
+            "configure", args=options, initial=list(initial), junit_family=self.launch.junit_family
+        )
 
     def collect(
         self,

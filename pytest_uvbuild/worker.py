@@ -252,6 +252,51 @@ class NetworkGuard:
         self._saved = None
 
 
+class JunitxmlRelay:
+    """Inside, the outer session's junitxml writer as the fixtures that record into it see it.
+
+    ``record_testsuite_property`` and ``record_xml_attribute`` look for the
+    writer in the config's stash and record nothing without one;
+    ``record_property`` reads its ``family`` to warn about xunit2. What they
+    record here travels with the test's next report (as ``uvbuild_junitxml``)
+    and the outer session's writer records it.
+    """
+
+    def __init__(self, family: str) -> None:
+        self.family = family
+        self.pending: list[list[str]] = []
+
+    def add_global_property(self, name: str, value: object) -> None:
+        __tracebackhide__ = True
+        if not isinstance(name, str):
+            raise TypeError(
+                "name parameter needs to be a string, but %s given" % type(name).__name__
+            )
+        self.pending.append(["property", name, str(value)])
+
+    def node_reporter(self, report: Any) -> "JunitxmlRelay":
+        return self
+
+    def add_attribute(self, name: object, value: object) -> None:
+        self.pending.append(["attribute", str(name), str(value)])
+
+    def take(self) -> list[list[str]]:
+        taken, self.pending = self.pending, []
+        return taken
+
+
+def _install_junitxml_relay(config: Any, family: str) -> "JunitxmlRelay | None":
+    try:
+        from _pytest.junitxml import xml_key
+    except ImportError:  # pragma: no cover - pytest >= 7 has it
+        return None
+    relay = JunitxmlRelay(family)
+    config.stash[xml_key] = relay
+    # junitxml's pytest_unconfigure unregisters whatever it finds there.
+    config.pluginmanager.register(relay, "uvbuild-junitxml-relay")
+    return relay
+
+
 def _keyword_names(item: Any) -> list[str]:
     """The names ``-k`` matches for ``item``, as this pytest computes them."""
     try:
@@ -314,6 +359,9 @@ class WorkerPlugin:
         self.current: str | None = None
         self.guard = NetworkGuard()
         self._devnull = None
+        #: The outer session's junit_family when it writes junitxml, else None.
+        self.junit_family: str | None = None
+        self.junitxml: JunitxmlRelay | None = None
 
     # -- configuration ---------------------------------------------------
 
@@ -325,6 +373,8 @@ class WorkerPlugin:
         for name, value in _OUTER_ONLY_OPTIONS:
             if hasattr(config.option, name):
                 setattr(config.option, name, value)
+        if self.junit_family:
+            self.junitxml = _install_junitxml_relay(config, self.junit_family)
 
     def _serialise(self, report: Any) -> Any:
         data = self.config.hook.pytest_report_to_serializable(config=self.config, report=report)
@@ -461,7 +511,10 @@ class WorkerPlugin:
         self.events.send("logstart", nodeid=nodeid, started=time.time(), log_offset=offset)
 
     def pytest_runtest_logreport(self, report: Any) -> None:
-        self.events.queue("logreport", report=self._serialise(report))
+        data = self._serialise(report)
+        if self.junitxml is not None and self.junitxml.pending:
+            data["uvbuild_junitxml"] = self.junitxml.take()
+        self.events.queue("logreport", report=data)
 
     def pytest_warning_recorded(
         self, warning_message: Any, when: str, nodeid: str, location: Any
@@ -650,6 +703,7 @@ def run(boot: dict[str, Any]) -> int:
     stack_dump = _dump_tracebacks_on_signal()
     _keep_capture_files(boot["capture_dir"])
     plugin = WorkerPlugin(events, control)
+    plugin.junit_family = kwargs.get("junit_family")
     args = list(kwargs["args"]) + list(kwargs["initial"])
     try:
         plugins = [*_quiet_terminal_plugins(pytest), _phase_flushing_plugin(pytest, events), plugin]

@@ -153,6 +153,49 @@ def test_reports_match_an_in_process_run(uv_pytester: pytest.Pytester) -> None:
     assert 'name="answer" value="42"' in (uv_pytester.path / "hermetic.xml").read_text()
 
 
+def _junit_without_times(path: Path) -> str:
+    """A junitxml file as text, without the attributes that differ from run to run."""
+    root = ET.parse(path).getroot()  # noqa: S314 - our own junitxml
+    for element in root.iter():
+        for name in ("time", "timestamp", "hostname"):
+            element.attrib.pop(name, None)
+    return ET.tostring(root, encoding="unicode")
+
+
+def test_junitxml_records_made_inside_reach_the_outer_file(uv_pytester: pytest.Pytester) -> None:
+    """record_testsuite_property, record_xml_attribute and xunit2's warnings work as in-process."""
+    uv_pytester.makepyfile(
+        test_records="""
+        def test_suite_property(record_testsuite_property):
+            record_testsuite_property("build", 7)
+
+        def test_xml_attribute(record_xml_attribute):
+            record_xml_attribute("assertions", "3")
+
+        def test_property(record_property):
+            record_property("answer", "42")
+        """
+    )
+    for family in ("xunit1", "xunit2"):
+        plain = uv_pytester.runpytest_subprocess(
+            f"--junitxml={family}-plain.xml", "-o", f"junit_family={family}"
+        )
+        hermetic = run(
+            uv_pytester,
+            "--hermetic-all",
+            f"--junitxml={family}-hermetic.xml",
+            "-o",
+            f"junit_family={family}",
+        )
+        hermetic.assert_outcomes(passed=3, warnings=1 if family == "xunit1" else 3)
+        assert _terminal_lines(hermetic) == _terminal_lines(plain)
+        written = _junit_without_times(uv_pytester.path / f"{family}-hermetic.xml")
+        assert written == _junit_without_times(uv_pytester.path / f"{family}-plain.xml")
+    written = _junit_without_times(uv_pytester.path / "xunit1-hermetic.xml")
+    assert '<property name="build" value="7" />' in written
+    assert 'assertions="3"' in written
+
+
 def test_tests_run_inside_the_lock_and_without_uv_build_in_process(
     uv_pytester: pytest.Pytester,
 ) -> None:
