@@ -180,6 +180,8 @@ _FORWARDED_VALUES: Final[tuple[tuple[str, str, Any], ...]] = (
     ("color", "--color={}", "auto"),
     ("code_highlight", "--code-highlight={}", "yes"),
     ("log_level", "--log-level={}", None),
+    # Live logs also make pytest verbose, which shows assertion detail in full.
+    ("log_cli_level", "--log-cli-level={}", None),
     ("log_format", "--log-format={}", None),
     ("log_date_format", "--log-date-format={}", None),
     ("confcutdir", "--confcutdir={}", None),

@@ -196,6 +196,21 @@ def test_junitxml_records_made_inside_reach_the_outer_file(uv_pytester: pytest.P
     assert 'assertions="3"' in written
 
 
+def test_log_cli_level_gives_the_in_process_assertion_detail(uv_pytester: pytest.Pytester) -> None:
+    """--log-cli-level makes pytest verbose inside too: a failed assertion shows its full diff."""
+    uv_pytester.makepyfile(
+        test_diff="""
+        def test_dicts():
+            assert {"a": 1, "b": 2} == {"a": 1, "b": 3}
+        """
+    )
+    plain = uv_pytester.runpytest_subprocess("--log-cli-level=INFO")
+    hermetic = run(uv_pytester, "--hermetic-all", "--log-cli-level=INFO")
+    hermetic.assert_outcomes(failed=1)
+    assert "Full diff" in plain.stdout.str()
+    assert _terminal_lines(hermetic) == _terminal_lines(plain)
+
+
 def test_tests_run_inside_the_lock_and_without_uv_build_in_process(
     uv_pytester: pytest.Pytester,
 ) -> None:
