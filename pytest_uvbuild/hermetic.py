@@ -618,6 +618,10 @@ class HermeticPlugin:
             batch.start_worker(None, collect=list(self.config.args), report_items=True)
             batch.wait_collected()
         except UvBuildError as exc:
+            # pytest checks the ini file's keys as this hook ends, and its
+            # "Unknown config option" (with --strict-config) would replace
+            # this error: keys the inside might know are let be here.
+            self._know_inner_ini(self._ini_file_keys())
             raise pytest.UsageError(str(exc)) from None
         # Markers that the suite's conftest.py files register exist only inside;
         # -m and --strict-markers need them here too.
@@ -660,6 +664,13 @@ class HermeticPlugin:
         for name in names:
             if name not in known and name not in aliases:
                 parser.addini(name, "(registered inside the locked environment)")
+
+    def _ini_file_keys(self) -> list[str]:
+        """The keys set in the ini file and by ``-o`` (pytest 9 keeps them private)."""
+        table = getattr(self.config, "_inicfg", None)
+        if not isinstance(table, Mapping):
+            table = getattr(self.config, "inicfg", None)  # pytest 8
+        return [str(name) for name in table] if isinstance(table, Mapping) else []
 
     def _stand_ins(self, session: pytest.Session, data: Mapping[str, Any]) -> Iterator[pytest.Item]:
         inner_id = str(data["nodeid"])

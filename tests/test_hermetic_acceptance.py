@@ -1169,7 +1169,9 @@ def test_hermetic_all_shares_fixtures_and_applies_marker_arguments(
     run(uv_pytester, "--hermetic-all").assert_outcomes(passed=3)
 
 
-def test_hermetic_all_knows_ini_keys_registered_inside(uv_pytester: pytest.Pytester) -> None:
+def test_hermetic_all_knows_ini_keys_registered_inside(
+    uv_pytester: pytest.Pytester, make_project: object
+) -> None:
     """An ini key that only a conftest.py or lock-only plugin registers passes --strict-config."""
     uv_pytester.makeconftest(
         """
@@ -1190,3 +1192,9 @@ def test_hermetic_all_knows_ini_keys_registered_inside(uv_pytester: pytest.Pytes
     lenient = run(uv_pytester, "--hermetic-all")
     lenient.assert_outcomes(passed=1)
     assert "Unknown config option" not in lenient.stdout.str() + lenient.stderr.str()
+    # A worker that cannot start: its error is the one shown, not the unchecked key.
+    uv_pytester.makeini("[pytest]\naddopts = --strict-config\ninner_only = yes\n")
+    make_project(uv_pytester.path, with_pytest=False)  # type: ignore[operator]
+    broken = run(uv_pytester, "--hermetic-all")
+    assert broken.ret == pytest.ExitCode.USAGE_ERROR
+    assert "Fix: run `uv add --dev pytest`" in broken.stderr.str()
