@@ -23,6 +23,18 @@ from pytest_uvbuild import prewarm
 pytest_plugins = ["pytester"]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _no_inherited_project_environment() -> Iterator[None]:
+    """Keep ``UV_PROJECT_ENVIRONMENT`` (how the suite's own env may have been made) from uv.
+
+    Set for this session, it would send every ``uv sync`` or ``uv add`` a test
+    runs in a toy project into the suite's own env, replacing its packages.
+    """
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv("UV_PROJECT_ENVIRONMENT", raising=False)
+        yield
+
+
 def run_uv(*args: str, cwd: Path | None = None) -> None:
     """Run the real uv binary; a failure fails the calling test with uv's stderr."""
     try:
