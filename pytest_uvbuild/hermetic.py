@@ -32,6 +32,7 @@ import pytest
 
 from pytest_uvbuild.errors import HermeticRunError, UvBuildError
 from pytest_uvbuild.outcomes import HERMETIC_OUTCOMES_KEY, HermeticOutcomes
+from pytest_uvbuild.passthrough import PASSTHROUGH_KEY
 from pytest_uvbuild.request import EnvRequest
 from pytest_uvbuild.session import SESSION_KEY, is_xdist_worker
 
@@ -311,6 +312,11 @@ class HermeticPlugin:
                 continue
         return found
 
+    def _passthrough_options(self) -> tuple[str, ...]:
+        """Option strings that only the inside knows (see :mod:`.passthrough`)."""
+        registered: tuple[str, ...] = self.config.stash.get(PASSTHROUGH_KEY, ())
+        return registered
+
     def launch_for(self, key: tuple[EnvRequest, tuple[tuple[str, str], ...]]) -> Launch:
         """Materialise the env of ``key`` and describe how to start its workers (once)."""
         launch = self._launches.get(key)
@@ -334,7 +340,11 @@ class HermeticPlugin:
         options = forwarded_options(
             self.config,
             scratch=self.scratch,
-            extra_option_strings=() if self.hermetic_all else self._conftest_option_strings(),
+            extra_option_strings=(
+                self._passthrough_options()
+                if self.hermetic_all
+                else self._conftest_option_strings()
+            ),
         )
         return Launch(
             python=env.python,

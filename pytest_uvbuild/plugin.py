@@ -371,16 +371,22 @@ def _configure_hermetic(config: pytest.Config) -> None:
 
 
 @pytest.hookimpl(tryfirst=True)
-def pytest_load_initial_conftests(early_config: pytest.Config, parser: pytest.Parser) -> None:
+def pytest_load_initial_conftests(
+    early_config: pytest.Config, parser: pytest.Parser, args: list[str]
+) -> None:
     """With ``--hermetic-all``, import no conftest.py here: they load inside the env.
 
-    The parser is kept, to learn the ini keys that only the inside knows.
+    The parser is kept, to learn the ini keys that only the inside knows;
+    the options that only the inside knows are learnt now, before pytest
+    parses the command line.
     """
     namespace = early_config.known_args_namespace
     if not getattr(namespace, "hermetic_all", False):
         return
     if getattr(namespace, "uv_build", False) or early_config.getini("uv_build"):
         from pytest_uvbuild.hermetic import INI_PARSER_KEY
+        from pytest_uvbuild.passthrough import learn_inner_options
 
         namespace.noconftest = True
         early_config.stash[INI_PARSER_KEY] = parser
+        learn_inner_options(early_config, parser, args)

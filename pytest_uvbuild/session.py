@@ -116,6 +116,15 @@ class UvBuildSession:
         self.rebuild: bool = bool(config.getoption("uv_rebuild")) and not is_xdist_worker(config)
         self._envs: dict[EnvRequest, UvEnv] = {}
         self._errors: dict[EnvRequest, UvBuildError] = {}
+        early = config.stash.get(EARLY_ENV_KEY, None)
+        if early is not None:
+            # Made before the options were parsed (see passthrough.py): the
+            # session's own env, lease and all, unless a conftest changed the options.
+            request, env = early
+            if request == self.request:
+                self._envs[request] = env
+            else:
+                env.release()
         self.started = time.time()
 
     @cached_property
@@ -194,3 +203,5 @@ class UvBuildSession:
 
 
 SESSION_KEY: Final = pytest.StashKey[UvBuildSession]()
+#: An env materialised before ``pytest_configure``, with its request.
+EARLY_ENV_KEY: Final = pytest.StashKey["tuple[EnvRequest, UvEnv]"]()

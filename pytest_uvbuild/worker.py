@@ -655,10 +655,56 @@ def _dump_tracebacks_on_signal() -> Any:
 
 
 def main(argv: list[str]) -> int:
-    """Run the worker whose boot spec (pipes, capture dir) is the JSON file ``argv[1]``."""
+    """Run the worker whose boot spec (pipes, capture dir) is the JSON file ``argv[1]``.
+
+    ``worker.py --options-table OUT -- ARGS...`` instead writes the options
+    a session of ``ARGS`` knows once its initial conftests are loaded.
+    """
+    if len(argv) > 3 and argv[1] == "--options-table" and argv[3] == "--":
+        return options_table(argv[2], argv[4:])
     with open(argv[1], encoding="utf-8") as fh:
         boot = json.load(fh)
     return run(boot)
+
+
+#: argparse actions whose option takes no value.
+_FLAG_ACTIONS = ("store_true", "store_false", "store_const", "append_const", "count", "help")
+
+
+def options_table(out_path: str, args: list[str]) -> int:
+    """Write to ``out_path`` the command-line options a session of ``args`` knows, as JSON.
+
+    That is pytest's, its plugins' and the initial conftest files' options:
+    one ``{"names": [...], "flag": bool, "nargs": ...}`` each. The session
+    stops right after its initial conftests are loaded, before it parses the
+    command line (which may hold options of the outer session only).
+    """
+    import pytest
+
+    class OptionTable:
+        @pytest.hookimpl(hookwrapper=True)
+        def pytest_load_initial_conftests(self, parser: Any) -> Any:
+            yield
+            rows = []
+            # pytest keeps its option groups on the parser, with no public listing.
+            groups = [getattr(parser, "_anonymous", None), *getattr(parser, "_groups", [])]
+            for group in groups:
+                for option in getattr(group, "options", ()):
+                    attrs = option.attrs()
+                    action = attrs.get("action")
+                    nargs = attrs.get("nargs")
+                    flag = nargs == 0 or (isinstance(action, str) and action in _FLAG_ACTIONS)
+                    names = [str(name) for name in option.names()]
+                    rows.append({"names": names, "flag": flag, "nargs": None if flag else nargs})
+            with open(out_path, "w", encoding="utf-8") as fh:
+                json.dump(rows, fh)
+            # Nothing else of the session is needed (nor wanted: it would
+            # refuse the outer session's own options).
+            sys.stdout.flush()
+            os._exit(0)
+
+    pytest.main(args, plugins=[OptionTable()])
+    return 0
 
 
 def run(boot: dict[str, Any]) -> int:

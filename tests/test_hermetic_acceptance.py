@@ -1198,3 +1198,35 @@ def test_hermetic_all_knows_ini_keys_registered_inside(
     broken = run(uv_pytester, "--hermetic-all")
     assert broken.ret == pytest.ExitCode.USAGE_ERROR
     assert "Fix: run `uv add --dev pytest`" in broken.stderr.str()
+
+
+def test_hermetic_all_takes_options_only_the_inside_knows(uv_pytester: pytest.Pytester) -> None:
+    """--hermetic-all accepts a conftest's options from the command line and addopts, inside."""
+    uv_pytester.makeconftest(
+        """
+        import toyalpha  # only the lock has it: this conftest is never imported outside
+
+        def pytest_addoption(parser):
+            parser.addoption("--flavour", default="plain")
+            parser.addoption("--runslow", action="store_true")
+            parser.addoption("--size", default="m")
+        """
+    )
+    uv_pytester.mkdir("suite")
+    uv_pytester.makepyfile(
+        **{
+            "suite/test_opts": """
+            def test_options(request):
+                got = [request.config.getoption(n) for n in ("flavour", "runslow", "size")]
+                assert got == ["spicy", True, "xl"]
+            """,
+            "elsewhere": "def test_not_collected():\n    assert False\n",
+        }
+    )
+    uv_pytester.makeini("[pytest]\naddopts = --size=xl\n")
+    # A value after a space, a flag before a path: the path stays the session's argument.
+    result = run(uv_pytester, "--hermetic-all", "--flavour", "spicy", "--runslow", "suite")
+    result.assert_outcomes(passed=1)
+    unknown = run(uv_pytester, "--hermetic-all", "--no-such-option")
+    assert unknown.ret == pytest.ExitCode.USAGE_ERROR
+    assert "unrecognized arguments: --no-such-option" in unknown.stderr.str()
