@@ -72,7 +72,9 @@ def learn_inner_options(config: pytest.Config, parser: pytest.Parser, args: Sequ
 
     Nothing happens when every option is known here, or when the locked
     env's session cannot list its options (pytest then reports the unknown
-    ones as usual; an env that cannot be made is reported by the session).
+    ones as usual). An env that cannot be made is a usage error now, as it
+    would be at session start: that error, not the options it left unknown,
+    is what the user must fix.
     """
     if not unknown_options(parser, args):
         return
@@ -102,7 +104,7 @@ def learn_inner_options(config: pytest.Config, parser: pytest.Parser, args: Sequ
 
 def _known_option_strings(parser: pytest.Parser) -> set[str]:
     """Every option string ``parser`` knows (pytest keeps its groups private)."""
-    groups = [getattr(parser, "_anonymous", None), *getattr(parser, "_groups", [])]
+    groups = [*getattr(parser, "_groups", ()), getattr(parser, "_anonymous", None)]
     return {
         str(name)
         for group in groups
@@ -125,8 +127,8 @@ def _inner_options_table(config: pytest.Config) -> list[dict[str, Any]]:
             rebuild=bool(early.getoption("uv_rebuild")) and not hasattr(config, "workerinput"),
             announce=functools.partial(_announce_early, config),
         )
-    except (UvBuildError, pytest.UsageError):
-        return []  # the session says what is wrong with the env
+    except UvBuildError as exc:
+        raise pytest.UsageError(str(exc)) from None
     config.stash[EARLY_ENV_KEY] = (request, env)
     with tempfile.TemporaryDirectory(prefix="pytest-uvbuild-options-") as scratch:
         out = Path(scratch) / "options.json"

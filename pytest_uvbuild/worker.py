@@ -671,6 +671,19 @@ def main(argv: list[str]) -> int:
 _FLAG_ACTIONS = ("store_true", "store_false", "store_const", "append_const", "count", "help")
 
 
+def _option_groups(parser: Any) -> list[Any]:
+    """pytest's option groups, each once, with the anonymous one (plugins' and conftests').
+
+    pytest keeps them private; from pytest 9 the anonymous group is among
+    the others, before it only next to them.
+    """
+    groups = list(getattr(parser, "_groups", ()))
+    anonymous = getattr(parser, "_anonymous", None)
+    if anonymous is not None and all(group is not anonymous for group in groups):
+        groups.append(anonymous)
+    return groups
+
+
 def options_table(out_path: str, args: list[str]) -> int:
     """Write to ``out_path`` the command-line options a session of ``args`` knows, as JSON.
 
@@ -686,9 +699,7 @@ def options_table(out_path: str, args: list[str]) -> int:
         def pytest_load_initial_conftests(self, parser: Any) -> Any:
             yield
             rows = []
-            # pytest keeps its option groups on the parser, with no public listing.
-            groups = [getattr(parser, "_anonymous", None), *getattr(parser, "_groups", [])]
-            for group in groups:
+            for group in _option_groups(parser):
                 for option in getattr(group, "options", ()):
                     attrs = option.attrs()
                     action = attrs.get("action")

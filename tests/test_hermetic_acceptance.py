@@ -1225,8 +1225,21 @@ def test_hermetic_all_takes_options_only_the_inside_knows(uv_pytester: pytest.Py
     )
     uv_pytester.makeini("[pytest]\naddopts = --size=xl\n")
     # A value after a space, a flag before a path: the path stays the session's argument.
-    result = run(uv_pytester, "--hermetic-all", "--flavour", "spicy", "--runslow", "suite")
+    # A cold cache: the env made to ask for the options is the session's own.
+    options = ("--hermetic-all", "--flavour", "spicy", "--runslow", "suite")
+    result = run(uv_pytester, f"--uv-cache-dir={uv_pytester.path / 'cold'}", *options)
     result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(
+        ["uv-build: building env *", "*test session starts*", "env * miss (first build*"]
+    )
+    assert result.stdout.str().count("building env") == 1
     unknown = run(uv_pytester, "--hermetic-all", "--no-such-option")
     assert unknown.ret == pytest.ExitCode.USAGE_ERROR
     assert "unrecognized arguments: --no-such-option" in unknown.stderr.str()
+    # An env that cannot be made is the error shown, not the options it left unknown.
+    pyproject = uv_pytester.path / "pyproject.toml"
+    pyproject.write_text(pyproject.read_text().replace("toyalpha==1.0", "toybeta==1.0"))
+    stale = run(uv_pytester, *options)
+    assert stale.ret == pytest.ExitCode.USAGE_ERROR
+    assert "Fix: run `uv lock`" in stale.stderr.str()
+    assert "unrecognized arguments" not in stale.stderr.str()

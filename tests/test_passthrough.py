@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from pytest_uvbuild import passthrough
+from pytest_uvbuild.runner import WORKER_SCRIPT
 
 
 class _Config:
@@ -63,3 +68,30 @@ def test_nothing_is_asked_when_every_option_is_known(monkeypatch: pytest.MonkeyP
     config: Any = _Config()
     passthrough.learn_inner_options(config, _parser(), ["--known", "tests"])
     assert passthrough.PASSTHROUGH_KEY not in config.stash
+
+
+def test_the_worker_lists_each_option_once_with_its_arity(tmp_path: Path) -> None:
+    """worker.py --options-table lists a conftest's options once each, flags as flags."""
+    (tmp_path / "conftest.py").write_text(
+        "def pytest_addoption(parser):\n"
+        "    parser.addoption('--flavour')\n"
+        "    parser.addoption('--runslow', action='store_true')\n"
+        "    parser.addoption('--pair', nargs=2)\n"
+    )
+    out = tmp_path / "options.json"
+    # An option only the outer session knows must not stop the listing.
+    args = [f"--rootdir={tmp_path}", "--uv-build", str(tmp_path)]
+    subprocess.run(
+        [sys.executable, str(WORKER_SCRIPT), "--options-table", str(out), "--", *args],
+        cwd=tmp_path,
+        check=True,
+        capture_output=True,
+    )
+    rows = json.loads(out.read_text())
+    names = [name for row in rows for name in row["names"]]
+    assert len(names) == len(set(names))
+    mine = {name: (row["flag"], row["nargs"]) for row in rows for name in row["names"]}
+    assert mine["--flavour"] == (False, None)
+    assert mine["--runslow"] == (True, None)
+    assert mine["--pair"] == (False, 2)
+    assert mine["--verbose"] == (True, None)
