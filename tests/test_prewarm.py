@@ -434,6 +434,20 @@ def test_a_warm_child_reads_its_status_and_survives_a_silent_zygote() -> None:
     assert child.wait(5) == -signal.SIGKILL
 
 
+def _claim(
+    python: Path, environ: dict[str, str], directory: Path, pipes: tuple[int, int]
+) -> prewarm.WarmChild | None:
+    """Claim a zygote for ``python`` with the pipes' ends and this process's streams."""
+    return prewarm.claim(
+        python,
+        environ,
+        cwd=directory,
+        spec=directory / "boot.json",
+        boot={},
+        fds=(*pipes, 1, 2),
+    )
+
+
 def test_a_leftover_socket_without_a_zygote_means_a_fresh_worker(
     short_tmpdir: Path,
 ) -> None:
@@ -450,14 +464,7 @@ def test_a_leftover_socket_without_a_zygote_means_a_fresh_worker(
     dead.close()  # the file stays, nobody listens
     read_fd, write_fd = os.pipe()
     try:
-        claimed = prewarm.claim(
-            python,
-            environ,
-            cwd=short_tmpdir,
-            spec=short_tmpdir / "boot.json",
-            boot={},
-            fds=(write_fd, read_fd, 1, 2),
-        )
+        claimed = _claim(python, environ, short_tmpdir, (write_fd, read_fd))
     finally:
         os.close(read_fd)
         os.close(write_fd)
@@ -536,15 +543,7 @@ def test_claim_survives_a_zygote_that_misbehaves(
     server = _fake_zygote(path, reply)
     read_fd, write_fd = os.pipe()
     try:
-        claim = functools.partial(
-            prewarm.claim,
-            python,
-            environ,
-            cwd=short_tmpdir,
-            spec=short_tmpdir / "boot.json",
-            boot={},
-            fds=(write_fd, read_fd, 1, 2),
-        )
+        claim = functools.partial(_claim, python, environ, short_tmpdir, (write_fd, read_fd))
         if outcome == "lost":
             with pytest.raises(prewarm.HandoverLost):
                 claim()
