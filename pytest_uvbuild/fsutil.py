@@ -13,7 +13,14 @@ from typing import TYPE_CHECKING, Literal, overload
 if TYPE_CHECKING:
     from filelock import BaseFileLock
 
-__all__ = ["HeldLock", "file_sha256", "hold_lock", "remove_tree", "write_atomic"]
+__all__ = [
+    "HeldLock",
+    "file_sha256",
+    "hold_lock",
+    "hold_new_lock",
+    "remove_tree",
+    "write_atomic",
+]
 
 
 def write_atomic(path: Path, data: bytes, *, mode: int = 0o644, fsync: bool = True) -> None:
@@ -69,13 +76,18 @@ def remove_tree(path: Path) -> None:
 
 
 class HeldLock:
-    """An exclusive :mod:`filelock` lock on a file, held until :meth:`release`."""
+    """An exclusive lock on a file, held until :meth:`release`.
 
-    __slots__ = ("_lock", "path")
+    Taken by :func:`hold_lock` (a :mod:`filelock` lock) or by
+    :func:`hold_new_lock` (the same ``flock``, on a descriptor of our own).
+    """
 
-    def __init__(self, path: Path, lock: BaseFileLock) -> None:
+    __slots__ = ("_fd", "_lock", "path")
+
+    def __init__(self, path: Path, lock: BaseFileLock | None = None, fd: int | None = None) -> None:
         self.path = path
-        self._lock: BaseFileLock | None = lock
+        self._lock = lock
+        self._fd = fd
 
     def release(self, *, unlink: bool = False) -> None:
         """Give the lock up; with ``unlink`` remove its file first, while still holding it.
@@ -89,6 +101,9 @@ class HeldLock:
         if self._lock is not None:
             self._lock.release()
             self._lock = None
+        if self._fd is not None:
+            os.close(self._fd)  # closing the only descriptor drops the flock
+            self._fd = None
 
 
 @overload
@@ -114,3 +129,35 @@ def hold_lock(path: Path, *, wait: bool = False, timeout: float = 0) -> HeldLock
     except Timeout:
         return None
     return HeldLock(path, lock)
+
+
+def hold_new_lock(path: Path) -> HeldLock | None:
+    """Lock ``path``, a file only this process means to use, without waiting.
+
+    ``None`` means someone else holds it, or removed it while it was being
+    locked: the caller takes another name. This is the lease a session
+    takes on a cached env, on every cache hit. It is the lock filelock takes
+    on POSIX (``flock`` on the open file, which filelock's locks and
+    ``cache prune`` see as held), taken directly because importing
+    filelock costs several times the rest of a cache hit. Without
+    :mod:`fcntl` (Windows), filelock takes it.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - POSIX has fcntl
+        return hold_lock(path)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        # `cache prune` removes a lease file it could lock (its session is
+        # gone): locked after that, this descriptor holds a file nobody sees.
+        if os.fstat(fd).st_nlink == 0:
+            os.close(fd)
+            return None
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    except BaseException:
+        os.close(fd)
+        raise
+    return HeldLock(path, fd=fd)

@@ -751,10 +751,10 @@ def test_groups_and_extras_follow_uv_semantics(
     }
 
 
-def test_cache_hit_imports_no_packaging_and_runs_no_uv(
+def test_cache_hit_imports_no_packaging_nor_filelock_and_runs_no_uv(
     project: Path, tmp_path: Path, logged: tuple[Uv, Path]
 ) -> None:
-    """A warm hit in a fresh process imports no packaging and no thread pool, and starts no uv."""
+    """A warm hit in a fresh process imports no packaging, filelock or thread pool; starts no uv."""
     uv, log = logged
     cache_root = tmp_path / "cache"
     _make(EnvCache(cache_root, uv), project).release()
@@ -763,14 +763,13 @@ def test_cache_hit_imports_no_packaging_and_runs_no_uv(
         f"""\
         import sys
         from pathlib import Path
-        import filelock  # what it imports itself varies by version (4.1 imports asyncio)
         before = set(sys.modules)
         from pytest_uvbuild.envcache import EnvCache, EnvRequest
         p = Path({str(project)!r})
         cache = EnvCache(Path({str(cache_root)!r}))
         env = cache.materialise(EnvRequest(project_dir=p), start_dir=p)
         assert env.hit, env.reason
-        heavy = ("packaging", "concurrent")
+        heavy = ("packaging", "concurrent", "filelock", "asyncio")
         print(sorted(m for m in set(sys.modules) - before if m.split(".")[0] in heavy))
         """
     )

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
+import pytest
 from filelock import FileLock
 
-from pytest_uvbuild.fsutil import hold_lock
+from pytest_uvbuild.fsutil import hold_lock, hold_new_lock
 
 
 def test_hold_lock_and_filelock_see_each_other(tmp_path: Path) -> None:
@@ -85,3 +88,37 @@ def test_release_with_unlink_removes_the_file_while_still_held(tmp_path: Path) -
     assert again is not None
     assert path.exists()
     again.release()
+
+
+def test_a_new_lock_and_filelock_see_each_other(tmp_path: Path) -> None:
+    """A lease taken with hold_new_lock is held for filelock, and the other way round."""
+    path = tmp_path / "lease.lock"
+    held = hold_new_lock(path)
+    assert held is not None
+    assert hold_lock(path) is None
+    assert hold_new_lock(path) is None
+    held.release(unlink=True)
+    assert not path.exists()
+    with FileLock(str(path)):
+        assert hold_new_lock(path) is None
+    again = hold_new_lock(path)
+    assert again is not None
+    again.release()
+    assert hold_lock(path) is not None
+
+
+def test_a_new_lock_whose_file_was_removed_meanwhile_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lease file removed between its creation and its lock (prune clearing it) is not kept."""
+    path = tmp_path / "lease.lock"
+    real_flock = fcntl.flock
+
+    def removed_first(fd: int, operation: int) -> None:
+        path.unlink()
+        real_flock(fd, operation)
+
+    monkeypatch.setattr(fcntl, "flock", removed_first)
+    opened = len(os.listdir("/proc/self/fd"))
+    assert hold_new_lock(path) is None
+    assert len(os.listdir("/proc/self/fd")) == opened  # its descriptor is closed
