@@ -29,7 +29,7 @@ from pytest_uvbuild.errors import (
 from pytest_uvbuild.fsutil import write_atomic
 from pytest_uvbuild.probecache import probe, stat_token
 
-__all__ = ["UV_BINARY_ENV", "Uv", "UvProcess", "find_uv"]
+__all__ = ["UV_BINARY_ENV", "Uv", "UvProcess", "find_uv", "packaged_version"]
 
 #: Environment variable that points pytest-uvbuild at a specific uv binary.
 UV_BINARY_ENV: Final = "PYTEST_UVBUILD_UV"
@@ -144,6 +144,41 @@ def _remember_uv(probe_dir: Path, found: Path) -> None:
         write_atomic(_location_record(probe_dir), json.dumps(record).encode(), fsync=False)
 
 
+def packaged_version(binary: Path) -> str | None:
+    """The version of the ``uv`` distribution that installed ``binary``, read from its metadata.
+
+    The ``uv`` PyPI package installs the binary and lists it in its
+    ``RECORD`` with its size: a binary at that path with that size is that
+    release, whose version is in the ``.dist-info`` directory's name. This
+    spares the first session of a new env cache (every CI job without a
+    restored cache) a ``uv --version`` process. ``None`` (ask the binary)
+    for any other binary, or metadata that does not say.
+    """
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec("uv")
+        if spec is None or spec.origin is None:
+            return None
+        site = os.path.dirname(os.path.dirname(spec.origin))
+        wanted = os.path.abspath(binary)
+        size = os.stat(wanted).st_size
+        for name in os.listdir(site):
+            if not (name.startswith("uv-") and name.endswith(".dist-info")):
+                continue
+            version = name[len("uv-") : -len(".dist-info")]
+            record = os.path.join(site, name, "RECORD")
+            with open(record, encoding="utf-8") as fh:
+                for line in fh:
+                    path, _, rest = line.rstrip("\n").partition(",")
+                    listed = os.path.normpath(os.path.join(site, path))
+                    if listed == wanted and rest.rpartition(",")[2] == str(size):
+                        return version
+    except (OSError, ValueError, ImportError):
+        return None
+    return None
+
+
 def _uv_environ(extra: Mapping[str, str] | None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in _STRIPPED_FOR_UV}
     # Never let a missing interpreter trigger a download behind the user's
@@ -201,6 +236,9 @@ class Uv:
         """Return uv's version string, e.g. ``"0.13.9"``; cached by the binary's stat."""
 
         def compute() -> dict[str, str]:
+            packaged = packaged_version(self.binary)
+            if packaged is not None:
+                return {"version": packaged}
             try:
                 proc = subprocess.run(
                     [str(self.binary), "--version"],

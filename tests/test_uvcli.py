@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import toys
@@ -16,7 +19,7 @@ from pytest_uvbuild.errors import (
     UvCommandError,
     UvNotFoundError,
 )
-from pytest_uvbuild.uvcli import Uv, find_uv
+from pytest_uvbuild.uvcli import Uv, find_uv, packaged_version
 from pytest_uvbuild.uverrors import translate_failure
 
 # uv's exact messages (uv 0.13, see the shared uv-facts notes), with its chatter before them.
@@ -110,11 +113,64 @@ def test_missing_working_directory_is_not_a_broken_uv(tmp_path: Path) -> None:
 
 def test_version_is_probed_once_per_binary(tmp_path: Path) -> None:
     """uv's version comes from `uv --version` once, then from the probe record."""
-    uv = Uv(toys.UV)
+    copy = tmp_path / "bin" / "uv"
+    copy.parent.mkdir()
+    shutil.copy2(toys.UV, copy)  # not the packaged binary: its version is asked
+    uv = Uv(copy)
     version = uv.version(tmp_path)
     assert version.count(".") >= 2
     assert list((tmp_path / "probes").glob("uv-*.json"))
     assert uv.version(tmp_path) == version
+    assert version == Uv(toys.UV).version()
+
+
+def test_the_packaged_uv_version_is_read_without_running_uv(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The uv package's own binary gets its version from the package's metadata, not a process."""
+    asked = subprocess.run(
+        [str(toys.UV), "--version"], capture_output=True, text=True, check=True
+    ).stdout.split()[1]
+
+    def no_process(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError(f"ran {args[0]}")
+
+    monkeypatch.setattr(subprocess, "run", no_process)
+    assert Uv(toys.UV).version(tmp_path) == asked
+
+
+def _fake_uv_package(site: Path, listed: str, size: int) -> None:
+    (site / "uv").mkdir(parents=True)
+    (site / "uv" / "__init__.py").write_text("")
+    (site / "uv-9.9.9.dist-info").mkdir()
+    (site / "uv-9.9.9.dist-info" / "RECORD").write_text(
+        f"uv/__init__.py,,0\n{listed},sha256=x,{size}\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("listed", "size", "expected"),
+    [
+        ("../bin/uv", 5, "9.9.9"),
+        ("../bin/uv", 6, None),  # another binary at that path
+        ("../bin/uvx", 5, None),  # the package lists some other file
+    ],
+)
+def test_a_packaged_version_needs_the_listed_path_and_size(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    listed: str,
+    size: int,
+    expected: str | None,
+) -> None:
+    """Metadata names the binary's version only if its RECORD lists that path with that size."""
+    _fake_uv_package(tmp_path / "site", listed, size)
+    binary = tmp_path / "bin" / "uv"
+    binary.parent.mkdir()
+    binary.write_bytes(b"12345")
+    monkeypatch.delitem(sys.modules, "uv", raising=False)
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    assert packaged_version(binary) == expected
 
 
 def test_run_raises_translated_errors(tmp_path: Path) -> None:
