@@ -8,11 +8,11 @@
     lock with unchanged sources (every repeat adds a comment to ``uv.lock``,
     in one env cache, so the project layer of the previous env is linked,
     not built), and a first build ever (a fresh env cache each repeat: the
-    project wheel is built and uv's facts are probed too). Ours runs ``uv
-    export --locked`` and ``uv sync --no-install-local`` at once, with the
-    project layer alongside; the export is skipped when the last build of
-    the checkout asked it the same (the comment leaves the lock's local
-    side as it was, as an upgrade of registry packages only does).
+    project wheel is built too). Ours runs ``uv export --locked`` and ``uv
+    sync --no-install-local`` at once, with the project layer alongside;
+    the export is skipped when the last build of the checkout asked it the
+    same (the comment leaves the lock's local side as it was, as an upgrade
+    of registry packages only does).
 (c) A warm ``python -m pytest --uv-build`` of one test that asks for
     ``uv_env`` against plain ``python -m pytest`` of one trivial test.
     Goal: 1.10x or less. ``--uv-build`` also writes (or, with
@@ -134,8 +134,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         (
             "cold env build (first build ever), warm uv package cache",
             new_cache,
-            "a fresh env cache each repeat: ours also builds the project wheel (alongside "
-            "the sync) and probes uv's version",
+            "a fresh env cache each repeat: ours also builds the project wheel and asks "
+            "uv export, both alongside the sync",
         ),
     ):
         ours, base = side_by_side(cold_ours, cold_uv, samples, setup=setup)
