@@ -119,6 +119,13 @@ def test_a_new_lock_whose_file_was_removed_meanwhile_is_refused(
         real_flock(fd, operation)
 
     monkeypatch.setattr(fcntl, "flock", removed_first)
-    opened = len(os.listdir("/proc/self/fd"))
+    closed: list[int] = []
+    real_close = os.close
+
+    def recorded_close(fd: int) -> None:
+        closed.append(fd)
+        real_close(fd)
+
+    monkeypatch.setattr(os, "close", recorded_close)
     assert hold_new_lock(path) is None
-    assert len(os.listdir("/proc/self/fd")) == opened  # its descriptor is closed
+    assert len(closed) == 1  # its descriptor is not left open
