@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -291,6 +292,24 @@ def test_cache_dir_that_cannot_be_created(project: Path, tmp_path: Path) -> None
     (tmp_path / "file").write_text("")
     cache = EnvCache(tmp_path / "file" / "cache")
     with pytest.raises(CacheError, match=r"is not writable .*Fix: pass --uv-cache-dir"):
+        _make(cache, project)
+
+
+def test_a_hit_whose_lease_cannot_be_written_is_one_clear_error(
+    project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A warm env whose lease file cannot be created (read-only cache) is a clear error."""
+    cache = EnvCache(tmp_path / "cache")
+    _make(cache, project).release()
+    real_open = os.open
+
+    def refused(path: Any, flags: int, mode: int = 0o777) -> int:
+        if "leases" in str(path):
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real_open(path, flags, mode)
+
+    monkeypatch.setattr(os, "open", refused)
+    with pytest.raises(CacheError, match=r"is not writable \(Permission denied.*Fix: pass"):
         _make(cache, project)
 
 
