@@ -156,23 +156,23 @@ def packaged_version(binary: Path) -> str | None:
     """
     import importlib.util
 
+    from pytest_uvbuild.distinfo import dist_infos
+
     try:
         spec = importlib.util.find_spec("uv")
         if spec is None or spec.origin is None:
             return None
         site = os.path.dirname(os.path.dirname(spec.origin))
         wanted = os.path.abspath(binary)
-        size = os.stat(wanted).st_size
-        for name in os.listdir(site):
-            if not (name.startswith("uv-") and name.endswith(".dist-info")):
+        size = str(os.stat(wanted).st_size)
+        for name, version, dist_info in dist_infos([Path(site)]):
+            if name != "uv":
                 continue
-            version = name[len("uv-") : -len(".dist-info")]
-            record = os.path.join(site, name, "RECORD")
-            with open(record, encoding="utf-8") as fh:
+            with (dist_info / "RECORD").open(encoding="utf-8") as fh:
                 for line in fh:
                     path, _, rest = line.rstrip("\n").partition(",")
                     listed = os.path.normpath(os.path.join(site, path))
-                    if listed == wanted and rest.rpartition(",")[2] == str(size):
+                    if listed == wanted and rest.rpartition(",")[2] == size:
                         return version
     except (OSError, ValueError, ImportError):
         return None

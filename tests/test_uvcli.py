@@ -173,6 +173,20 @@ def test_a_packaged_version_needs_the_listed_path_and_size(
     assert packaged_version(binary) == expected
 
 
+def test_a_uv_package_without_a_record_is_asked_instead(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A uv dist-info that lacks its RECORD names no version: the binary is asked."""
+    _fake_uv_package(tmp_path / "site", "../bin/uv", 5)
+    (tmp_path / "site" / "uv-9.9.9.dist-info" / "RECORD").unlink()
+    binary = tmp_path / "bin" / "uv"
+    binary.parent.mkdir()
+    binary.write_bytes(b"12345")
+    monkeypatch.delitem(sys.modules, "uv", raising=False)
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    assert packaged_version(binary) is None
+
+
 def test_run_raises_translated_errors(tmp_path: Path) -> None:
     """A failing uv command raises the translated error; check=False returns the process."""
     uv = Uv(toys.UV)
