@@ -17,6 +17,7 @@ __all__ = [
     "HeldLock",
     "file_sha256",
     "hold_lock",
+    "hold_lock_waiting",
     "hold_new_lock",
     "remove_tree",
     "write_atomic",
@@ -136,21 +137,44 @@ def hold_new_lock(path: Path) -> HeldLock | None:
 
     ``None`` means someone else holds it, or removed it while it was being
     locked: the caller takes another name. This is the lease a session
-    takes on a cached env, on every cache hit. It is the lock filelock takes
-    on POSIX (``flock`` on the open file, which filelock's locks and
-    ``cache prune`` see as held), taken directly because importing
-    filelock costs several times the rest of a cache hit. Without
-    :mod:`fcntl` (Windows), filelock takes it.
+    takes on a cached env, on every cache hit (see :func:`_flock`).
+    """
+    return _flock(path, wait=False)
+
+
+def hold_lock_waiting(path: Path) -> HeldLock:
+    """Lock ``path`` (created if missing), waiting as long as another process holds it.
+
+    The same lock as ``hold_lock(path, wait=True)``, taken without
+    importing filelock (see :func:`_flock`): the build record's lock, which
+    every ``--uv-build`` session takes. A file removed while it was being
+    locked is opened and locked again.
+    """
+    while True:
+        held = _flock(path, wait=True)
+        if held is not None:
+            return held
+
+
+def _flock(path: Path, *, wait: bool) -> HeldLock | None:
+    """Take the lock filelock takes on POSIX (``flock`` on the open file) directly.
+
+    filelock's locks and ``cache prune`` see it as held, and it is taken
+    directly because importing filelock costs more than the rest of a
+    cache hit, or a warm build record. ``None``: held by another process
+    (only without ``wait``), or the file was removed while it was being
+    locked. Without :mod:`fcntl` (Windows), filelock takes it.
     """
     try:
         import fcntl
     except ImportError:  # pragma: no cover - POSIX has fcntl
-        return hold_lock(path)
+        return hold_lock(path, wait=True) if wait else hold_lock(path)
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        # `cache prune` removes a lease file it could lock (its session is
-        # gone): locked after that, this descriptor holds a file nobody sees.
+        fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        # A lock file removed while this process waited for it (`cache
+        # prune` removes a lease it could lock): this descriptor would hold
+        # a file nobody else sees.
         if os.fstat(fd).st_nlink == 0:
             os.close(fd)
             return None

@@ -235,7 +235,7 @@ def test_record_files_and_fields(
 
 
 def test_warm_session_reuses_and_crashes_rebuild(uv_pytester: pytest.Pytester) -> None:
-    """The same id is reused, an unchanged audit is not rewritten, a half-written record is."""
+    """A warm session reuses its id without filelock; a half-written record is rewritten."""
     uv_pytester.makepyfile(test_pkg=PASSING_TEST)
     uv_pytester.runpytest_subprocess("--uv-build").assert_outcomes(passed=1)
     record = only_record(uv_pytester.path / "builds")
@@ -244,9 +244,19 @@ def test_warm_session_reuses_and_crashes_rebuild(uv_pytester: pytest.Pytester) -
     stamps = {n: (record / n).stat().st_mtime_ns for n in unchanged}
     metadata = (record / "metadata.json").read_bytes()
 
+    # Whether the warm session imported filelock (its record lock is a plain flock).
+    uv_pytester.makeconftest(
+        """
+        import sys
+
+        def pytest_unconfigure(config):
+            print("filelock imported:", "filelock" in sys.modules)
+        """
+    )
     warm = uv_pytester.runpytest_subprocess("--uv-build")
     warm.assert_outcomes(passed=1)
     warm.stdout.fnmatch_lines([f"build {record.name} reused: {record} in * ms"])
+    warm.stdout.fnmatch_lines(["filelock imported: False"])
     assert {n: (record / n).stat().st_mtime_ns for n in unchanged} == stamps
     assert (record / "metadata.json").read_bytes() != metadata
     assert load(record, "metadata.json")["run"]["record"] == "reused"

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import subprocess
 import sys
-import textwrap
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from filelock import FileLock
 
-from pytest_uvbuild.fsutil import hold_lock, hold_new_lock
+from pytest_uvbuild.fsutil import hold_lock, hold_lock_waiting, hold_new_lock
 
 
 def test_hold_lock_and_filelock_see_each_other(tmp_path: Path) -> None:
@@ -39,42 +40,48 @@ def _busy(lock: FileLock) -> bool:
     return False
 
 
-def test_a_lock_held_by_another_process_is_not_taken(tmp_path: Path) -> None:
-    """hold_lock answers None while another process holds the lock, and takes it once let go."""
-    path = tmp_path / "x.lock"
-    holder = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            textwrap.dedent(
-                f"""\
-                import sys
-                from pathlib import Path
-                from pytest_uvbuild.fsutil import hold_lock
-                held = hold_lock(Path({str(path)!r}))
-                print("held", flush=True)
-                sys.stdin.readline()
-                """
-            ),
-        ],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
+def _python(code: str, *, piped: bool = False) -> subprocess.Popen[str]:
+    """Start a Python process running ``code``; ``piped``: with its stdin and stdout piped."""
+    pipe = subprocess.PIPE if piped else None
+    return subprocess.Popen([sys.executable, "-c", code], stdin=pipe, stdout=pipe, text=True)
+
+
+@contextlib.contextmanager
+def _held_by_another_process(take: str, release: str) -> Iterator[Callable[[], None]]:
+    """Hold a lock in another process (``take``) until the yielded function lets it go."""
+    holder = _python(
+        f"import sys\n{take}\nprint('held', flush=True)\nsys.stdin.readline()\n"
+        f"{release}\nprint('released', flush=True)\nsys.stdin.readline()\n",
+        piped=True,
     )
+    assert holder.stdin is not None
+    assert holder.stdout is not None
+    stdin, stdout = holder.stdin, holder.stdout
+
+    def let_go() -> None:
+        stdin.write("let go\n")
+        stdin.flush()
+        assert stdout.readline().strip() == "released"
+
     try:
-        assert holder.stdin is not None
-        assert holder.stdout is not None
-        assert holder.stdout.readline().strip() == "held"
-        assert hold_lock(path) is None
-        assert hold_lock(path, timeout=0.2) is None
-        holder.stdin.write("let go\n")
-        holder.stdin.flush()
-        waited = hold_lock(path, timeout=60)
-        assert waited is not None
-        waited.release()
+        assert stdout.readline().strip() == "held"
+        yield let_go
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_a_lock_held_by_another_process_is_not_taken(tmp_path: Path) -> None:
+    """hold_lock answers None while another process holds the lock, and takes it once let go."""
+    path = tmp_path / "x.lock"
+    take = f"from pytest_uvbuild.fsutil import hold_lock\nheld = hold_lock({str(path)!r})"
+    with _held_by_another_process(take, "held.release()") as let_go:
+        assert hold_lock(path) is None
+        assert hold_lock(path, timeout=0.2) is None
+        let_go()
+        waited = hold_lock(path, timeout=60)
+        assert waited is not None
+        waited.release()
 
 
 def test_release_with_unlink_removes_the_file_while_still_held(tmp_path: Path) -> None:
@@ -129,3 +136,43 @@ def test_a_new_lock_whose_file_was_removed_meanwhile_is_refused(
     monkeypatch.setattr(os, "close", recorded_close)
     assert hold_new_lock(path) is None
     assert len(closed) == 1  # its descriptor is not left open
+
+
+def test_a_waiting_lock_waits_for_a_filelock_holder_in_another_process(tmp_path: Path) -> None:
+    """hold_lock_waiting waits while another process holds the file with filelock, then locks it."""
+    path = tmp_path / "record.lock"
+    take = f"from filelock import FileLock\nlock = FileLock({str(path)!r})\nlock.acquire()"
+    with _held_by_another_process(take, "lock.release()") as let_go:
+        waiter = _python(
+            "from pytest_uvbuild.fsutil import hold_lock_waiting\n"
+            f"from pathlib import Path\nhold_lock_waiting(Path({str(path)!r})).release()\n"
+        )
+        with pytest.raises(subprocess.TimeoutExpired):
+            waiter.wait(timeout=0.5)  # still waiting: the holder has it
+        let_go()
+        assert waiter.wait(timeout=60) == 0
+    held = hold_lock_waiting(path)
+    assert _busy(FileLock(str(path)))
+    held.release()
+    assert not _busy(FileLock(str(path)))
+
+
+def test_a_waiting_lock_whose_file_was_removed_meanwhile_locks_the_new_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A record lock file removed while it was waited for is opened and locked again."""
+    path = tmp_path / "record.lock"
+    real_flock = fcntl.flock
+    removals = [True]
+
+    def removed_first(fd: int, operation: int) -> None:
+        if removals:
+            removals.pop()
+            path.unlink()
+        real_flock(fd, operation)
+
+    monkeypatch.setattr(fcntl, "flock", removed_first)
+    held = hold_lock_waiting(path)
+    assert path.exists()  # the lock is on a file others can see
+    assert hold_lock(path) is None
+    held.release()
