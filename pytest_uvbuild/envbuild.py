@@ -3,7 +3,8 @@
 :meth:`~pytest_uvbuild.envcache.EnvCache.materialise` comes here, under the
 env's build lock, only when no trusted env exists; a cache hit never imports
 this module. ``uv export --locked`` (unless the last build of the checkout
-asked uv the same), ``uv sync --locked --no-install-local`` and the project
+asked uv the same, or the project is the lock's only local package), ``uv
+sync --locked --no-install-local`` and the project
 layer run at once (see :func:`build_env`); the completion record is
 written last.
 """
@@ -43,6 +44,7 @@ from pytest_uvbuild.project import (
     local_sources_from_export,
     lock_local_dirs,
     read_lock,
+    sources_from_lock,
 )
 
 if TYPE_CHECKING:
@@ -198,9 +200,12 @@ def _exported_plan(
     checkout asked uv the same question (the same selection, interpreter
     and uv, and a lock whose local side is unchanged, as when a registry
     package moved) and ``rebuild`` is off: then that answer stands, and uv
-    is not asked again. Either way ``uv sync --locked`` checks the lock: a
-    stale, missing or malformed one fails the build without creating
-    anything, with the message that names ``uv lock``. Also returned: the
+    is not asked again. Nor is it when the project is the lock's only
+    local package, where the lock alone tells (see
+    :func:`~pytest_uvbuild.project.sources_from_lock`). Either way ``uv
+    sync --locked`` checks the lock: a stale, missing or malformed one
+    fails the build without creating anything, with the message that
+    names ``uv lock``. Also returned: the
     lock's local directories and the digest the answer is filed under.
     """
     project, selection, interpreter, key, inputs = resolved
@@ -216,6 +221,8 @@ def _exported_plan(
         digest = hashlib.sha256(json.dumps(question, sort_keys=True).encode()).hexdigest()
         if not rebuild:
             sources = _known_sources(last, digest)
+        if sources is None:
+            sources = sources_from_lock(lock, selection)
     if lock is None or sources is None:
         exported = cache.uv.run(
             [
@@ -263,7 +270,8 @@ def build_env(
     Three things run at once, since none needs another's result: ``uv
     export --locked`` (it checks the lock and says which local packages
     the selection installs; skipped when the last build of the checkout
-    asked the same, see :func:`_exported_plan`), ``uv sync --locked
+    asked the same, or when the project is the lock's only local package,
+    see :func:`_exported_plan`), ``uv sync --locked
     --no-install-local`` into the env dir, and the project layer of the
     local packages the last build installed (see :func:`guess_sources`).
     If the lock is stale, missing or malformed, the uv commands fail; the

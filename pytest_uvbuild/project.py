@@ -3,7 +3,8 @@
 Only ``pyproject.toml`` (a few KB) is parsed on every session; ``uv.lock``
 is hashed, and parsed only when an environment is being built (see
 :func:`lock_local_dirs`). Which local packages an env gets is uv's answer
-(``uv export``), read by :func:`local_sources_from_export`.
+(``uv export``), read by :func:`local_sources_from_export`, unless the
+project is the lock's only local package (:func:`sources_from_lock`).
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ __all__ = [
     "lock_local_dirs",
     "nearest_project_dir",
     "read_lock",
+    "sources_from_lock",
 ]
 
 
@@ -473,6 +475,37 @@ def _lock_local_packages(lock: Mapping[str, Any], root: Path) -> dict[Path, tupl
             if isinstance(rel, str):
                 found[(root / rel).resolve()] = (name, rel, kind == "path")
     return found
+
+
+def sources_from_lock(
+    lock: Mapping[str, Any], selection: Selection
+) -> tuple[LocalSource, ...] | None:
+    """Return the local packages a selection installs when the lock alone tells; else ``None``.
+
+    The lock alone tells when the project itself is its only local package
+    (no path dependency, no other workspace member): ``uv sync`` installs
+    it whatever the groups, extras and markers, unless the lock has it
+    virtual (``package = false``) or the selection is ``--only-group``.
+    With any other local package, which of them the selection reaches is
+    uv's answer, so ``None`` (see :func:`local_sources_from_export`).
+    """
+    root: tuple[str, str] | None = None
+    for package in _packages(lock):
+        source = package.get("source")
+        if not isinstance(source, dict):
+            continue
+        for kind in _LOCAL_SOURCE_KINDS:
+            if kind not in source:
+                continue
+            if source[kind] != "." or root is not None:
+                return None
+            root = (canonicalize_name(str(package.get("name", ""))), kind)
+    if root is None or root[1] not in ("editable", "virtual"):
+        return None  # not a project lock as uv writes them: ask uv
+    name, kind = root
+    if kind == "virtual" or selection.only_groups:
+        return ()
+    return (LocalSource(name, ".", "editable"),)
 
 
 def local_sources_from_export(

@@ -498,8 +498,8 @@ def test_a_new_lock_with_unchanged_sources_links_the_previous_layer(
     assert second.key != first.key
     assert not second.hit
     assert len(toys.uv_calls(log, "build")) == 1
-    # The lock's local side is as it was: uv's answer about it stands.
-    assert len(toys.uv_calls(log, "export")) == 1
+    # The project is the lock's only local package: the lock tells, uv is not asked.
+    assert toys.uv_calls(log, "export") == []
     record = json.loads((second.path / envcache.RECORD_NAME).read_text())
     assert [s["name"] for s in record["local_sources"]] == ["demo"]
     old_site, new_site = first.layer[-1], second.layer[-1]
@@ -547,12 +547,12 @@ def test_a_layer_built_on_a_wrong_guess_is_not_left_behind(
     assert layers == sorted([first.layer[-1].parent.name, second.layer[-1].parent.name])
     # The guess (demo alone) was built and thrown away, then demo and dep were built.
     assert len(toys.uv_calls(log, "build")) == 4
-    # A new local package: uv was asked again, as it is on a rebuild.
-    assert len(toys.uv_calls(log, "export")) == 2
+    # A local package besides the project: uv is asked, as it is again on a rebuild.
+    assert len(toys.uv_calls(log, "export")) == 1
     cache.materialise(
         EnvRequest(project_dir=root, offline=True), start_dir=root, rebuild=True
     ).release()
-    assert len(toys.uv_calls(log, "export")) == 3
+    assert len(toys.uv_calls(log, "export")) == 2
 
 
 def test_a_removed_path_dependency_is_left_out_of_the_next_build(

@@ -5,8 +5,10 @@ from __future__ import annotations
 import copy
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
+import toys
 
 from conftest import MakeProject
 from pytest_uvbuild.errors import LockfileError, ProjectNotFoundError, SelectionError
@@ -20,6 +22,7 @@ from pytest_uvbuild.project import (
     local_sources_from_export,
     lock_local_dirs,
     read_lock,
+    sources_from_lock,
 )
 
 if sys.version_info >= (3, 11):
@@ -210,7 +213,7 @@ def test_local_sources_come_from_uvs_export(make_project: MakeProject, tmp_path:
 
 #: A lock with a root project, a path dependency, and registry packages; one
 #: of those (``glue``) depends on the path dependency.
-DIGEST_LOCK = {
+DIGEST_LOCK: dict[str, Any] = {
     "version": 1,
     "requires-python": ">=3.10",
     "manifest": {"members": ["demo"]},
@@ -243,7 +246,7 @@ DIGEST_LOCK = {
 def _edited(path: tuple[int, str], value: object) -> dict[str, object]:
     """A deep copy of DIGEST_LOCK with package ``path[0]``'s key ``path[1]`` set to ``value``."""
     lock = copy.deepcopy(DIGEST_LOCK)
-    lock["package"][path[0]][path[1]] = value  # type: ignore[index]
+    lock["package"][path[0]][path[1]] = value
     return lock
 
 
@@ -271,3 +274,49 @@ def test_local_selection_digest_covers_the_lock_header() -> None:
     before = local_selection_digest(DIGEST_LOCK)
     assert local_selection_digest({**DIGEST_LOCK, "manifest": {"members": ["x"]}}) != before
     assert local_selection_digest({**DIGEST_LOCK, "requires-python": ">=3.12"}) != before
+
+
+@pytest.mark.parametrize(
+    ("options", "package"),
+    [
+        ({}, True),
+        ({"only_groups": ["dev"]}, True),
+        ({"no_default_groups": True}, True),
+        ({}, False),
+    ],
+    ids=["default", "only-group", "no-default-groups", "virtual"],
+)
+def test_the_lock_alone_tells_what_uv_export_does_for_a_lone_project(
+    make_project: MakeProject, tmp_path: Path, options: dict[str, Any], package: bool
+) -> None:
+    """When the project is the lock's only local package, the lock gives uv export's answer."""
+    project = find_project(make_project(tmp_path / "demo", package=package))
+    selection = project.select(**options)
+    exported = toys.run_uv(
+        "export", "--locked", "--offline", "--no-hashes", "-q", *selection.uv_args, cwd=project.root
+    ).stdout
+    lock = read_lock(project)
+    marker_environment = current_interpreter().marker_environment()
+    expected = local_sources_from_export(exported, project, lock, marker_environment)
+    assert sources_from_lock(lock, selection) == expected
+    installed = package and "only_groups" not in options
+    assert expected == ((LocalSource("demo", ".", "editable"),) if installed else ())
+
+
+@pytest.mark.parametrize(
+    ("packages", "expected"),
+    [
+        (DIGEST_LOCK["package"], None),  # which selection reaches the path dependency: uv says
+        (DIGEST_LOCK["package"][:1], (LocalSource("demo", ".", "editable"),)),
+        ([{"name": "Demo_Pkg", "source": {"virtual": "."}}], ()),
+        ([{"name": "demo", "source": {"directory": "."}}], None),  # no root uv writes
+        ([{"name": "toyalpha", "source": {"registry": "https://example.invalid"}}], None),
+    ],
+    ids=["path-dependency", "project-alone", "virtual", "root-not-editable", "no-project"],
+)
+def test_the_lock_alone_tells_only_for_a_lone_editable_or_virtual_project(
+    packages: list[dict[str, Any]], expected: tuple[LocalSource, ...] | None
+) -> None:
+    """Any local package besides the project, or an unusual root, leaves the answer to uv."""
+    lock = {**DIGEST_LOCK, "package": packages}
+    assert sources_from_lock(lock, _project(GROUPS_TOML).select()) == expected

@@ -180,9 +180,26 @@ class Lab:
 
     # -- projects --------------------------------------------------------
 
-    def project(self, name: str = "demo", *, git: bool = False, **kwargs: Any) -> Path:
-        """A locked toy project (needs toyalpha) with the INSIDE test, optionally a git repo."""
+    def project(
+        self, name: str = "demo", *, git: bool = False, path_dependency: bool = False, **kwargs: Any
+    ) -> Path:
+        """A locked toy project (needs toyalpha) with the INSIDE test, optionally a git repo.
+
+        With ``path_dependency`` it also needs ``<name>-dep``, a project
+        beside it: a second local package, so that a cold build asks ``uv
+        export`` which local packages the selection installs.
+        """
         root = self.root / name
+        if path_dependency:
+            dep = f"{name}-dep"
+            toys.write_project(
+                self.root / dep, self.wheelhouse, name=dep, with_pytest=False, lock=False
+            )
+            kwargs["dependencies"] = [*kwargs.get("dependencies", ["toyalpha==1.0"]), dep]
+            kwargs["extra_toml"] = (
+                kwargs.get("extra_toml", "")
+                + f'[tool.uv.sources]\n{dep} = {{ path = "../{dep}" }}\n'
+            )
         toys.write_project(root, self.wheelhouse, **kwargs)
         shutil.copy(ENVCHECK, root / "envcheck.py")
         (root / "test_inside.py").write_text(INSIDE_TEST)

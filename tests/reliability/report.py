@@ -142,7 +142,7 @@ def _run_suites(only: Sequence[str], kill_repeats: int, command: str) -> dict[st
     lab = Lab(scratch / "lab", support.wheelhouse(scratch), scratch / "uv-cache")
 
     def kill() -> list[Trial]:
-        project = lab.project("kill")
+        project = lab.project("kill", path_dependency=True)
         record_project = lab.project("record", git=True)
         (record_project / ".gitignore").write_text("__pycache__/\n")
         trials = []

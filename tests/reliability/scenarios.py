@@ -30,9 +30,11 @@ __all__ = [
 
 # -- suite 1: SIGKILL during a cold env build and during a build-record write --
 
-#: Moments of a cold env build (see EnvCache._build): the export that checks
-#: the lock, the project layer's wheel build and install (in a thread), the
-#: dependency sync, and the Python code that writes the completion record.
+#: Moments of a cold env build (see envbuild.build_env): the export that lists
+#: the local packages (asked when the lock has one besides the project, as the
+#: project of bench/reliability.py does), the project layer's wheel builds and
+#: install (in a thread), the dependency sync, and the Python code that writes
+#: the completion record.
 ENV_STOPS: tuple[Stop, ...] = (
     Stop("uv export --locked*", "before"),
     Stop("uv export --locked*", "start", 0.004),
