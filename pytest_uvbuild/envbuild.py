@@ -480,6 +480,10 @@ def _build_layer(
                     cwd=path,
                 )
             installables += sorted(str(p) for p in (wheels / source.name).glob("*.whl"))
+        # Wheels only (built here, or given as files) need nothing from an
+        # index: uv runs offline, and without the certificates it would
+        # otherwise load (see Uv.start). An sdist is built, which may need one.
+        local_only = all(name.endswith(".whl") for name in installables)
         cache.uv.run(
             [
                 "pip",
@@ -489,11 +493,12 @@ def _build_layer(
                 *python_args,
                 "--target",
                 str(staging / "site"),
-                *_offline(request),
+                *(["--offline"] if local_only else _offline(request)),
                 *installables,
             ],
             what="`uv pip install` of the project layer",
             cwd=plan.root,
+            local_only=local_only,
         )
         remove_tree(wheels)
         _drop_world_write(staging / "site")

@@ -179,8 +179,15 @@ def packaged_version(binary: Path) -> str | None:
     return None
 
 
-def _uv_environ(extra: Mapping[str, str] | None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in _STRIPPED_FOR_UV}
+# Where uv finds certificate authorities. uv reads them when it sets up its
+# HTTP client, which it does even offline: a directory of a few hundred
+# certificates costs it several milliseconds (see `local_only` below).
+_TLS_SETTINGS: Final = ("SSL_CERT_FILE", "SSL_CERT_DIR", "UV_NATIVE_TLS")
+
+
+def _uv_environ(extra: Mapping[str, str] | None, *, local_only: bool = False) -> dict[str, str]:
+    stripped = (*_STRIPPED_FOR_UV, *_TLS_SETTINGS) if local_only else _STRIPPED_FOR_UV
+    env = {k: v for k, v in os.environ.items() if k not in stripped}
     # Never let a missing interpreter trigger a download behind the user's
     # back; interpreters are resolved to real paths before uv is called.
     env.setdefault("UV_PYTHON_DOWNLOADS", "never")
@@ -276,14 +283,21 @@ class Uv:
         what: str,
         cwd: Path | None = None,
         env: Mapping[str, str] | None = None,
+        local_only: bool = False,
     ) -> UvProcess:
-        """Start ``uv *args`` and return at once; :meth:`UvProcess.wait` collects it."""
+        """Start ``uv *args`` and return at once; :meth:`UvProcess.wait` collects it.
+
+        ``local_only`` says the command reads local files only (the caller
+        passes ``--offline``): it runs without the certificate settings
+        (``SSL_CERT_FILE``, ``SSL_CERT_DIR``, ``UV_NATIVE_TLS``), which uv
+        would load for nothing.
+        """
         argv = [str(self.binary), *args]
         try:
             proc = subprocess.Popen(
                 argv,
                 cwd=cwd,
-                env=_uv_environ(env),
+                env=_uv_environ(env, local_only=local_only),
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 stdin=subprocess.DEVNULL,
@@ -312,9 +326,15 @@ class Uv:
         cwd: Path | None = None,
         env: Mapping[str, str] | None = None,
         check: bool = True,
+        local_only: bool = False,
     ) -> subprocess.CompletedProcess[str]:
-        """Run ``uv *args``; on failure raise the translated error unless ``check`` is false."""
-        return self.start(args, what=what, cwd=cwd, env=env).wait(check=check)
+        """Run ``uv *args``; on failure raise the translated error unless ``check`` is false.
+
+        ``local_only``: as for :meth:`start`.
+        """
+        return self.start(args, what=what, cwd=cwd, env=env, local_only=local_only).wait(
+            check=check
+        )
 
     def install_python(self, request: str, *, offline: bool = False) -> Path:
         """Download a Python matching ``request`` with uv and return its interpreter path.

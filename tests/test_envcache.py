@@ -523,6 +523,29 @@ def test_a_new_lock_with_unchanged_sources_links_the_previous_layer(
     assert linked.is_file()
 
 
+def test_the_layer_install_of_wheels_runs_offline_without_certificate_settings(
+    project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The layer install of built wheels gets --offline and no TLS variables; the sync both."""
+    log = tmp_path / "calls.log"
+    wrapper = tmp_path / "bin" / "uv"
+    wrapper.parent.mkdir()
+    wrapper.write_text(
+        "#!/bin/sh\n"
+        f'printf \'%s %s offline=%s certs=%s\\n\' "$1" "$2" '
+        f'"$(case " $* " in *" --offline "*) echo yes;; *) echo no;; esac)" '
+        f'"${{SSL_CERT_DIR-unset}}" >> "{log}"\n'
+        f'exec "{toys.UV}" "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    monkeypatch.setenv("SSL_CERT_DIR", str(tmp_path))
+    cache = EnvCache(tmp_path / "cache", Uv(wrapper))
+    _make(cache, project, offline=False).release()
+    calls = log.read_text().splitlines()
+    assert f"sync --locked offline=no certs={tmp_path}" in calls
+    assert "pip install offline=yes certs=unset" in calls
+
+
 def test_a_layer_built_on_a_wrong_guess_is_not_left_behind(
     tmp_path: Path, wheelhouse: Path, logged: tuple[Uv, Path]
 ) -> None:

@@ -12,6 +12,7 @@ import pytest
 import toys
 
 from conftest import MakeProject
+from pytest_uvbuild import uvcli
 from pytest_uvbuild.errors import (
     InterpreterNotFoundError,
     LockfileError,
@@ -330,3 +331,16 @@ def test_a_started_command_is_collected_by_wait(tmp_path: Path) -> None:
     failing = uv.start(["lock", "--check", "--offline"], what="`uv lock --check`", cwd=tmp_path)
     with pytest.raises(UvCommandError, match=r"No `pyproject\.toml` found"):
         failing.wait()
+
+
+def test_a_local_only_command_gets_no_certificate_settings(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """local_only drops SSL_CERT_FILE, SSL_CERT_DIR and UV_NATIVE_TLS; other variables stay."""
+    for name in ("SSL_CERT_FILE", "SSL_CERT_DIR", "UV_NATIVE_TLS", "UV_CACHE_DIR"):
+        monkeypatch.setenv(name, f"/somewhere/{name}")
+    plain = uvcli._uv_environ(None)
+    local = uvcli._uv_environ(None, local_only=True)
+    assert {"SSL_CERT_FILE", "SSL_CERT_DIR", "UV_NATIVE_TLS"} <= set(plain)
+    assert not {"SSL_CERT_FILE", "SSL_CERT_DIR", "UV_NATIVE_TLS"} & set(local)
+    assert local["UV_CACHE_DIR"] == plain["UV_CACHE_DIR"] == "/somewhere/UV_CACHE_DIR"
