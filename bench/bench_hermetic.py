@@ -44,6 +44,7 @@ import toys
 from support import Stats, row, side_by_side, stats
 
 from pytest_uvbuild import prewarm
+from pytest_uvbuild.hermetic import KEEP_WARM_VARIABLE
 
 SUITE = "hermetic"
 #: Suite sizes whose difference gives the cost of one more test: wide enough
@@ -162,8 +163,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # runs this. Their sockets go to the scratch dir, and none outlives the run.
     temp = scratch / "tmp"
     temp.mkdir()
-    env = {**env, "TMPDIR": str(temp), prewarm.KEEP_WARM_VARIABLE: "120"}
-    cold_env = {**env, prewarm.KEEP_WARM_VARIABLE: "0"}
+    env = {**env, "TMPDIR": str(temp), KEEP_WARM_VARIABLE: "120"}
+    cold_env = {**env, KEEP_WARM_VARIABLE: "0"}
     call = functools.partial(support.run_checked, cwd=project, env=env)
     call_cold = functools.partial(support.run_checked, cwd=project, env=cold_env)
     rows: list[dict[str, Any]] = []

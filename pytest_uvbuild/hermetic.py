@@ -22,6 +22,7 @@ import contextlib
 import functools
 import io
 import logging
+import math
 import os
 import tempfile
 from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
     from pytest_uvbuild.runner import HermeticRunner, Launch
 
 __all__ = [
+    "KEEP_WARM_VARIABLE",
     "MARKER",
     "PYTHON_PARAM",
     "HermeticItem",
@@ -47,6 +49,7 @@ __all__ = [
     "HermeticPlugin",
     "ItemPlan",
     "MarkerError",
+    "keep_warm_seconds",
     "parse_marker",
     "with_python_id",
     "without_python_id",
@@ -217,6 +220,39 @@ def _hermetic_timeout(config: pytest.Config) -> float | None:
     return float(value) if value and float(value) > 0 else None
 
 
+#: Overrides ini ``hermetic_keep_warm`` (``0`` turns warm workers off).
+KEEP_WARM_VARIABLE: Final = "PYTEST_UVBUILD_KEEP_WARM"
+#: How long a zygote waits for the next session unless configured otherwise.
+DEFAULT_KEEP_WARM_SECONDS: Final = 120.0
+
+
+def keep_warm_seconds(config: pytest.Config) -> float:
+    """How long a zygote left by this session waits (0: none is left, none is used).
+
+    ``PYTEST_UVBUILD_KEEP_WARM`` wins over ini ``hermetic_keep_warm``; either
+    is a number of seconds or ``auto`` (the default): 120, or 0 on CI (the
+    ``CI`` or ``BUILD_NUMBER`` variable set, as pytest itself tells), since a
+    CI job rarely runs a second session.
+    """
+    raw = os.environ.get(KEEP_WARM_VARIABLE)
+    if raw is None:
+        raw = str(config.getini("hermetic_keep_warm") or "auto")
+    raw = raw.strip().lower()
+    if raw in ("", "auto"):
+        on_ci = any(os.environ.get(name) for name in ("CI", "BUILD_NUMBER"))
+        return 0.0 if on_ci else DEFAULT_KEEP_WARM_SECONDS
+    try:
+        seconds = float(raw)
+        if not math.isfinite(seconds):
+            raise ValueError(raw)  # a zygote cannot wait forever (nor NaN seconds)
+    except ValueError:
+        raise pytest.UsageError(
+            f"hermetic_keep_warm must be a number of seconds or 'auto', not {raw!r}. "
+            f"Fix: set it (or {KEEP_WARM_VARIABLE}) to e.g. 120, or 0 to turn it off."
+        ) from None
+    return max(0.0, seconds)
+
+
 class _Plans:
     """The selected hermetic items by batch key: their inner ids, and which are offline."""
 
@@ -246,8 +282,8 @@ class HermeticPlugin:
         self.passenv = tuple(str(p) for p in config.getini("hermetic_passenv"))
         self.keep_warm = 0.0
         if self.enabled and not is_xdist_worker(config):
-            from pytest_uvbuild.prewarm import keep_warm_seconds
-
+            # Read here, not in prewarm (which a session without hermetic
+            # tests never imports), so that a bad value is an error at once.
             self.keep_warm = keep_warm_seconds(config)
         self._runner: HermeticRunner | None = None
         self._scratch: Path | None = None

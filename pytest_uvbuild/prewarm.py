@@ -24,7 +24,6 @@ import atexit
 import contextlib
 import hashlib
 import json
-import math
 import os
 import select
 import signal
@@ -39,18 +38,14 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Final, NamedTuple
 
-import pytest
-
 from pytest_uvbuild.fsutil import hold_lock
 
 __all__ = [
-    "KEEP_WARM_VARIABLE",
     "ZYGOTE_SCRIPT",
     "HandoverLost",
     "WaitingZygote",
     "WarmChild",
     "claim",
-    "keep_warm_seconds",
     "leave_behind",
     "leave_behind_at_exit",
     "listening",
@@ -61,43 +56,12 @@ __all__ = [
 
 ZYGOTE_SCRIPT: Final = Path(__file__).with_name("zygote.py")
 WORKER_SCRIPT: Final = Path(__file__).with_name("worker.py")
-#: Overrides ini ``hermetic_keep_warm`` (``0`` turns warm workers off).
-KEEP_WARM_VARIABLE: Final = "PYTEST_UVBUILD_KEEP_WARM"
-#: How long a zygote waits for the next session unless configured otherwise.
-DEFAULT_KEEP_WARM_SECONDS: Final = 120.0
 #: How long a session waits for a zygote to take its handover.
 CLAIM_TIMEOUT_SECONDS: Final = 5.0
 #: How long a new zygote waits for the session that started it to exit
 #: before importing pytest (so as not to slow that session's end).
 PATIENCE_SECONDS: Final = 5.0
 _LENGTH = struct.Struct("!Q")
-
-
-def keep_warm_seconds(config: pytest.Config) -> float:
-    """How long a zygote left by this session waits (0: none is left, none is used).
-
-    ``PYTEST_UVBUILD_KEEP_WARM`` wins over ini ``hermetic_keep_warm``; either
-    is a number of seconds or ``auto`` (the default): 120, or 0 on CI (the
-    ``CI`` or ``BUILD_NUMBER`` variable set, as pytest itself tells), since a
-    CI job rarely runs a second session.
-    """
-    raw = os.environ.get(KEEP_WARM_VARIABLE)
-    if raw is None:
-        raw = str(config.getini("hermetic_keep_warm") or "auto")
-    raw = raw.strip().lower()
-    if raw in ("", "auto"):
-        on_ci = any(os.environ.get(name) for name in ("CI", "BUILD_NUMBER"))
-        return 0.0 if on_ci else DEFAULT_KEEP_WARM_SECONDS
-    try:
-        seconds = float(raw)
-        if not math.isfinite(seconds):
-            raise ValueError(raw)  # a zygote cannot wait forever (nor NaN seconds)
-    except ValueError:
-        raise pytest.UsageError(
-            f"hermetic_keep_warm must be a number of seconds or 'auto', not {raw!r}. "
-            f"Fix: set it (or {KEEP_WARM_VARIABLE}) to e.g. 120, or 0 to turn it off."
-        ) from None
-    return max(0.0, seconds)
 
 
 def socket_dir_in(temp_dir: Path | None = None) -> Path:

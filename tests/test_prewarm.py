@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 import toys
 
-from pytest_uvbuild import cli, prewarm
+from pytest_uvbuild import cli, hermetic, prewarm
 from pytest_uvbuild.errors import HermeticRunError
 from pytest_uvbuild.runner import Launch, WorkerProcess
 
@@ -36,7 +36,7 @@ HERMETIC = ("--uv-build", "--uv-install-project=source")
 @pytest.fixture
 def warm_tmpdir(short_tmpdir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A short TMPDIR for the sessions, with warm workers on (30 s)."""
-    monkeypatch.setenv(prewarm.KEEP_WARM_VARIABLE, "30")
+    monkeypatch.setenv(hermetic.KEEP_WARM_VARIABLE, "30")
     return short_tmpdir
 
 
@@ -237,7 +237,7 @@ def test_without_keep_warm_nothing_is_left_behind(
     uv_pytester: pytest.Pytester, warm_tmpdir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """With hermetic_keep_warm 0 (or CI set, by default) a session leaves no zygote."""
-    monkeypatch.delenv(prewarm.KEEP_WARM_VARIABLE)
+    monkeypatch.delenv(hermetic.KEEP_WARM_VARIABLE)
     monkeypatch.setenv("CI", "true")
     uv_pytester.makepyfile(test_who=WHO_AM_I)
     uv_pytester.runpytest_subprocess(*HERMETIC).assert_outcomes(passed=1)
@@ -253,7 +253,7 @@ def test_a_bad_keep_warm_value_is_a_usage_error(
     uv_pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """hermetic_keep_warm that is neither seconds nor auto names the fix."""
-    monkeypatch.delenv(prewarm.KEEP_WARM_VARIABLE)
+    monkeypatch.delenv(hermetic.KEEP_WARM_VARIABLE)
     uv_pytester.makepyfile(test_x="def test_x():\n    pass\n")
     result = uv_pytester.runpytest_subprocess(*HERMETIC, "-o", "hermetic_keep_warm=soon")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
@@ -263,12 +263,12 @@ def test_a_bad_keep_warm_value_is_a_usage_error(
 @pytest.mark.parametrize(
     ("ini", "variables", "expected"),
     [
-        ("auto", {}, prewarm.DEFAULT_KEEP_WARM_SECONDS),
+        ("auto", {}, hermetic.DEFAULT_KEEP_WARM_SECONDS),
         ("auto", {"CI": "true"}, 0.0),
         ("auto", {"BUILD_NUMBER": "17"}, 0.0),
         ("45", {"CI": "true"}, 45.0),
-        ("auto", {prewarm.KEEP_WARM_VARIABLE: "0"}, 0.0),
-        ("10", {prewarm.KEEP_WARM_VARIABLE: "7.5"}, 7.5),
+        ("auto", {hermetic.KEEP_WARM_VARIABLE: "0"}, 0.0),
+        ("10", {hermetic.KEEP_WARM_VARIABLE: "7.5"}, 7.5),
         ("-3", {}, 0.0),
     ],
 )
@@ -280,13 +280,13 @@ def test_keep_warm_seconds(
     expected: float,
 ) -> None:
     """The variable wins over the ini value; auto means 120 s, or none on CI (CI, BUILD_NUMBER)."""
-    monkeypatch.delenv(prewarm.KEEP_WARM_VARIABLE, raising=False)
+    monkeypatch.delenv(hermetic.KEEP_WARM_VARIABLE, raising=False)
     monkeypatch.delenv("CI", raising=False)
     monkeypatch.delenv("BUILD_NUMBER", raising=False)
     for name, value in variables.items():
         monkeypatch.setenv(name, value)
     config = pytester.parseconfig("-o", f"hermetic_keep_warm={ini}")
-    assert prewarm.keep_warm_seconds(config) == expected
+    assert hermetic.keep_warm_seconds(config) == expected
 
 
 @pytest.mark.parametrize("value", ["inf", "nan", "-inf"])
@@ -294,10 +294,10 @@ def test_keep_warm_must_be_a_finite_number(
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, value: str
 ) -> None:
     """A zygote cannot wait forever: an infinite or NaN keep-warm value is a usage error."""
-    monkeypatch.setenv(prewarm.KEEP_WARM_VARIABLE, value)
+    monkeypatch.setenv(hermetic.KEEP_WARM_VARIABLE, value)
     config = pytester.parseconfig()
     with pytest.raises(pytest.UsageError, match="must be a number of seconds"):
-        prewarm.keep_warm_seconds(config)
+        hermetic.keep_warm_seconds(config)
 
 
 def test_no_socket_dir_that_cannot_be_made_means_no_warm_worker(
@@ -476,7 +476,7 @@ def test_a_leftover_socket_without_a_zygote_means_a_fresh_worker(
 LEAVE_AT_EXIT = """
 import sys, time
 from pathlib import Path
-from pytest_uvbuild import cli, prewarm
+from pytest_uvbuild import cli, hermetic, prewarm
 
 python, environ = Path(sys.executable), {"PATH": "/usr/bin:/bin"}
 prewarm.leave_behind_at_exit([(python, environ, 30.0)])
