@@ -4,15 +4,17 @@
     in-process) against uv's own no-op ``uv sync --locked`` of an env that is
     already in sync (a subprocess, as any tool that delegates to uv pays it).
 (b) A cold env build with a warm uv package cache against raw ``uv sync
-    --locked`` into a fresh directory. Goal: 1.2x or less. Two rows: a new
+    --locked`` into a fresh directory. Goal: 1.2x or less. Rows: a new
     lock with unchanged sources (every repeat adds a comment to ``uv.lock``,
     in one env cache, so the project layer of the previous env is linked,
-    not built), and a first build ever (a fresh env cache each repeat: the
-    project wheel is built too). Ours runs ``uv export --locked`` and ``uv
-    sync --no-install-local`` at once, with the project layer alongside;
-    the export is skipped when the last build of the checkout asked it the
-    same (the comment leaves the lock's local side as it was, as an upgrade
-    of registry packages only does).
+    not built); a first build ever (a fresh env cache each repeat: the
+    project wheel is built too), against uv's editable install and against
+    the raw uv command that also installs a fresh wheel of the working tree
+    (``--no-editable --reinstall-package``); and a first build ever of the
+    env alone (``--uv-install-project=no`` against ``--no-install-project``).
+    Ours runs ``uv sync --no-install-local`` with the project layer
+    alongside; ``uv export`` is not asked, since the project is the lock's
+    only local package.
 (c) A warm ``python -m pytest --uv-build`` of one test that asks for
     ``uv_env`` against plain ``python -m pytest`` of one trivial test.
     Goal: 1.10x or less. ``--uv-build`` also writes (or, with
@@ -31,7 +33,7 @@ from __future__ import annotations
 import functools
 import shutil
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     # (a) the cache hit against uv's no-op sync.
     from pytest_uvbuild.envcache import EnvCache, EnvRequest
+    from pytest_uvbuild.request import InstallMode
 
     cache_root = Path(env["PYTEST_UVBUILD_CACHE_DIR"])
     request = EnvRequest(project_dir=project, offline=True)
@@ -113,52 +116,72 @@ def main(argv: Sequence[str] | None = None) -> int:
     def new_cache() -> None:
         fresh["cache"] = scratch / "cold" / f"cache-{new_venv().name}"
 
-    def cold_ours() -> None:
-        EnvCache(fresh["cache"]).materialise(cold_request, start_dir=cold_project).release()
+    def cold_ours(install_project: InstallMode = "wheel") -> None:
+        request = cold_request._replace(install_project=install_project)
+        EnvCache(fresh["cache"]).materialise(request, start_dir=cold_project).release()
 
-    def cold_uv() -> None:
+    def cold_uv(*flags: str) -> None:
         support.run_checked(
-            sync, cwd=cold_project, env={**env, "UV_PROJECT_ENVIRONMENT": str(fresh["venv"])}
+            [*sync, *flags],
+            cwd=cold_project,
+            env={**env, "UV_PROJECT_ENVIRONMENT": str(fresh["venv"])},
         )
 
-    for case, setup, note in (
+    # (case, setup, our install mode, baseline, the baseline's flags, note)
+    cold_cases: list[tuple[str, Callable[[], None], InstallMode, str, tuple[str, ...], str]] = [
         (
             "cold env build (new lock, same sources), warm uv package cache",
             new_lock,
-            "ours = uv sync --no-install-local; uv export is not asked again, since the "
-            "lock's local side is as the last build saw it (as after an upgrade of registry "
-            "packages only; a lock that changes the project's own requirements runs it too, "
-            "as in the next row); the project layer of the previous env (same sources, "
-            "interpreter, uv) is hard-linked",
+            "wheel",
+            "uv sync --locked into a fresh dir",
+            (),
+            "ours = uv sync --no-install-local; uv export is not asked (the project is the "
+            "lock's only local package); the project layer of the previous env (same "
+            "sources, interpreter, uv) is hard-linked",
         ),
         (
             "cold env build (first build ever), warm uv package cache",
             new_cache,
-            "a fresh env cache each repeat: ours also builds the project wheel and asks "
-            "uv export, both alongside the sync",
+            "wheel",
+            "uv sync --locked into a fresh dir",
+            (),
+            "a fresh env cache each repeat: ours also builds the project as a wheel of the "
+            "working tree (uv build --wheel, then uv pip install --target), alongside the "
+            "sync; uv's editable install builds nothing",
         ),
-    ):
-        ours, base = side_by_side(cold_ours, cold_uv, samples, setup=setup)
-        rows.append(
-            row(
-                SUITE,
-                case,
-                ours,
-                "uv sync --locked into a fresh dir",
-                base,
-                goal="1.2x or less",
-                note=note,
-            )
+        (
+            "cold env build (first build ever), warm uv package cache",
+            new_cache,
+            "wheel",
+            "uv sync --locked --no-editable --reinstall-package demo into a fresh dir",
+            ("--no-editable", "--reinstall-package", "demo"),
+            "the raw uv command that also installs a wheel of the working tree; without "
+            "--reinstall-package, uv sync --no-editable installs the wheel it cached "
+            "earlier, which misses later source edits",
+        ),
+        (
+            "cold env build (first build ever, --uv-install-project=no), warm uv package cache",
+            new_cache,
+            "no",
+            "uv sync --locked --no-install-project into a fresh dir",
+            ("--no-install-project",),
+            "the env alone on both sides: no project layer, no project install",
+        ),
+    ]
+    for case, setup, install_project, baseline, flags, note in cold_cases:
+        ours, base = side_by_side(
+            functools.partial(cold_ours, install_project),
+            functools.partial(cold_uv, *flags),
+            samples,
+            setup=setup,
         )
+        rows.append(row(SUITE, case, ours, baseline, base, goal="1.2x or less", note=note))
 
     # The same work done by hand with uv, one command after the other: what
     # the first build costs without our orchestration (and its parallelism).
     def cold_by_hand() -> None:
         venv, layer = fresh["venv"], fresh["cache"] / "layer"
         common = ["--python", sys.executable, "--offline"]
-        support.run_checked(
-            [uv, "export", "--locked", "--no-hashes", "-q", *common], cwd=cold_project, env=env
-        )
         support.run_checked(
             [uv, "sync", "--locked", "--no-install-local", "-q", *common],
             cwd=cold_project,
@@ -182,7 +205,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             ours,
             "the same uv commands run by hand in sequence",
             base,
-            note="export, sync --no-install-local, build --wheel, pip install --target",
+            note="sync --no-install-local, build --wheel, pip install --target",
         )
     )
 
