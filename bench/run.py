@@ -51,6 +51,20 @@ SUITES: dict[str, str] = {
     "peers": "Against the peers, and scaling",
 }
 
+#: How to read a suite's table, printed under it.
+READING: dict[str, str] = {
+    "envcache": (
+        "The 1.2\u00d7 goal is for a cold build: a new env key, with a warm uv package "
+        "cache (the *new lock* row). A *first build ever* also makes the project layer: by "
+        "default (`--uv-install-project=wheel`) the project is installed as a wheel of the "
+        "working tree, which the baseline's editable install never builds. The raw uv command "
+        "that does that work too is `uv sync --no-editable --reinstall-package <project>`; "
+        "plain `uv sync --no-editable` is no such baseline, since it installs the wheel uv "
+        "cached of the project until `pyproject.toml` changes, so an edited source file is "
+        "not in it. The *--uv-install-project=no* row is the env alone on both sides."
+    ),
+}
+
 
 # -- running ---------------------------------------------------------------
 
@@ -476,6 +490,8 @@ def render(
                 f"| {fmt_stats(r['baseline'], unit)} | {fmt_ratio(r.get('ratio'))} "
                 f"| {r.get('goal') or '—'} | {(r.get('note') or '—').replace('|', '/')} |"
             )
+        if run.suite in READING:
+            lines += ["", READING[run.suite]]
         commands = [r for r in rows if r.get("commands")]
         if commands:
             lines += ["", "Exact commands per case:", ""]
