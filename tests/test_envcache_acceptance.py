@@ -440,7 +440,9 @@ def test_concurrent_sessions_build_once(
     uv_pytester: pytest.Pytester, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Four pytest processes started together on a cold cache run `uv sync` exactly once."""
-    wrapper, log = toys.logging_uv(tmp_path / "bin", before_sync="sleep 0.3")
+    # The build lasts long enough for the other three, slow to start on a
+    # busy machine, to find it under way and wait (and say so).
+    wrapper, log = toys.logging_uv(tmp_path / "bin", before_sync="sleep 2")
     monkeypatch.setenv("PYTEST_UVBUILD_UV", str(wrapper))
     uv_pytester.makepyfile(test_env=ENV_TEST)
     cache = f"--uv-cache-dir={tmp_path / 'cache'}"
