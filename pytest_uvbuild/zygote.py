@@ -99,11 +99,27 @@ def _release_name(fd: int) -> None:
 
 
 def _listen(listener: socket.socket, path: str) -> None:
-    """Bind ``path`` (holding its lock, so a leftover file is a dead zygote's)."""
-    if os.path.exists(path):
-        os.unlink(path)
-    listener.bind(path)
-    listener.listen(1)
+    """Listen on ``path`` (holding its lock, so a leftover file is a dead zygote's).
+
+    The socket is bound and listening under a name of its own first, then
+    renamed to ``path``: a session that finds ``path`` can connect (bound
+    but not yet listening, it would be refused, and start its own worker).
+    """
+    temporary = _binding_name(path)
+    if os.path.exists(temporary):
+        os.unlink(temporary)  # left by a dead zygote that had this pid
+    listener.bind(temporary)
+    try:
+        listener.listen(1)
+        os.replace(temporary, path)
+    except BaseException:
+        os.unlink(temporary)
+        raise
+
+
+def _binding_name(path: str) -> str:
+    """Where a zygote binds its socket before it takes ``path`` (short: sun_path is small)."""
+    return os.path.join(os.path.dirname(path), f".{os.getpid()}.binding")
 
 
 def _receive(connection: socket.socket) -> tuple[dict[str, Any], list[int]]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import atexit
 import fcntl
 import functools
+import importlib.util
 import json
 import os
 import signal
@@ -741,3 +742,31 @@ def test_a_zygote_leaves_a_name_held_by_another_zygote(tmp_path: Path) -> None:
         assert time.monotonic() - started >= zygote.CONTENDED_SECONDS
     finally:
         os.close(holder)
+
+
+def test_a_zygote_socket_appears_only_once_it_listens(
+    short_tmpdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The zygote binds under its own name and renames the socket into place once listening."""
+    spec = importlib.util.spec_from_file_location("zygote_under_test", prewarm.ZYGOTE_SCRIPT)
+    assert spec is not None
+    assert spec.loader is not None
+    zygote = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(zygote)
+    path = str(short_tmpdir / "z.sock")
+    temporary = zygote._binding_name(path)
+    Path(temporary).write_text("left by a dead zygote with this pid")
+    seen: list[bool] = []
+    real_listen = socket.socket.listen
+
+    def listen(self: socket.socket, backlog: int) -> None:
+        seen.append(os.path.exists(path))  # not there yet while it cannot be connected
+        real_listen(self, backlog)
+
+    monkeypatch.setattr(socket.socket, "listen", listen)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
+        zygote._listen(listener, path)
+        assert seen == [False]
+        assert not os.path.exists(temporary)
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+            client.connect(path)
