@@ -133,11 +133,12 @@ def hold_lock(path: Path, *, wait: bool = False, timeout: float = 0) -> HeldLock
 
 
 def hold_new_lock(path: Path) -> HeldLock | None:
-    """Lock ``path``, a file only this process means to use, without waiting.
+    """Lock ``path`` now, without waiting and without importing filelock.
 
     ``None`` means someone else holds it, or removed it while it was being
-    locked: the caller takes another name. This is the lease a session
-    takes on a cached env, on every cache hit (see :func:`_flock`).
+    locked. This is the lease a session takes on a cached env on every
+    cache hit (on ``None`` it takes another name), and the test, at exit,
+    whether a zygote holds its name (see :func:`_flock`).
     """
     return _flock(path, wait=False)
 

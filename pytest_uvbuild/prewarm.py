@@ -38,7 +38,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Final, NamedTuple
 
-from pytest_uvbuild.fsutil import hold_lock
+from pytest_uvbuild.fsutil import hold_new_lock
 
 __all__ = [
     "ZYGOTE_SCRIPT",
@@ -470,12 +470,14 @@ def _zygote_alive(path: Path) -> bool:
     """Whether a zygote holds ``path``'s lock (starting, or listening); never connects.
 
     The zygote, which may import only the standard library, takes it with
-    ``flock``, the lock filelock takes on POSIX.
+    ``flock``, the lock filelock takes on POSIX; so does this test, without
+    importing filelock: it runs at exit (see :func:`leave_behind_at_exit`),
+    when importing filelock (its thread pool) raises on Python 3.10.
     """
     lock_file = Path(f"{path}.lock")
     if not lock_file.exists():
         return False
-    held = hold_lock(lock_file)
+    held = hold_new_lock(lock_file)
     if held is None:
         return True
     held.release()
