@@ -27,6 +27,7 @@ import importlib
 import json
 import os
 import select
+import shlex
 import shutil
 import signal
 import subprocess
@@ -239,7 +240,8 @@ def forwarded_options(
     xdist, ``--uv-*``) is never forwarded. The inner session's cache goes to
     ``scratch`` so that it cannot overwrite the outer ``--lf`` data.
     ``extra_option_strings`` are further options (for example those a
-    ``conftest.py`` registers) copied from the command line as given.
+    ``conftest.py`` registers) copied from ``PYTEST_ADDOPTS`` and the
+    command line as given.
     """
     args = [f"--rootdir={config.rootpath}"]
     if "no:cacheprovider" not in (getattr(config.option, "plugins", None) or ()):
@@ -267,7 +269,9 @@ def forwarded_options(
 def _copy_from_command_line(config: pytest.Config, wanted: frozenset[str]) -> list[str]:
     if not wanted:
         return []
-    tokens = list(config.invocation_params.args)
+    # pytest reads PYTEST_ADDOPTS before the command line, as if typed first;
+    # the worker's environment does not carry it (see scrubbed_environ).
+    tokens = [*shlex.split(os.environ.get("PYTEST_ADDOPTS", "")), *config.invocation_params.args]
     copied: list[str] = []
     i = 0
     while i < len(tokens):

@@ -1200,8 +1200,10 @@ def test_hermetic_all_knows_ini_keys_registered_inside(
     assert "Fix: run `uv add --dev pytest`" in broken.stderr.str()
 
 
-def test_hermetic_all_takes_options_only_the_inside_knows(uv_pytester: pytest.Pytester) -> None:
-    """--hermetic-all accepts a conftest's options from the command line and addopts, inside."""
+def test_hermetic_all_takes_options_only_the_inside_knows(
+    uv_pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--hermetic-all takes conftest options from the command line, addopts and PYTEST_ADDOPTS."""
     uv_pytester.makeconftest(
         """
         import toyalpha  # only the lock has it: this conftest is never imported outside
@@ -1233,6 +1235,10 @@ def test_hermetic_all_takes_options_only_the_inside_knows(uv_pytester: pytest.Py
         ["uv-build: building env *", "*test session starts*", "env * miss (first build*"]
     )
     assert result.stdout.str().count("building env") == 1
+    # PYTEST_ADDOPTS, which the worker's environment does not carry, reaches it too.
+    monkeypatch.setenv("PYTEST_ADDOPTS", "--flavour spicy --runslow")
+    run(uv_pytester, "--hermetic-all", "suite").assert_outcomes(passed=1)
+    monkeypatch.delenv("PYTEST_ADDOPTS")
     unknown = run(uv_pytester, "--hermetic-all", "--no-such-option")
     assert unknown.ret == pytest.ExitCode.USAGE_ERROR
     assert "unrecognized arguments: --no-such-option" in unknown.stderr.str()
