@@ -9,6 +9,7 @@ stops every zygote that is still waiting when the test ends.
 from __future__ import annotations
 
 import atexit
+import errno
 import fcntl
 import functools
 import importlib.util
@@ -22,6 +23,7 @@ import sys
 import tempfile
 import threading
 import time
+import types
 from pathlib import Path
 
 import pytest
@@ -744,15 +746,21 @@ def test_a_zygote_leaves_a_name_held_by_another_zygote(tmp_path: Path) -> None:
         os.close(holder)
 
 
-def test_a_zygote_socket_appears_only_once_it_listens(
-    short_tmpdir: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The zygote binds under its own name and renames the socket into place once listening."""
+def _zygote_module() -> types.ModuleType:
+    """zygote.py loaded as a module of its own, as it is never imported by the package."""
     spec = importlib.util.spec_from_file_location("zygote_under_test", prewarm.ZYGOTE_SCRIPT)
     assert spec is not None
     assert spec.loader is not None
     zygote = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(zygote)
+    return zygote
+
+
+def test_a_zygote_socket_appears_only_once_it_listens(
+    short_tmpdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The zygote binds under its own name and renames the socket into place once listening."""
+    zygote = _zygote_module()
     path = str(short_tmpdir / "z.sock")
     temporary = zygote._binding_name(path)
     Path(temporary).write_text("left by a dead zygote with this pid")
@@ -770,3 +778,22 @@ def test_a_zygote_socket_appears_only_once_it_listens(
         assert not os.path.exists(temporary)
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
             client.connect(path)
+
+
+def test_a_zygote_that_cannot_listen_leaves_no_socket_file(
+    short_tmpdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failed listen removes the socket bound under the zygote's own name; none is published."""
+    zygote = _zygote_module()
+    path = str(short_tmpdir / "z.sock")
+
+    def refused(self: socket.socket, backlog: int) -> None:
+        raise OSError(errno.EADDRINUSE, "cannot listen")
+
+    monkeypatch.setattr(socket.socket, "listen", refused)
+    with (
+        socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener,
+        pytest.raises(OSError, match="cannot listen"),
+    ):
+        zygote._listen(listener, path)
+    assert os.listdir(short_tmpdir) == []
