@@ -53,7 +53,7 @@ from pytest_uvbuild.audit import (
 )
 from pytest_uvbuild.distinfo import installed_versions
 from pytest_uvbuild.errors import UvBuildError
-from pytest_uvbuild.fsutil import hold_lock_waiting, remove_tree, write_atomic
+from pytest_uvbuild.fsutil import hold_flock, remove_tree, write_atomic
 
 if TYPE_CHECKING:
     import pytest
@@ -702,7 +702,7 @@ def record_session(
             return _audit_only(env, uv, plan, baseline, gate, verify, offline, started, rows_dir)
         record_dir = builds_root / plan.build_id
         try:
-            lock = hold_lock_waiting(builds_root / ".locks" / f"{plan.build_id}.lock")
+            lock = hold_flock(builds_root / ".locks" / f"{plan.build_id}.lock", wait=True)
             try:
                 return _write_record(
                     env,

@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 from pytest_uvbuild.distinfo import installed_versions
 from pytest_uvbuild.errors import CacheError, UvBuildError
-from pytest_uvbuild.fsutil import HeldLock, file_sha256, hold_lock, hold_new_lock, write_atomic
+from pytest_uvbuild.fsutil import HeldLock, file_sha256, hold_flock, hold_lock, write_atomic
 from pytest_uvbuild.integrity import missing_top_level
 from pytest_uvbuild.interpreters import Interpreter, resolve_python
 from pytest_uvbuild.project import (
@@ -628,7 +628,7 @@ class EnvCache:
             while True:
                 leases.mkdir(parents=True, exist_ok=True)
                 try:
-                    lease = hold_new_lock(leases / f"{os.getpid()}-{time.monotonic_ns()}.lock")
+                    lease = hold_flock(leases / f"{os.getpid()}-{time.monotonic_ns()}.lock")
                 except FileNotFoundError:
                     continue  # the directory was removed as empty just now: make it again
                 if lease is not None:

@@ -16,9 +16,8 @@ if TYPE_CHECKING:
 __all__ = [
     "HeldLock",
     "file_sha256",
+    "hold_flock",
     "hold_lock",
-    "hold_lock_waiting",
-    "hold_new_lock",
     "remove_tree",
     "write_atomic",
 ]
@@ -80,7 +79,7 @@ class HeldLock:
     """An exclusive lock on a file, held until :meth:`release`.
 
     Taken by :func:`hold_lock` (a :mod:`filelock` lock) or by
-    :func:`hold_new_lock` (the same ``flock``, on a descriptor of our own).
+    :func:`hold_flock` (the same ``flock``, on a descriptor of our own).
     """
 
     __slots__ = ("_fd", "_lock", "path")
@@ -132,57 +131,42 @@ def hold_lock(path: Path, *, wait: bool = False, timeout: float = 0) -> HeldLock
     return HeldLock(path, lock)
 
 
-def hold_new_lock(path: Path) -> HeldLock | None:
-    """Lock ``path`` now, without waiting and without importing filelock.
+@overload
+def hold_flock(path: Path, *, wait: Literal[True]) -> HeldLock: ...
+@overload
+def hold_flock(path: Path, *, wait: Literal[False] = False) -> HeldLock | None: ...
+def hold_flock(path: Path, *, wait: bool = False) -> HeldLock | None:
+    """Lock ``path`` (created if missing) as :func:`hold_lock` does, without importing filelock.
 
-    ``None`` means someone else holds it, or removed it while it was being
-    locked. This is the lease a session takes on a cached env on every
-    cache hit (on ``None`` it takes another name), and the test, at exit,
-    whether a zygote holds its name (see :func:`_flock`).
-    """
-    return _flock(path, wait=False)
-
-
-def hold_lock_waiting(path: Path) -> HeldLock:
-    """Lock ``path`` (created if missing), waiting as long as another process holds it.
-
-    The same lock as ``hold_lock(path, wait=True)``, taken without
-    importing filelock (see :func:`_flock`): the build record's lock, which
-    every ``--uv-build`` session takes. A file removed while it was being
-    locked is opened and locked again.
-    """
-    while True:
-        held = _flock(path, wait=True)
-        if held is not None:
-            return held
-
-
-def _flock(path: Path, *, wait: bool) -> HeldLock | None:
-    """Take the lock filelock takes on POSIX (``flock`` on the open file) directly.
-
-    filelock's locks and ``cache prune`` see it as held, and it is taken
-    directly because importing filelock costs more than the rest of a
-    cache hit, or a warm build record. ``None``: held by another process
-    (only without ``wait``), or the file was removed while it was being
-    locked. Without :mod:`fcntl` (Windows), filelock takes it.
+    It is the lock filelock takes on POSIX (``flock`` on the open file), so
+    filelock's locks and ``cache prune`` see it as held; it is taken
+    directly where importing filelock would cost more than the rest of the
+    work: a cache hit's lease, the build record's lock, and the test at
+    exit whether a zygote holds its name. Without ``wait``, ``None`` means
+    another process holds it, or removed the file while it was being
+    locked (a lease then takes another name). With ``wait``, a file removed
+    meanwhile is opened and locked again. Without :mod:`fcntl` (Windows),
+    filelock takes it.
     """
     try:
         import fcntl
     except ImportError:  # pragma: no cover - POSIX has fcntl
         return hold_lock(path, wait=True) if wait else hold_lock(path)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
-        # A lock file removed while this process waited for it (`cache
-        # prune` removes a lease it could lock): this descriptor would hold
-        # a file nobody else sees.
-        if os.fstat(fd).st_nlink == 0:
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+            # `cache prune` removes a lease file it could lock (its session is
+            # gone): locked after that, this descriptor holds a file nobody sees.
+            removed = os.fstat(fd).st_nlink == 0
+        except BlockingIOError:
             os.close(fd)
             return None
-    except BlockingIOError:
+        except BaseException:
+            os.close(fd)
+            raise
+        if not removed:
+            return HeldLock(path, fd=fd)
         os.close(fd)
-        return None
-    except BaseException:
-        os.close(fd)
-        raise
-    return HeldLock(path, fd=fd)
+        if not wait:
+            return None

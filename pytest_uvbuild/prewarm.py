@@ -38,7 +38,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Final, NamedTuple
 
-from pytest_uvbuild.fsutil import hold_new_lock
+from pytest_uvbuild.fsutil import hold_flock
 
 __all__ = [
     "ZYGOTE_SCRIPT",
@@ -477,7 +477,7 @@ def _zygote_alive(path: Path) -> bool:
     lock_file = Path(f"{path}.lock")
     if not lock_file.exists():
         return False
-    held = hold_new_lock(lock_file)
+    held = hold_flock(lock_file)
     if held is None:
         return True
     held.release()

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from filelock import FileLock
 
-from pytest_uvbuild.fsutil import hold_lock, hold_lock_waiting, hold_new_lock
+from pytest_uvbuild.fsutil import hold_flock, hold_lock
 
 
 def test_hold_lock_and_filelock_see_each_other(tmp_path: Path) -> None:
@@ -98,17 +98,17 @@ def test_release_with_unlink_removes_the_file_while_still_held(tmp_path: Path) -
 
 
 def test_a_new_lock_and_filelock_see_each_other(tmp_path: Path) -> None:
-    """A lease taken with hold_new_lock is held for filelock, and the other way round."""
+    """A lease taken with hold_flock is held for filelock, and the other way round."""
     path = tmp_path / "lease.lock"
-    held = hold_new_lock(path)
+    held = hold_flock(path)
     assert held is not None
     assert hold_lock(path) is None
-    assert hold_new_lock(path) is None
+    assert hold_flock(path) is None
     held.release(unlink=True)
     assert not path.exists()
     with FileLock(str(path)):
-        assert hold_new_lock(path) is None
-    again = hold_new_lock(path)
+        assert hold_flock(path) is None
+    again = hold_flock(path)
     assert again is not None
     again.release()
     assert hold_lock(path) is not None
@@ -134,24 +134,24 @@ def test_a_new_lock_whose_file_was_removed_meanwhile_is_refused(
         real_close(fd)
 
     monkeypatch.setattr(os, "close", recorded_close)
-    assert hold_new_lock(path) is None
+    assert hold_flock(path) is None
     assert len(closed) == 1  # its descriptor is not left open
 
 
 def test_a_waiting_lock_waits_for_a_filelock_holder_in_another_process(tmp_path: Path) -> None:
-    """hold_lock_waiting waits while another process holds the file with filelock, then locks it."""
+    """A waiting hold_flock waits while another process holds the file with filelock, then locks."""
     path = tmp_path / "record.lock"
     take = f"from filelock import FileLock\nlock = FileLock({str(path)!r})\nlock.acquire()"
     with _held_by_another_process(take, "lock.release()") as let_go:
         waiter = _python(
-            "from pytest_uvbuild.fsutil import hold_lock_waiting\n"
-            f"from pathlib import Path\nhold_lock_waiting(Path({str(path)!r})).release()\n"
+            "from pytest_uvbuild.fsutil import hold_flock\n"
+            f"from pathlib import Path\nhold_flock(Path({str(path)!r}), wait=True).release()\n"
         )
         with pytest.raises(subprocess.TimeoutExpired):
             waiter.wait(timeout=0.5)  # still waiting: the holder has it
         let_go()
         assert waiter.wait(timeout=60) == 0
-    held = hold_lock_waiting(path)
+    held = hold_flock(path, wait=True)
     assert _busy(FileLock(str(path)))
     held.release()
     assert not _busy(FileLock(str(path)))
@@ -172,7 +172,7 @@ def test_a_waiting_lock_whose_file_was_removed_meanwhile_locks_the_new_file(
         real_flock(fd, operation)
 
     monkeypatch.setattr(fcntl, "flock", removed_first)
-    held = hold_lock_waiting(path)
+    held = hold_flock(path, wait=True)
     assert path.exists()  # the lock is on a file others can see
     assert hold_lock(path) is None
     held.release()
