@@ -126,6 +126,13 @@ def test_a_new_lock_whose_file_was_removed_meanwhile_is_refused(
         real_flock(fd, operation)
 
     monkeypatch.setattr(fcntl, "flock", removed_first)
+    closed = _recorded_closes(monkeypatch)
+    assert hold_flock(path) is None
+    assert len(closed) == 1  # its descriptor is not left open
+
+
+def _recorded_closes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The descriptors os.close is called with from now on (it still closes them)."""
     closed: list[int] = []
     real_close = os.close
 
@@ -134,8 +141,22 @@ def test_a_new_lock_whose_file_was_removed_meanwhile_is_refused(
         real_close(fd)
 
     monkeypatch.setattr(os, "close", recorded_close)
-    assert hold_flock(path) is None
-    assert len(closed) == 1  # its descriptor is not left open
+    return closed
+
+
+def test_a_wait_for_a_lock_cut_short_closes_its_descriptor(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C while waiting for a lock propagates and leaves no descriptor open on the file."""
+
+    def interrupted(fd: int, operation: int) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(fcntl, "flock", interrupted)
+    closed = _recorded_closes(monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        hold_flock(tmp_path / "record.lock", wait=True)
+    assert len(closed) == 1
 
 
 def test_a_waiting_lock_waits_for_a_filelock_holder_in_another_process(tmp_path: Path) -> None:
