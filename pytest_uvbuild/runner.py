@@ -262,11 +262,12 @@ def forwarded_options(
             if dest == "plugins" and str(value).split(":")[-1] in ("uvbuild", "xdist"):
                 continue
             args += [flag, str(value)]
-    args += _copy_from_command_line(config, frozenset(extra_option_strings))
+    args += _copy_given_options(config, frozenset(extra_option_strings))
     return args
 
 
-def _copy_from_command_line(config: pytest.Config, wanted: frozenset[str]) -> list[str]:
+def _copy_given_options(config: pytest.Config, wanted: frozenset[str]) -> list[str]:
+    """The ``wanted`` options with their values, as given in PYTEST_ADDOPTS and the command line."""
     if not wanted:
         return []
     # pytest reads PYTEST_ADDOPTS before the command line, as if typed first;
